@@ -1,0 +1,702 @@
+"""Fetch, start, stop and inspect a real single-node Apache Kafka broker (KRaft) on loopback.
+
+Kafka itself comes from Maven Central as plain jars (fetched once per machine into a
+cache dir) and runs as a detached JVM, so it outlives the command that started it.
+Everything about one broker lives in its data dir:
+
+    <data_dir>/server.properties   written on every start from host/port/controller_port
+    <data_dir>/log4j2.properties   logging config: INFO to stdout, which goes to broker.log
+    <data_dir>/broker.log          the JVM's stdout and stderr, appended across runs
+    <data_dir>/broker.pid          pid of the running JVM
+    <data_dir>/logs/               Kafka's own data (log.dirs), formatted once
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from evcharge.errors import BrokerError
+
+KAFKA_VERSION = "4.1.1"
+SCALA_VERSION = "2.13"
+# kafka_2.13 brings slf4j-api 1.7, which does not bind to log4j2: without slf4j-api 2 and
+# the slf4j2 bridge the broker would log nothing at all.
+MAVEN_ARTIFACTS: tuple[tuple[str, str, str], ...] = (
+    ("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION),
+    ("org.apache.logging.log4j", "log4j-core", "2.25.3"),
+    ("org.apache.logging.log4j", "log4j-slf4j2-impl", "2.25.3"),
+    ("org.slf4j", "slf4j-api", "2.0.17"),
+)
+MIN_JAVA = 17
+JVM_FLAGS: tuple[str, ...] = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+
+JAVA_MISSING = (
+    f"Java {MIN_JAVA} or newer is needed to run Kafka: "
+    f"install it (Debian: apt-get install openjdk-{MIN_JAVA}-jre-headless)"
+)
+MAVEN_MISSING = (
+    "Maven is needed to fetch Kafka from Maven Central: install it (Debian: apt-get install maven)"
+)
+
+_COMPLETE_MARKER = ".complete"
+_LOG_TAIL_LINES = 40
+# broker.log is appended to across runs; past this size the old content is moved aside.
+_LOG_ROTATE_BYTES = 50 * 1024 * 1024
+
+Progress = Callable[[str], None]
+_T = TypeVar("_T")
+
+
+def cache_dir() -> Path:
+    """Where fetched jars are kept: `$EVCHARGE_CACHE_DIR` or `~/.cache/evcharge`."""
+    env = os.environ.get("EVCHARGE_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "evcharge"
+
+
+def default_data_dir() -> Path:
+    """`$EVCHARGE_KAFKA_DIR`, or `./evcharge-state/kafka` under the current directory."""
+    env = os.environ.get("EVCHARGE_KAFKA_DIR")
+    return Path(env).expanduser() if env else Path("evcharge-state") / "kafka"
+
+
+def kafka_home(cache: Path | None = None) -> Path:
+    return (cache if cache is not None else cache_dir()) / f"kafka-{KAFKA_VERSION}"
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def _require_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(JAVA_MISSING)
+    major = _java_major_version(java)
+    if major is not None and major < MIN_JAVA:
+        raise BrokerError(f"{JAVA_MISSING} (found Java {major} at {java})")
+    return java
+
+
+def _java_major_version(java: str) -> int | None:
+    """Major version from `java -version`, or None when it cannot be told (then just try)."""
+    try:
+        out = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"cannot run {java}: {exc}") from exc
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if match is None:
+        return None
+    major = int(match.group(1))
+    # Java 8 and older call themselves "1.8.0_…".
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def _require_maven() -> str:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(MAVEN_MISSING)
+    return mvn
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock, so two processes never fetch or start the same thing at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cached_libs(home: Path) -> Path | None:
+    marker = home / _COMPLETE_MARKER
+    libs = home / "libs"
+    if not marker.is_file():
+        return None
+    names = marker.read_text().split()
+    # A marker whose jars were deleted by hand is as good as no marker.
+    if not names or not all((libs / name).is_file() for name in names):
+        return None
+    return libs
+
+
+def _pom_xml() -> str:
+    deps = "\n".join(
+        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
+        f"<version>{v}</version></dependency>"
+        for g, a, v in MAVEN_ARTIFACTS
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>evcharge</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>{KAFKA_VERSION}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{deps}
+  </dependencies>
+</project>
+"""
+
+
+def fetch_kafka(cache: Path | None = None, progress: Progress | None = None) -> Path:
+    """Make sure the Kafka jars are in the cache and return their folder. Idempotent.
+
+    The jars are fetched into a temp folder next to the final one and renamed into place
+    only after Maven succeeded and the marker is written, so an interrupted fetch is never
+    mistaken for a complete one.
+    """
+    home = kafka_home(cache)
+    libs = _cached_libs(home)
+    if libs is not None:
+        return libs
+    # Maven runs on the JVM, so a missing java is the first thing to report.
+    _require_java()
+    mvn = _require_maven()
+    with _file_lock(home.parent / f"kafka-{KAFKA_VERSION}.lock"):
+        libs = _cached_libs(home)
+        if libs is not None:  # someone else fetched while we waited for the lock
+            return libs
+        _say(
+            progress, f"Fetching Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)…"
+        )
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f"kafka-{KAFKA_VERSION}.tmp-", dir=home.parent))
+        try:
+            (tmp / "pom.xml").write_text(_pom_xml())
+            cmd = [
+                mvn, "-B", "-q", "dependency:copy-dependencies",
+                "-DoutputDirectory=libs", "-DincludeScope=runtime",
+            ]  # fmt: skip
+            try:
+                result = subprocess.run(
+                    cmd, cwd=tmp, capture_output=True, text=True, timeout=900, check=False
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise BrokerError("Maven did not finish fetching Kafka within 15 minutes") from exc
+            jars = sorted(p.name for p in (tmp / "libs").glob("*.jar"))
+            if result.returncode != 0 or not jars:
+                tail = _last_lines(result.stdout + result.stderr, 25)
+                raise BrokerError(
+                    f"Maven could not fetch Kafka {KAFKA_VERSION} "
+                    f"(exit code {result.returncode}):\n{tail}"
+                )
+            (tmp / _COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
+            (tmp / "pom.xml").unlink()
+            if home.exists():  # a stale incomplete folder (no marker or missing jars)
+                shutil.rmtree(home)
+            # mkdtemp makes folders private (0700); the cache gets ordinary permissions.
+            tmp.chmod(0o755)
+            tmp.rename(home)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        _say(progress, f"Fetched {len(jars)} jars in {time.monotonic() - started:.1f} s")
+    return home / "libs"
+
+
+def _last_lines(text: str, n: int) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "\n".join(lines[-n:]) if lines else "(no output)"
+
+
+def _task_state(task: Path) -> str | None:
+    """The one-letter state of a process or thread from its /proc entry (None when gone)."""
+    try:
+        stat = (task / "stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may itself contain spaces or parentheses.
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _cmdline(pid: int) -> str | None:
+    """The command line of `pid`; "" while it is dying; None when it is gone.
+
+    A process counts as live until its last thread is gone: a killed JVM's main thread
+    turns zombie first while other threads still tear down its memory and hold its ports,
+    and by then its command line can no longer be read.
+    """
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").is_dir():
+        state = _task_state(proc)
+        if state is None or state == "X":
+            return None
+        if state != "Z":
+            try:
+                return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                return None
+        try:
+            tids = os.listdir(proc / "task")
+        except OSError:
+            return None
+        alive = any(_task_state(proc / "task" / tid) not in (None, "Z", "X") for tid in tids)
+        return "" if alive else None
+    # No procfs (macOS): ask ps, which shows zombies as "<defunct>" with an empty command.
+    out = subprocess.run(
+        ["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True, check=False
+    )
+    stat, _, command = out.stdout.strip().partition(" ")
+    if out.returncode != 0 or not stat or stat.startswith("Z"):
+        return None
+    return command
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Same as the JVM's server sockets: lingering TIME_WAIT connections do not block a bind.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _port_open(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+    """asyncio.run, also when called from code that already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(factory())
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="evcharge-kafka-probe")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def _answers_kafka(bootstrap: str, timeout_s: float) -> bool:
+    # Imported here so the CLI's stop/status stay fast and do not need aiokafka loaded.
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    ms = max(int(timeout_s * 1000), 500)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await admin.start()
+            await admin.list_topics()
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    data_dir: Path
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class StartResult:
+    """What `LocalBroker.start` did: started a broker, or found this data dir's one running."""
+
+    status: BrokerStatus
+    already_running: bool
+    fetch_s: float | None  # None when the jars were cached already
+    start_s: float  # 0.0 when already running
+
+
+@dataclass
+class LocalBroker:
+    """One single-node KRaft broker (broker and controller in one JVM) owned by a data dir."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    controller_port: int | None = None  # None: port + 1
+    cache: Path | None = None  # None: cache_dir(), shared by every broker on the machine
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Absolute, so the pid file and the JVM's command line match from any cwd.
+        self.data_dir = Path(self.data_dir).expanduser().resolve()
+        if self.controller_port is None:
+            self.controller_port = self.port + 1
+        if self.controller_port == self.port:
+            raise BrokerError(f"the controller port must differ from the broker port {self.port}")
+
+    @classmethod
+    def from_env(cls) -> LocalBroker:
+        """The broker the environment points at: EVCHARGE_KAFKA_{DIR,HOST,PORT}."""
+        return cls(
+            data_dir=default_data_dir(),
+            host=os.environ.get("EVCHARGE_KAFKA_HOST", DEFAULT_HOST),
+            port=int(os.environ.get("EVCHARGE_KAFKA_PORT", DEFAULT_PORT)),
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def properties_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log4j_path(self) -> Path:
+        return self.data_dir / "log4j2.properties"
+
+    @property
+    def kafka_log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def _cport(self) -> int:
+        assert self.controller_port is not None  # set in __post_init__
+        return self.controller_port
+
+    def fetch(self, progress: Progress | None = None) -> Path:
+        """Make sure the Kafka jars are cached; returns their folder. Idempotent."""
+        return fetch_kafka(self.cache, progress)
+
+    def status(self) -> BrokerStatus:
+        pid = self._live_pid()
+        bootstrap = self.bootstrap
+        if pid is not None:
+            # The running JVM may have been started with other ports than this object's.
+            bootstrap = self._running_bootstrap() or bootstrap
+        return BrokerStatus(
+            running=pid is not None,
+            pid=pid,
+            bootstrap=bootstrap,
+            data_dir=self.data_dir,
+            log_path=self.log_path,
+        )
+
+    def start(self, timeout_s: float = 60, progress: Progress | None = None) -> StartResult:
+        """Start the broker unless it already runs, and wait until it answers Kafka requests.
+
+        Returns with `already_running=True` when this data dir's broker is up already. Raises
+        BrokerError when it cannot start; a JVM that did start but never became ready is
+        killed again so no half-working broker is left behind.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.data_dir / ".lock"):
+            existing = self.status()
+            if existing.running:
+                if existing.bootstrap != self.bootstrap:
+                    raise BrokerError(
+                        f"Kafka from {self.data_dir} is already running at {existing.bootstrap} "
+                        f"(pid {existing.pid}), not at {self.bootstrap}: stop it first"
+                    )
+                return StartResult(existing, already_running=True, fetch_s=None, start_s=0.0)
+            self.pid_path.unlink(missing_ok=True)  # stale: its process is gone
+            java = _require_java()
+            fetch_started = time.monotonic()
+            fetched = _cached_libs(kafka_home(self.cache)) is None
+            libs = self.fetch(progress)
+            fetch_s = time.monotonic() - fetch_started if fetched else None
+            for port in (self.port, self._cport):
+                if _port_taken(self.host, port):
+                    raise BrokerError(
+                        f"{self.host}:{port} is already in use by another process "
+                        f"(not the Kafka of {self.data_dir}): pick another port"
+                    )
+            self._write_config()
+            started = time.monotonic()
+            if not (self.kafka_log_dir / "meta.properties").is_file():
+                _say(progress, "Formatting KRaft storage…")
+                self._format(java, libs)
+            _say(progress, "Starting broker…")
+            log_offset = self._spawn(java, libs)
+            try:
+                self._wait_ready(started + timeout_s, log_offset)
+            except BaseException:
+                # Covers Ctrl-C too: the JVM is detached and would otherwise live on unseen.
+                self._terminate(grace_s=5)
+                self.pid_path.unlink(missing_ok=True)
+                raise
+            start_s = time.monotonic() - started
+            _say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
+            return StartResult(
+                self.status(), already_running=False, fetch_s=fetch_s, start_s=start_s
+            )
+
+    def stop(self, timeout_s: float = 30) -> bool:
+        """Stop the broker: SIGTERM, then SIGKILL after `timeout_s`. Idempotent.
+
+        Returns True when a running broker was stopped, False when none was running.
+        """
+        if not self.data_dir.is_dir():
+            return False
+        with _file_lock(self.data_dir / ".lock"):
+            stopped = self._terminate(grace_s=timeout_s)
+            self.pid_path.unlink(missing_ok=True)
+            return stopped
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Send a raw signal (SIGKILL, SIGSTOP, SIGCONT, …) to the broker; no cleanup.
+
+        For chaos tests. Returns the pid signalled; BrokerError when it does not run.
+        """
+        pid = self._live_pid()
+        if pid is None:
+            raise BrokerError(f"Kafka from {self.data_dir} is not running")
+        os.kill(pid, sig)
+        return pid
+
+    def _live_pid(self) -> int | None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped: our own child exited (killed, crashed or stopped)
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        cmdline = _cmdline(pid)
+        if cmdline == "":
+            return pid  # our broker in its last moments: its ports are not free yet
+        # The pid may have been reused by an unrelated process since the broker died.
+        if cmdline is None or "kafka.Kafka" not in cmdline:
+            return None
+        if str(self.properties_path) not in cmdline:
+            return None
+        return pid
+
+    def _running_bootstrap(self) -> str | None:
+        try:
+            text = self.properties_path.read_text()
+        except OSError:
+            return None
+        match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+        return match.group(1) if match else None
+
+    def _write_config(self) -> None:
+        self.kafka_log_dir.mkdir(parents=True, exist_ok=True)
+        controller = f"{self.host}:{self._cport}"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": controller,
+            "listeners": f"PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.kafka_log_dir),
+            "num.partitions": "4",
+            "offsets.topic.replication.factor": "1",
+            # Fewer partitions of __consumer_offsets make the first group coordinator faster.
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After a crash (kill -9) the restarted broker cannot register until the
+            # controller expires the old incarnation's session: 9 s by default, 3 s here.
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "3000",
+            "auto.create.topics.enable": "false",
+        }
+        body = "".join(f"{key}={value}\n" for key, value in props.items())
+        self.properties_path.write_text("# Written by evcharge on every start.\n" + body)
+        self.log4j_path.write_text(
+            "status = warn\n"
+            "appender.out.type = Console\n"
+            "appender.out.name = STDOUT\n"
+            "appender.out.target = SYSTEM_OUT\n"
+            "appender.out.layout.type = PatternLayout\n"
+            "appender.out.layout.pattern = [%d{ISO8601}] %p %m (%c)%n\n"
+            "rootLogger.level = info\n"
+            "rootLogger.appenderRef.out.ref = STDOUT\n"
+            # Per-request logging would drown everything else.
+            "logger.request.name = kafka.request.logger\n"
+            "logger.request.level = warn\n"
+        )
+
+    def _java_cmd(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            java,
+            *JVM_FLAGS,
+            f"-Dlog4j2.configurationFile={self.log4j_path}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def _format(self, java: str, libs: Path) -> None:
+        cmd = self._java_cmd(
+            java, libs, "kafka.tools.StorageTool",
+            "format", "-t", new_cluster_id(), "-c", str(self.properties_path), "--standalone",
+        )  # fmt: skip
+        try:
+            result = subprocess.run(
+                cmd, cwd=self.data_dir, capture_output=True, text=True, timeout=120, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerError("formatting the KRaft storage did not finish within 120 s") from exc
+        with self.log_path.open("a") as log:
+            log.write(f"--- evcharge: formatted KRaft storage at {datetime.now().isoformat()}\n")
+            log.write(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise BrokerError(
+                f"formatting the KRaft storage in {self.kafka_log_dir} failed "
+                f"(exit code {result.returncode}):\n"
+                + _last_lines(result.stdout + result.stderr, 25)
+            )
+
+    def _spawn(self, java: str, libs: Path) -> int:
+        """Start the JVM detached; returns the offset in broker.log where its output begins."""
+        if self.log_path.is_file() and self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
+            self.log_path.replace(self.log_path.with_name("broker.log.1"))
+        self._reap_previous()
+        cmd = self._java_cmd(java, libs, "kafka.Kafka", str(self.properties_path))
+        with self.log_path.open("ab") as log:
+            log.write(
+                f"--- evcharge: starting Kafka {KAFKA_VERSION} at {self.bootstrap} "
+                f"on {datetime.now().isoformat()}\n".encode()
+            )
+            log.flush()
+            offset = log.tell()
+            # A new session: Ctrl-C in the starting terminal must not reach the broker.
+            self._proc = subprocess.Popen(
+                cmd,
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        tmp_pid = self.pid_path.with_suffix(".pid.tmp")
+        tmp_pid.write_text(f"{self._proc.pid}\n")
+        tmp_pid.replace(self.pid_path)
+        return offset
+
+    def _reap_previous(self) -> None:
+        """Collect an earlier JVM of ours that was killed, so it does not linger as a zombie."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            # Still alive although its pid file was gone: it cannot serve this data dir anyway.
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def _wait_ready(self, deadline: float, log_offset: int) -> None:
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = proc.returncode if proc is not None else "?"
+                raise BrokerError(
+                    f"Kafka exited with code {code} while starting; "
+                    f"last lines of {self.log_path}:\n{self._log_tail(log_offset)}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"Kafka did not answer at {self.bootstrap} in time; "
+                    f"last lines of {self.log_path}:\n{self._log_tail(log_offset)}"
+                )
+            # A plain connect first: it is cheap, and aiokafka logs every refused connection.
+            attempt = min(3.0, remaining)
+            if _port_open(self.host, self.port, attempt) and _run_blocking(
+                lambda t=attempt: _answers_kafka(self.bootstrap, t)
+            ):
+                return
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
+
+    def _log_tail(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        if not text.strip():
+            return "(nothing logged by this run yet)"
+        return _last_lines(text, _LOG_TAIL_LINES)
+
+    def _terminate(self, grace_s: float) -> bool:
+        """SIGTERM, then SIGKILL after `grace_s`; True when there was a broker to stop."""
+        pid = self._live_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            # A broker paused with SIGSTOP would not act on SIGTERM before it is resumed.
+            os.kill(pid, signal.SIGCONT)
+        if not self._wait_gone(pid, time.monotonic() + grace_s):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, time.monotonic() + 10):
+                raise BrokerError(f"Kafka (pid {pid}) did not exit even after SIGKILL")
+        return True
+
+    def _wait_gone(self, pid: int, deadline: float) -> bool:
+        while True:
+            if self._proc is not None and self._proc.pid == pid:
+                # Our own child: reap it, else it lingers as a zombie.
+                if self._proc.poll() is not None:
+                    self._proc = None
+                    return True
+            elif _cmdline(pid) is None:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)

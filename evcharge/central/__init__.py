@@ -1,0 +1,1 @@
+"""The control centre: registry, status, sessions and billing, operator commands."""

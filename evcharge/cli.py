@@ -1,0 +1,240 @@
+"""The `evcharge` command. Commands stay thin: parse, set up logging, hand over to a role."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from evcharge import __version__
+from evcharge.options import (
+    DEFAULT_CENTRAL_URL,
+    DEFAULT_KAFKA,
+    DEFAULT_STATE_DIR,
+    CentralUrl,
+    Kafka,
+    LogJson,
+    LogLevel,
+    Partitions,
+    StateDir,
+    host_port,
+)
+
+app = typer.Typer(
+    help="evcharge: a distributed EV-charging system on Apache Kafka.\n\n"
+    "Start Kafka (evcharge kafka start), then central, one engine and one monitor per "
+    "charging point, and drivers. Or run everything at once: evcharge demo.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"evcharge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _start(role, log_level: str, log_json: bool) -> None:
+    """Run a role until it stops; configuration errors are one line, never a traceback."""
+    from evcharge.errors import ConfigError
+    from evcharge.logs import setup_logging
+    from evcharge.runtime.shutdown import run_role
+
+    setup_logging(log_level, json_lines=log_json)
+    try:
+        code = run_role(role)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.secho(f"error: {exc.strerror or exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def central(
+    kafka: Kafka = DEFAULT_KAFKA,
+    host: Annotated[str, typer.Option(envvar="EVCHARGE_CENTRAL_HOST", help="Address to listen on.")] = "127.0.0.1",
+    tcp_port: Annotated[int, typer.Option(envvar="EVCHARGE_CENTRAL_TCP_PORT", help="TCP port for monitors.")] = 7000,
+    http_port: Annotated[int, typer.Option(envvar="EVCHARGE_CENTRAL_HTTP_PORT", help="HTTP API port.")] = 8000,
+    db: Annotated[
+        Path, typer.Option(envvar="EVCHARGE_CENTRAL_DB", help="SQLite file with the registry and sessions.")
+    ] = DEFAULT_STATE_DIR / "central.sqlite",
+    panel: Annotated[
+        bool | None,
+        typer.Option("--panel/--no-panel", help="Live panel in the terminal (default: when stdout is a terminal)."),
+    ] = None,
+    request_ttl: Annotated[float, typer.Option(envvar="EVCHARGE_REQUEST_TTL_S",
+                                               help="Seconds a driver's request may wait before it is refused as expired.")] = 60.0,
+    start_timeout: Annotated[float, typer.Option(envvar="EVCHARGE_START_TIMEOUT_S",
+                                                 help="Seconds an engine has to start an authorised session.")] = 10.0,
+    heartbeat_timeout: Annotated[float, typer.Option(envvar="EVCHARGE_HEARTBEAT_TIMEOUT_S",
+                                                     help="Seconds of monitor silence before its CP shows DISCONNECTED.")] = 3.0,
+    partitions: Partitions = 8,
+    log_level: LogLevel = "info",
+    log_json: LogJson = False,
+) -> None:
+    """Run the control centre: registry, status, sessions, HTTP API and the panel."""
+    from evcharge.central.app import CentralApp, CentralSettings
+
+    show_panel = sys.stdout.isatty() if panel is None else panel
+    settings = CentralSettings(
+        kafka=kafka, db_path=db, host=host, tcp_port=tcp_port, http_port=http_port,
+        partitions=partitions, request_ttl_s=request_ttl, start_timeout_s=start_timeout,
+        heartbeat_timeout_s=heartbeat_timeout, panel=show_panel,
+    )
+    if show_panel:
+        from evcharge.central.panel import panel_logging
+
+        panel_logging(log_level)
+    _start(CentralApp(settings).run, log_level, log_json if not show_panel else False)
+
+
+@app.command()
+def engine(
+    cp_id: Annotated[str, typer.Option("--cp-id", envvar="EVCHARGE_CP_ID", help="This charging point's id, e.g. CP-005.")],
+    port: Annotated[int | None, typer.Option(envvar="EVCHARGE_ENGINE_PORT",
+                                             help="Health/control port (default 5000 + the CP number).")] = None,
+    host: Annotated[str, typer.Option(envvar="EVCHARGE_ENGINE_HOST", help="Address to listen on.")] = "127.0.0.1",
+    kafka: Kafka = DEFAULT_KAFKA,
+    power_kw: Annotated[float, typer.Option(envvar="EVCHARGE_POWER_KW", help="Power while supplying.")] = 22.0,
+    price: Annotated[float, typer.Option(envvar="EVCHARGE_PRICE", help="EUR/kWh for local (plug-in) supplies.")] = 0.30,
+    meter_interval: Annotated[float, typer.Option(envvar="EVCHARGE_METER_INTERVAL_S",
+                                                  help="Seconds between meter readings.")] = 1.0,
+    max_session: Annotated[float, typer.Option(envvar="EVCHARGE_MAX_SESSION_S",
+                                               help="A supply ends by itself after this many seconds (0: never).")] = 30.0,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    keys: Annotated[bool | None, typer.Option("--keys/--no-keys",
+                                              help="Keys in the terminal: p plug in, u unplug, f fault, c clear (default: when a terminal).")] = None,
+    partitions: Partitions = 8,
+    log_level: LogLevel = "info",
+    log_json: LogJson = False,
+) -> None:
+    """Run a charging point's engine: supplies energy, reports to central over Kafka.
+
+    Faults and plug-in can be injected without a terminal: `evcharge ctl engine CP-005 fault`.
+    """
+    from evcharge.cp.engine import Engine, EngineSettings, default_engine_port
+
+    settings = EngineSettings(
+        cp_id=cp_id, kafka=kafka, state_dir=state_dir, host=host,
+        port=port if port is not None else default_engine_port(cp_id), power_kw=power_kw,
+        price_eur_kwh=price, meter_interval_s=meter_interval, max_session_s=max_session,
+        partitions=partitions,
+    )
+    role = Engine(settings)
+    use_keys = sys.stdin.isatty() if keys is None else keys
+    if use_keys:
+        from evcharge.cp.keys import with_engine_keys
+
+        _start(with_engine_keys(role), log_level, log_json)
+    _start(role.run, log_level, log_json)
+
+
+@app.command()
+def monitor(
+    cp_id: Annotated[str, typer.Option("--cp-id", envvar="EVCHARGE_CP_ID", help="The charging point to watch.")],
+    engine: Annotated[str | None, typer.Option(envvar="EVCHARGE_ENGINE",
+                                               help="The engine's HOST:PORT (default 127.0.0.1:5000 + CP number).")] = None,
+    central: Annotated[str, typer.Option(envvar="EVCHARGE_CENTRAL", help="Central's monitor port HOST:PORT.")] = "127.0.0.1:7000",
+    location: Annotated[str, typer.Option(envvar="EVCHARGE_LOCATION", help="Where the CP is, shown at central.")] = "unknown",
+    price: Annotated[float, typer.Option(envvar="EVCHARGE_PRICE", help="EUR/kWh registered at central.")] = 0.30,
+    max_kw: Annotated[float, typer.Option(envvar="EVCHARGE_POWER_KW", help="The CP's maximum power.")] = 22.0,
+    check_interval: Annotated[float, typer.Option(envvar="EVCHARGE_CHECK_INTERVAL_S",
+                                                  help="Seconds between engine health checks.")] = 1.0,
+    failures: Annotated[int, typer.Option(envvar="EVCHARGE_FAILURE_THRESHOLD",
+                                          help="Failed checks in a row before the CP is reported BROKEN.")] = 3,
+    claim_timeout: Annotated[float, typer.Option(envvar="EVCHARGE_CLAIM_TIMEOUT_S",
+                                                 help="How long to retry when central says this CP id already has a live monitor.")] = 10.0,
+    log_level: LogLevel = "info",
+    log_json: LogJson = False,
+) -> None:
+    """Run a charging point's monitor: checks the engine every second, keeps central told."""
+    from evcharge.cp.engine import default_engine_port
+    from evcharge.cp.monitor import Monitor, MonitorSettings
+
+    engine_host, engine_port = host_port(engine, "--engine") if engine else ("127.0.0.1", default_engine_port(cp_id))
+    central_host, central_port = host_port(central, "--central")
+    settings = MonitorSettings(
+        cp_id=cp_id, engine_host=engine_host, engine_port=engine_port, central_host=central_host,
+        central_port=central_port, location=location, price_eur_kwh=price, max_kw=max_kw,
+        check_interval_s=check_interval, failure_threshold=failures, claim_timeout_s=claim_timeout,
+    )
+    _start(Monitor(settings).run, log_level, log_json)
+
+
+@app.command()
+def driver(
+    driver_id: Annotated[str, typer.Option("--id", envvar="EVCHARGE_DRIVER_ID", help="This driver's id, e.g. driver-alice.")],
+    requests: Annotated[Path | None, typer.Option(envvar="EVCHARGE_REQUESTS",
+                                                  help="File with one CP id per line; without it the driver is interactive.")] = None,
+    interval: Annotated[float, typer.Option(envvar="EVCHARGE_INTERVAL_S", help="Seconds between two requests.")] = 4.0,
+    answer_timeout: Annotated[float, typer.Option(envvar="EVCHARGE_ANSWER_TIMEOUT_S",
+                                                  help="Seconds to wait for central to accept or deny a request.")] = 90.0,
+    kafka: Kafka = DEFAULT_KAFKA,
+    central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    partitions: Partitions = 8,
+    log_level: LogLevel = "info",
+    log_json: LogJson = False,
+) -> None:
+    """Run a driver: request charges, watch them live, get a ticket for each."""
+    from evcharge.driver.app import Driver, DriverSettings
+    from evcharge.driver.requests_file import read_requests
+
+    lines = None
+    if requests is not None:
+        try:
+            lines = read_requests(requests)
+        except OSError as exc:
+            typer.secho(f"error: cannot read {requests}: {exc.strerror}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    settings = DriverSettings(
+        driver_id=driver_id, kafka=kafka, state_dir=state_dir, interval_s=interval,
+        answer_timeout_s=answer_timeout, partitions=partitions, central_url=central_url,
+    )
+    role = Driver(settings)
+    plan = str(requests.resolve()) if requests else "interactive"
+    _start(lambda stop: role.run(stop, lines, plan), log_level, log_json)
+
+
+def _not_built(name: str) -> None:
+    typer.secho(f"`evcharge {name}` is not built yet.", fg="yellow", err=True)
+    raise typer.Exit(64)
+
+
+@app.command()
+def sim() -> None:
+    """Fleet simulator: many CPs and drivers in one process (not built yet)."""
+    _not_built("sim")
+
+
+def _mount_subapps() -> None:
+    from evcharge.broker_cli import app as kafka_app
+    from evcharge.ctl import app as ctl_app
+    from evcharge.demo import demo
+
+    app.add_typer(kafka_app, name="kafka", help="Run a local single-node Apache Kafka (KRaft).")
+    app.add_typer(ctl_app, name="ctl", help="Operate a running system: CPs, sessions, engine faults.")
+    app.command()(demo)
+
+
+_mount_subapps()
+
+
+def main() -> None:
+    app()

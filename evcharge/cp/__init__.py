@@ -1,0 +1,1 @@
+"""A charging point: the engine that supplies energy and the monitor that watches it."""

@@ -1,0 +1,320 @@
+"""`evcharge engine`: a charging point's engine, wired to its store, Kafka and its health port.
+
+Three tasks around one `EngineState`: the health/control port its monitor
+checks, the command consumer (its own key's partition only), and the meter
+that ticks while supplying. Each change is recorded (and queued for Kafka)
+before anyone is told about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from evcharge.cp.engine_state import EngineState
+from evcharge.cp.engine_store import EngineStore
+from evcharge.errors import ConfigError, ProtocolError
+from evcharge.messages import (
+    ControlResult,
+    CpCommand,
+    CpEvent,
+    EndReason,
+    EngineControl,
+    ErrorReply,
+    Health,
+    HealthCheck,
+    HealthStatus,
+    MeterReading,
+    ResumeCp,
+    SessionEnded,
+    SessionStarted,
+    StartSupply,
+    StopCp,
+    StopSupply,
+    decode,
+)
+from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition
+from evcharge.runtime.outbox import OutboxRelay
+from evcharge.runtime.tcp import FrameReader, peer_name, send_frame
+from evcharge.runtime.waits import sleep_unless, wait_first
+
+log = logging.getLogger("evcharge.engine")
+
+IDLE_CONNECTION_S = 30.0
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    cp_id: str
+    kafka: str
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 5000
+    power_kw: float = 22.0
+    price_eur_kwh: float = 0.30
+    meter_interval_s: float = 1.0
+    max_session_s: float = 30.0
+    partitions: int = 8
+
+
+def default_engine_port(cp_id: str) -> int:
+    """5000 + the CP's number (CP-005 → 5005), so a row of CPs on one host needs no port flags."""
+    digits = "".join(ch for ch in cp_id if ch.isdigit())
+    return 5000 + int(digits[-3:]) if digits else 5000
+
+
+class InstanceLock:
+    """One live engine per CP id and state dir: a second one is refused instead of double-supplying."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ConfigError(
+                f"another engine is already running with this CP id and state dir ({self.path})"
+            ) from None
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.state = EngineState(
+            cp_id=settings.cp_id,
+            power_kw=settings.power_kw,
+            price_eur_kwh=settings.price_eur_kwh,
+            max_session_s=settings.max_session_s,
+        )
+        self._store: EngineStore | None = None
+        self._relay: OutboxRelay | None = None
+        self._lock = asyncio.Lock()
+        self._supply_changed = asyncio.Event()
+        self.port = settings.port
+
+    async def run(self, stop: asyncio.Event) -> int:
+        s = self.settings
+        lock = InstanceLock(s.state_dir / f"engine-{s.cp_id}.lock")
+        lock.acquire()
+        store = self._store = await EngineStore.open(s.state_dir / f"engine-{s.cp_id}.sqlite", s.cp_id)
+        relay = self._relay = OutboxRelay(store, s.kafka)
+        server: asyncio.Server | None = None
+        try:
+            await self._recover(store)
+            server = await asyncio.start_server(self._serve_monitor, s.host, s.port)
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
+                     s.cp_id, s.host, self.port, s.power_kw, s.price_eur_kwh)
+            consumer = ConsumerLoop(s.kafka, f"engine-{s.cp_id}", self._assign, self._on_commands, new_group_starts_at_end=True)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(relay.run(stop), name="outbox relay")
+                tasks.create_task(consumer.run(stop), name="command consumer")
+                tasks.create_task(self._meter(stop), name="meter")
+                await stop.wait()
+                log.info("%s engine stopping", s.cp_id)
+        finally:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+            await store.close()
+            lock.release()
+        return 0
+
+    async def _recover(self, store: EngineStore) -> None:
+        self.state.stopped = await store.stopped()
+        self.state.known_sessions = await store.known_sessions()
+        crashed = await store.open_session()
+        if crashed is not None:
+            # We died mid-session: bill what we had recorded, once, and say how it ended.
+            ended = SessionEnded(
+                cp_id=self.settings.cp_id, session_id=crashed.session_id, seq=crashed.seq + 1,
+                kwh=crashed.kwh, eur=crashed.eur, ended_at=time.time(), reason=EndReason.INTERRUPTED,
+            )
+            await store.record([ended])
+            log.warning("%s: session %s was interrupted by a restart; closed at %.3f kWh, %.2f EUR",
+                        self.settings.cp_id, crashed.session_id[:8], crashed.kwh, crashed.eur)
+        pending = await store.outbox_size()
+        if pending:
+            log.info("%s: %d events from before the restart are waiting for Kafka", self.settings.cp_id, pending)
+
+    # ---------------------------------------------------------- changes
+
+    async def _change(self, events: list[CpEvent], *, stopped: bool | None = None) -> None:
+        """Record and queue what a transition produced; log it for the person at the CP."""
+        assert self._store is not None and self._relay is not None
+        if not events and stopped is None:
+            return
+        await self._store.record(events, stopped=stopped)
+        self._relay.wake()
+        for event in events:
+            self._log_event(event)
+        self._supply_changed.set()
+
+    def _log_event(self, event: CpEvent) -> None:
+        cp = self.settings.cp_id
+        if isinstance(event, SessionStarted):
+            log.info("%s SUPPLYING session %s for %s", cp, event.session_id[:8], event.driver_id)
+        elif isinstance(event, MeterReading):
+            log.info("%s meter: %.1f kW, %.4f kWh, %.4f EUR (session %s #%d)",
+                     cp, event.kw, event.kwh, event.eur, event.session_id[:8], event.seq)
+        elif isinstance(event, SessionEnded):
+            log.info("%s session %s ended (%s): %.4f kWh, %.4f EUR",
+                     cp, event.session_id[:8], event.reason.value, event.kwh, event.eur)
+        else:
+            log.warning("%s refused session %s: %s", cp, event.session_id[:8], event.reason)
+
+    async def act(self, action: str) -> str:
+        """The CP's own controls (keys in its terminal, or the control command on its port)."""
+        now = time.time()
+        async with self._lock:
+            if action == "plug":
+                events = self.state.plug_in(now)
+                await self._change(events)
+                return "supplying" if events else "cannot start a supply now"
+            if action == "unplug":
+                events = self.state.end(EndReason.UNPLUGGED, now)
+                await self._change(events)
+                return "unplugged" if events else "nothing was plugged in"
+            if action == "fault":
+                await self._change(self.state.raise_fault(now))
+                log.warning("%s fault raised: answering KO", self.settings.cp_id)
+                return "KO"
+            if action == "clear":
+                self.state.clear_fault()
+                log.info("%s fault cleared: answering OK", self.settings.cp_id)
+                return "OK"
+            return self.describe()
+
+    def describe(self) -> str:
+        state = self.state
+        health = "OK" if state.healthy else "KO"
+        if state.supply is not None:
+            m = state.supply.meter
+            return (f"{health}, supplying session {state.supply.session_id[:8]} to "
+                    f"{state.supply.driver_id}: {m.kw:.1f} kW, {m.kwh:.4f} kWh, {m.eur:.4f} EUR")
+        return f"{health}, {'stopped by the operator' if state.stopped else 'idle'}"
+
+    # ----------------------------------------------------------- meter
+
+    async def _meter(self, stop: asyncio.Event) -> None:
+        interval = self.settings.meter_interval_s
+        while not stop.is_set():
+            if self.state.supply is None:
+                self._supply_changed.clear()
+                await wait_first(stop, self._supply_changed)
+                continue
+            next_tick = time.monotonic() + interval
+            if await sleep_unless(stop, interval):
+                return
+            async with self._lock:
+                if self.state.supply is not None:
+                    await self._change(self.state.tick(interval, time.time()))
+            # Keep the cadence even when recording took a while.
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+
+    # ------------------------------------------------------------ Kafka
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        counts = await ensure_topics(self.settings.kafka, self.settings.partitions)
+        tp = key_partition(counts, TOPICS.cp_commands, self.settings.cp_id)
+        return [tp]
+
+    async def _on_commands(self, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            if record.key != self.settings.cp_id.encode():
+                continue  # another CP whose id hashes to our partition
+            try:
+                command = decode(record.value, CpCommand)
+            except ProtocolError as exc:
+                log.warning("%s: ignored an undecodable command at offset %d: %s",
+                            self.settings.cp_id, record.offset, exc)
+                continue
+            await self._apply_command(command)  # type: ignore[arg-type]
+
+    async def _apply_command(self, command: StartSupply | StopSupply | StopCp | ResumeCp) -> None:
+        now = time.time()
+        async with self._lock:
+            if isinstance(command, StartSupply):
+                await self._change(self.state.start(command, now))
+            elif isinstance(command, StopSupply):
+                await self._change(self.state.end(command.reason, now, command.session_id))
+            elif isinstance(command, StopCp):
+                events = self.state.stop_cp(now)
+                await self._change(events, stopped=True)
+                log.warning("%s stopped by the operator (out of order)", self.settings.cp_id)
+            else:
+                await self._change(self.state.resume_cp(), stopped=False)
+                log.info("%s resumed by the operator", self.settings.cp_id)
+
+    # ------------------------------------------------------- health port
+
+    async def _serve_monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = peer_name(writer)
+        frames = FrameReader(reader)
+        try:
+            while True:
+                frame = await frames.read(timeout_s=IDLE_CONNECTION_S)
+                if frame is None:
+                    break
+                if isinstance(frame, HealthCheck):
+                    await send_frame(writer, self._health(frame.corr))
+                elif isinstance(frame, EngineControl):
+                    if not _is_loopback(writer):
+                        await send_frame(writer, ErrorReply(
+                            corr=frame.corr, code="forbidden", reason="controls are local only"))
+                        continue
+                    detail = await self.act(frame.action)
+                    await send_frame(writer, ControlResult(corr=frame.corr, ok=True, detail=detail))
+                else:
+                    await send_frame(writer, ErrorReply(
+                        corr=frame.corr, code="unexpected", reason=f"{type(frame).__name__} is not served here"))
+        except TimeoutError:
+            pass  # an idle peer: it reconnects when it needs us
+        except ProtocolError as exc:
+            log.warning("%s health port: %s sent %s: closed", self.settings.cp_id, peer, exc)
+            with contextlib.suppress(ConnectionError, OSError):
+                await send_frame(writer, ErrorReply(code="protocol_error", reason=str(exc)))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _health(self, corr: int) -> HealthStatus:
+        supply = self.state.supply
+        return HealthStatus(
+            corr=corr,
+            cp_id=self.settings.cp_id,
+            health=Health.OK if self.state.healthy else Health.KO,
+            supplying=supply is not None,
+            session_id=supply.session_id if supply else None,
+        )
+
+
+def _is_loopback(writer: asyncio.StreamWriter) -> bool:
+    peer = writer.get_extra_info("peername")
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False

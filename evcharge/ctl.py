@@ -1,0 +1,134 @@
+"""`evcharge ctl`: a thin client for operators and scripts.
+
+CPs and sessions through central's HTTP API; faults and plug-in through an
+engine's local control port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from evcharge.options import DEFAULT_CENTRAL_URL, CentralUrl
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
+cp_app = typer.Typer(no_args_is_help=True, help="List, stop, resume or forget charging points.")
+app.add_typer(cp_app, name="cp")
+
+
+def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    import aiohttp
+
+    async def go() -> tuple[int, Any]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            async with http.request(method, url, json=body) as response:
+                return response.status, await response.json(content_type=None)
+
+    try:
+        status, data = asyncio.run(go())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        typer.secho(f"error: cannot reach central at {url}: {exc.__class__.__name__}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    if status >= 400:
+        message = data.get("message", data) if isinstance(data, dict) else data
+        typer.secho(f"error {status}: {message}", fg="red", err=True)
+        raise typer.Exit(1)
+    return data
+
+
+def _show(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+@cp_app.command("list")
+def cp_list(central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    """Every CP with its status."""
+    for cp in _call("GET", f"{central_url}/cp")["charging_points"]:
+        session = cp["session"]
+        extra = f"  {session['driver_id']} {session['kwh']:.4f} kWh" if session else ""
+        typer.echo(f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
+                   f"{cp['price_eur_kwh']:.2f} EUR/kWh{extra}")
+
+
+@cp_app.command("show")
+def cp_show(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    _show(_call("GET", f"{central_url}/cp/{cp_id}"))
+
+
+@cp_app.command("stop")
+def cp_stop(cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
+            central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    """Stop a CP (ends its supply with a ticket; it shows 'Out of order')."""
+    path = "/cp/stop-all" if cp_id == "all" else f"/cp/{cp_id}/stop"
+    _call("POST", central_url + path)
+    typer.echo(f"stopped {cp_id}")
+
+
+@cp_app.command("resume")
+def cp_resume(cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
+              central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    """Put a stopped CP back in service."""
+    path = "/cp/resume-all" if cp_id == "all" else f"/cp/{cp_id}/resume"
+    _call("POST", central_url + path)
+    typer.echo(f"resumed {cp_id}")
+
+
+@cp_app.command("forget")
+def cp_forget(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    """Remove a disconnected CP from the registry."""
+    _call("DELETE", f"{central_url}/cp/{cp_id}")
+    typer.echo(f"forgot {cp_id}")
+
+
+@app.command()
+def charge(driver_id: str, cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+    """Ask central for a charge over HTTP (the same decision as a driver's Kafka request)."""
+    _show(_call("POST", f"{central_url}/request/charge", {"driver_id": driver_id, "cp_id": cp_id}))
+
+
+@app.command()
+def sessions(
+    driver_id: Annotated[str | None, typer.Option("--driver")] = None,
+    cp_id: Annotated[str | None, typer.Option("--cp")] = None,
+    central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+) -> None:
+    """Recent sessions, newest first."""
+    query = "&".join(f"{k}={v}" for k, v in (("driver_id", driver_id), ("cp_id", cp_id)) if v)
+    _show(_call("GET", f"{central_url}/sessions?{query}"))
+
+
+@app.command()
+def engine(
+    cp_id: str,
+    action: Annotated[str, typer.Argument(help="plug, unplug, fault, clear or status.")],
+    host: Annotated[str, typer.Option(help="The engine's host.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="The engine's port (default 5000 + CP number).")] = None,
+) -> None:
+    """Act at a CP's engine: plug in, unplug, raise a fault (KO) or clear it."""
+    from evcharge.cp.engine import default_engine_port
+    from evcharge.errors import EvchargeError
+    from evcharge.messages import ControlResult, EngineControl
+    from evcharge.runtime.tcp import FramedConnection
+
+    if action not in ("plug", "unplug", "fault", "clear", "status"):
+        raise typer.BadParameter("action must be plug, unplug, fault, clear or status")
+    target_port = port if port is not None else default_engine_port(cp_id)
+
+    async def go() -> str:
+        conn = await FramedConnection.open(host, target_port, timeout_s=5)
+        try:
+            reply = await conn.request(EngineControl(action=action), timeout_s=5)  # type: ignore[arg-type]
+        finally:
+            await conn.close()
+        assert isinstance(reply, ControlResult)
+        return reply.detail
+
+    try:
+        typer.echo(f"{cp_id}: {asyncio.run(go())}")
+    except (EvchargeError, OSError, TimeoutError) as exc:
+        typer.secho(f"error: engine {cp_id} at {host}:{target_port}: {exc or exc.__class__.__name__}",
+                    fg="red", err=True)
+        raise typer.Exit(1) from None

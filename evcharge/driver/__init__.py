@@ -1,0 +1,1 @@
+"""The driver's app: ask for charges, watch them live, keep every ticket."""

@@ -1,0 +1,107 @@
+"""The driver's own record: where it is in its requests file, and which tickets it has shown.
+
+It is what lets a restarted driver carry on with the line it was on and show
+each ticket once, even though Kafka may hand it the same update again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from evcharge.runtime.sqlite import open_database, transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS progress (
+    plan TEXT PRIMARY KEY,
+    next_index INTEGER NOT NULL,
+    pending_request_id TEXT,
+    pending_cp TEXT
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    request_id TEXT PRIMARY KEY,
+    plan TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    cp_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    session_id TEXT,
+    kwh REAL,
+    eur REAL,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS shown_tickets (session_id TEXT PRIMARY KEY);
+"""
+
+
+@dataclass(frozen=True)
+class Progress:
+    next_index: int
+    pending_request_id: str | None
+    pending_cp: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    request_id: str
+    idx: int
+    cp_id: str
+    outcome: str  # ticket's end reason, "denied", or "no answer"
+    session_id: str | None
+    kwh: float | None
+    eur: float | None
+    detail: str
+
+
+class DriverJournal:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> DriverJournal:
+        return cls(await open_database(path, SCHEMA))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def progress(self, plan: str) -> Progress:
+        async with self._db.execute(
+            "SELECT next_index, pending_request_id, pending_cp FROM progress WHERE plan = ?", (plan,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return Progress(*row) if row else Progress(0, None, None)
+
+    async def begin_request(self, plan: str, index: int, request_id: str, cp_id: str) -> None:
+        """Written before the request is sent: a crash after this resends the same request id."""
+        async with transaction(self._db) as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?)", (plan, index, request_id, cp_id)
+            )
+
+    async def finish_request(self, plan: str, outcome: Outcome) -> None:
+        async with transaction(self._db) as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (outcome.request_id, plan, outcome.idx, outcome.cp_id, outcome.outcome,
+                 outcome.session_id, outcome.kwh, outcome.eur, outcome.detail),
+            )
+            await db.execute(
+                "INSERT OR REPLACE INTO progress VALUES (?, ?, NULL, NULL)", (plan, outcome.idx + 1)
+            )
+
+    async def outcomes(self, plan: str) -> list[Outcome]:
+        async with self._db.execute(
+            "SELECT request_id, idx, cp_id, outcome, session_id, kwh, eur, detail FROM outcomes "
+            "WHERE plan = ? ORDER BY idx",
+            (plan,),
+        ) as cursor:
+            return [Outcome(*row) for row in await cursor.fetchall()]
+
+    async def mark_shown(self, session_id: str) -> bool:
+        """Record that this ticket is on screen; False if it was shown before."""
+        async with transaction(self._db) as db:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO shown_tickets VALUES (?)", (session_id,)
+            )
+            return cursor.rowcount == 1

@@ -1,0 +1,118 @@
+"""A consume-process-commit loop that survives broker outages.
+
+Offsets are committed only after the handler returned, i.e. after its effects
+are durable; a crash in between hands the same records to the next run, and
+the handlers deduplicate by business key. A decode failure is the handler's
+business (dead letters), never a reason to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from evcharge.runtime.backoff import Backoff
+from evcharge.runtime.kafka import new_consumer
+from evcharge.runtime.reconnect import LinkWatch, is_retriable
+from evcharge.runtime.waits import sleep_unless
+
+log = logging.getLogger(__name__)
+
+Assign = Callable[[AIOKafkaConsumer], Awaitable[list[TopicPartition]]]
+Handle = Callable[[list[ConsumerRecord]], Awaitable[None]]
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        assign: Assign,
+        handle: Handle,
+        *,
+        backoff: Backoff | None = None,
+        max_records: int = 500,
+        new_group_starts_at_end: bool = False,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._group_id = group_id
+        self._assign = assign
+        self._handle = handle
+        self._backoff = backoff or Backoff(max_delay_s=2.0)
+        self._max_records = max_records
+        self._new_group_starts_at_end = new_group_starts_at_end
+        self._watch = LinkWatch(log, "Kafka", bootstrap)
+        self.ready = asyncio.Event()
+        self.commit_pending: dict[TopicPartition, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            consumer = new_consumer(self._bootstrap, self._group_id)
+            try:
+                await consumer.start()
+                partitions = await self._assign(consumer)
+                consumer.assign(partitions)
+                await self._resume_positions(consumer, partitions)
+                self._watch.succeeded()
+                self._backoff.reset()
+                self.ready.set()
+                await self._consume(consumer, stop)
+            except Exception as exc:
+                if not is_retriable(exc) and not isinstance(exc, LookupError):
+                    raise
+                delay = self._backoff.next_delay()
+                self._watch.failed(exc, delay)
+                await sleep_unless(stop, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await consumer.stop()
+
+    async def _resume_positions(
+        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Resume at the group's committed offsets.
+
+        A group that never committed starts at the earliest record, or, for a
+        role that reads one shared partition (a driver, an engine), at the end:
+        a new driver must not replay other keys' history. That first position
+        is committed at once, so a crash right after the first start still
+        resumes where it began and misses nothing.
+        """
+        for tp in partitions:
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            elif self._new_group_starts_at_end:
+                await consumer.seek_to_end(tp)
+                await consumer.commit({tp: await consumer.position(tp)})
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+            records = [r for batch in batches.values() for r in batch]
+            if records:
+                await self._handle(records)
+                for tp, batch in batches.items():
+                    self.commit_pending[tp] = batch[-1].offset + 1
+            if self.commit_pending:
+                await self._commit(consumer)
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        offsets = dict(self.commit_pending)
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            # The effects are durable and deduplicated: a commit can wait for the broker.
+            self._watch.failed(exc)
+            return
+        self._watch.succeeded()
+        for tp, offset in offsets.items():
+            if self.commit_pending.get(tp) == offset:
+                del self.commit_pending[tp]

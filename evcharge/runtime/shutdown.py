@@ -1,0 +1,38 @@
+"""One exit path for SIGINT and SIGTERM: the first asks the role to stop cleanly, a second exits at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("evcharge")
+
+EXIT_INTERRUPTED = 130
+
+
+def run_role(role: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
+    """Run `role(stop)` until it returns; a signal sets `stop`, a second one exits immediately."""
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if stop.is_set():
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(EXIT_INTERRUPTED)
+            log.info("%s received: shutting down (again to force)", signal.Signals(signum).name)
+            stop.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            return (await role(stop)) or 0
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(main())

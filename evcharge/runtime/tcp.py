@@ -1,0 +1,172 @@
+"""Framed, typed TCP connections with request/response correlation and deadlines.
+
+`FramedConnection` owns one stream: a reader task decodes frames, hands replies
+to the request that waits for them (by `corr`) and everything else to an
+optional `on_message` callback. When the connection dies every waiting request
+fails with `ConnectionLost` carrying the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
+from evcharge.messages import ErrorReply, Frame, TcpFrame, decode, encode
+from evcharge.runtime.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 16 * 1024
+
+
+def peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+class FrameReader:
+    """Reads whole typed frames from a stream, one at a time, with a deadline per frame."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
+        self._reader = reader
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._ready: list[bytes] = []
+
+    async def read(self, timeout_s: float | None) -> Frame | None:
+        """The next frame, or None at a clean EOF. ProtocolError on garbage or a cut frame."""
+        async with asyncio.timeout(timeout_s):
+            while not self._ready:
+                chunk = await self._reader.read(READ_CHUNK_BYTES)
+                if not chunk:
+                    if self._decoder.pending_bytes:
+                        raise ProtocolError(
+                            f"connection closed in the middle of a frame "
+                            f"({self._decoder.pending_bytes} bytes pending)"
+                        )
+                    return None
+                self._ready.extend(self._decoder.feed(chunk))
+        payload = self._ready.pop(0)
+        return decode(payload, TcpFrame)  # type: ignore[return-value]
+
+
+async def send_frame(writer: asyncio.StreamWriter, frame: msgspec.Struct) -> None:
+    writer.write(encode_frame(encode(frame)))
+    await writer.drain()
+
+
+class FramedConnection:
+    """A client connection: `request()` sends a frame and awaits the frame that answers it."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        on_message: Callable[[Frame], Awaitable[None]] | None = None,
+    ) -> None:
+        self._frames = FrameReader(reader)
+        self._writer = writer
+        self._on_message = on_message
+        self._corr = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._closed = asyncio.Event()
+        self.close_reason = ""
+        self._reader_task = asyncio.create_task(self._read_loop(), name=f"read {self.peer}")
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout_s: float,
+        on_message: Callable[[Frame], Awaitable[None]] | None = None,
+    ) -> FramedConnection:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer, on_message=on_message)
+
+    @property
+    def peer(self) -> str:
+        return peer_name(self._writer)
+
+    @property
+    def closed_event(self) -> asyncio.Event:
+        return self._closed
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def request(self, frame: Frame, *, timeout_s: float) -> Frame:
+        if self.closed:
+            raise ConnectionLost(self.close_reason or "connection is closed")
+        frame.corr = next(self._corr)
+        waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[frame.corr] = waiter
+        try:
+            async with asyncio.timeout(timeout_s):
+                await send_frame(self._writer, frame)
+                reply = await waiter
+        except TimeoutError:
+            raise RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s") from None
+        except (ConnectionError, OSError) as exc:
+            await self._shut(f"send failed: {exc}")
+            raise ConnectionLost(self.close_reason) from exc
+        finally:
+            self._pending.pop(frame.corr, None)
+        if isinstance(reply, ErrorReply):
+            raise Refused(reply.code, reply.reason)
+        return reply
+
+    async def _read_loop(self) -> None:
+        reason = "closed by peer"
+        try:
+            while True:
+                frame = await self._frames.read(timeout_s=None)
+                if frame is None:
+                    break
+                waiter = self._pending.get(frame.corr) if frame.corr else None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(frame)
+                elif self._on_message is not None:
+                    await self._on_message(frame)
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection lost: {exc.__class__.__name__}"
+        except asyncio.CancelledError:
+            reason = "closed"
+        await self._shut(reason)
+
+    async def _shut(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = reason
+        self._closed.set()
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_exception(ConnectionLost(reason))
+        self._pending.clear()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    async def close(self) -> None:
+        """Idempotent: cancels the reader and closes the socket."""
+        if self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        await self._shut("closed")
