@@ -452,10 +452,10 @@ class LocalBroker:
             fetched = _cached_libs(kafka_home(self.cache)) is None
             libs = self.fetch(progress)
             fetch_s = time.monotonic() - fetch_started if fetched else None
-            for port in (self.port, self._cport):
+            for port, role in ((self.port, ""), (self._cport, " (the KRaft controller port)")):
                 if _port_taken(self.host, port):
                     raise BrokerError(
-                        f"{self.host}:{port} is already in use by another process "
+                        f"{self.host}:{port}{role} is already in use by another process "
                         f"(not the Kafka of {self.data_dir}): pick another port"
                     )
             self._write_config()

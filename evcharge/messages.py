@@ -18,8 +18,8 @@ from evcharge.errors import ProtocolError
 
 SCHEMA_VERSION = 1
 
-CpId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+CpId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
+DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
 Energy = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1e7)]

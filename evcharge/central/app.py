@@ -54,7 +54,7 @@ class CentralApp:
         s = self.settings
         started = time.monotonic()
         store = await CentralStore.open(s.db_path)
-        relay = OutboxRelay(store, s.kafka)
+        relay = OutboxRelay(store.outbox, s.kafka)
         service = CentralService(
             store,
             request_ttl_s=s.request_ttl_s,

@@ -17,10 +17,10 @@ import msgspec
 
 from evcharge.central.ledger import Session, SessionState
 from evcharge.messages import EndReason, encode
-from evcharge.runtime.outbox import OutboxRow
-from evcharge.runtime.sqlite import open_database, transaction
+from evcharge.runtime.outbox import OUTBOX_SCHEMA, SqliteOutbox
+from evcharge.runtime.sqlite import Database
 
-SCHEMA = """
+SCHEMA = OUTBOX_SCHEMA + """
 CREATE TABLE IF NOT EXISTS cps (
     cp_id TEXT PRIMARY KEY,
     location TEXT NOT NULL,
@@ -58,12 +58,6 @@ CREATE TABLE IF NOT EXISTS requests (
     reason TEXT,
     at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS outbox (
-    row_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    key TEXT NOT NULL,
-    payload BLOB NOT NULL
-);
 """
 
 
@@ -96,12 +90,13 @@ class Outgoing:
 
 
 class CentralStore:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
+        self.outbox = SqliteOutbox(db)
 
     @classmethod
     async def open(cls, path: Path) -> CentralStore:
-        return cls(await open_database(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA))
 
     async def close(self) -> None:
         await self._db.close()
@@ -166,7 +161,7 @@ class CentralStore:
         requests: Iterable[RequestOutcome] = (),
         messages: Iterable[Outgoing] = (),
     ) -> None:
-        async with transaction(self._db) as db:
+        async with self._db.transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO cps VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -187,25 +182,8 @@ class CentralStore:
                     for r in requests
                 ],
             )
-            await db.executemany(
-                "INSERT INTO outbox (topic, key, payload) VALUES (?, ?, ?)",
-                [(m.topic, m.key, encode(m.message)) for m in messages],
-            )
+            await SqliteOutbox.add(db, [(m.topic, m.key, encode(m.message)) for m in messages])
 
-    async def outbox_batch(self, limit: int) -> list[OutboxRow]:
-        async with self._db.execute(
-            "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
-        ) as cursor:
-            return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in await cursor.fetchall()]
-
-    async def outbox_delete(self, row_ids: list[int]) -> None:
-        async with transaction(self._db) as db:
-            await db.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
-
-    async def outbox_size(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
     async def _sessions(self, clause: str, args: tuple) -> list[Session]:
         async with self._db.execute(f"SELECT * FROM sessions {clause}", args) as cursor:

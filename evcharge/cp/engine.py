@@ -117,19 +117,24 @@ class Engine:
         lock = InstanceLock(s.state_dir / f"engine-{s.cp_id}.lock")
         lock.acquire()
         store = self._store = await EngineStore.open(s.state_dir / f"engine-{s.cp_id}.sqlite", s.cp_id)
-        relay = self._relay = OutboxRelay(store, s.kafka)
+        relay = self._relay = OutboxRelay(store.outbox, s.kafka)
         server: asyncio.Server | None = None
         try:
             await self._recover(store)
-            server = await asyncio.start_server(self._serve_monitor, s.host, s.port)
-            self.port = server.sockets[0].getsockname()[1]
-            log.info("%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
-                     s.cp_id, s.host, self.port, s.power_kw, s.price_eur_kwh)
-            consumer = ConsumerLoop(s.kafka, f"engine-{s.cp_id}", self._assign, self._on_commands, new_group_starts_at_end=True)
+            consumer = ConsumerLoop(s.kafka, f"engine-{s.cp_id}", self._assign, self._on_commands,
+                                    new_group_starts_at_end=True)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
                 tasks.create_task(consumer.run(stop), name="command consumer")
                 tasks.create_task(self._meter(stop), name="meter")
+                # The health port opens only once commands can be read: a monitor
+                # must not report this CP ON while a start command would go unseen.
+                await wait_first(consumer.ready, stop)
+                if not stop.is_set():
+                    server = await asyncio.start_server(self._serve_monitor, s.host, s.port)
+                    self.port = server.sockets[0].getsockname()[1]
+                    log.info("%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
+                             s.cp_id, s.host, self.port, s.power_kw, s.price_eur_kwh)
                 await stop.wait()
                 log.info("%s engine stopping", s.cp_id)
         finally:
@@ -153,7 +158,7 @@ class Engine:
             await store.record([ended])
             log.warning("%s: session %s was interrupted by a restart; closed at %.3f kWh, %.2f EUR",
                         self.settings.cp_id, crashed.session_id[:8], crashed.kwh, crashed.eur)
-        pending = await store.outbox_size()
+        pending = await store.outbox.size()
         if pending:
             log.info("%s: %d events from before the restart are waiting for Kafka", self.settings.cp_id, pending)
 

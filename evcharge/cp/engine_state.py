@@ -29,7 +29,6 @@ class Supply:
     started_at: float
     meter: Meter
     seq: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -88,13 +87,12 @@ class EngineState:
         if supply is None:
             return []
         supply.meter.advance(seconds)
-        supply.seconds += seconds
         supply.seq += 1
         reading = MeterReading(
             cp_id=self.cp_id, session_id=supply.session_id, seq=supply.seq,
             kw=supply.meter.kw, kwh=supply.meter.kwh, eur=supply.meter.eur,
         )
-        if self.max_session_s and supply.seconds >= self.max_session_s - 1e-9:
+        if self.max_session_s and supply.meter.seconds >= self.max_session_s - 1e-9:
             return [reading, *self.end(EndReason.COMPLETED, now)]
         return [reading]
 

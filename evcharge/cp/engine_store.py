@@ -21,10 +21,10 @@ from evcharge.messages import (
     encode,
 )
 from evcharge.runtime.kafka import TOPICS
-from evcharge.runtime.outbox import OutboxRow
-from evcharge.runtime.sqlite import open_database, transaction
+from evcharge.runtime.outbox import OUTBOX_SCHEMA, SqliteOutbox
+from evcharge.runtime.sqlite import Database
 
-SCHEMA = """
+SCHEMA = OUTBOX_SCHEMA + """
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
@@ -37,12 +37,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     eur REAL NOT NULL,
     ended INTEGER NOT NULL DEFAULT 0,
     end_reason TEXT
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    row_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    key TEXT NOT NULL,
-    payload BLOB NOT NULL
 );
 """
 
@@ -60,13 +54,14 @@ class OpenSession:
 
 
 class EngineStore:
-    def __init__(self, db: aiosqlite.Connection, cp_id: str) -> None:
+    def __init__(self, db: Database, cp_id: str) -> None:
         self._db = db
         self._cp_id = cp_id
+        self.outbox = SqliteOutbox(db)
 
     @classmethod
     async def open(cls, path: Path, cp_id: str) -> EngineStore:
-        return cls(await open_database(path, SCHEMA), cp_id)
+        return cls(await Database.open(path, SCHEMA), cp_id)
 
     async def close(self) -> None:
         await self._db.close()
@@ -89,17 +84,14 @@ class EngineStore:
 
     async def record(self, events: list[CpEvent], *, stopped: bool | None = None) -> None:
         """Apply `events` to the session table and queue them for Kafka, in one transaction."""
-        async with transaction(self._db) as db:
+        async with self._db.transaction() as db:
             if stopped is not None:
                 await db.execute(
                     "INSERT OR REPLACE INTO settings VALUES ('stopped', ?)", ("1" if stopped else "0",)
                 )
             for event in events:
                 await self._apply(db, event)
-                await db.execute(
-                    "INSERT INTO outbox (topic, key, payload) VALUES (?, ?, ?)",
-                    (TOPICS.cp_events, self._cp_id, encode(event)),
-                )
+            await SqliteOutbox.add(db, [(TOPICS.cp_events, self._cp_id, encode(e)) for e in events])
 
     async def _apply(self, db: aiosqlite.Connection, event: CpEvent) -> None:
         if isinstance(event, SessionStarted):
@@ -123,18 +115,3 @@ class EngineStore:
                 "INSERT OR IGNORE INTO sessions VALUES (?, '', 0, ?, 0, 0, 0, 0, 1, 'refused')",
                 (event.session_id, event.ts),
             )
-
-    async def outbox_batch(self, limit: int) -> list[OutboxRow]:
-        async with self._db.execute(
-            "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
-        ) as cursor:
-            return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in await cursor.fetchall()]
-
-    async def outbox_delete(self, row_ids: list[int]) -> None:
-        async with transaction(self._db) as db:
-            await db.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
-
-    async def outbox_size(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0

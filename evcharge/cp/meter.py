@@ -12,7 +12,13 @@ EUR_DECIMALS = 4
 class Meter:
     kw: float
     price_eur_kwh: float
-    kwh: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def kwh(self) -> float:
+        # From the total time, not a running sum of rounded steps: rounding each
+        # tick would add up to a visible over-billing over a long session.
+        return round(self.kw * self.seconds / 3600.0, KWH_DECIMALS)
 
     @property
     def eur(self) -> float:
@@ -20,4 +26,4 @@ class Meter:
 
     def advance(self, seconds: float) -> None:
         """Add the energy of `seconds` at the current power."""
-        self.kwh = round(self.kwh + self.kw * seconds / 3600.0, KWH_DECIMALS)
+        self.seconds += seconds

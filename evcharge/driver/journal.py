@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
 
-from evcharge.runtime.sqlite import open_database, transaction
+from evcharge.runtime.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS progress (
@@ -55,12 +54,12 @@ class Outcome:
 
 
 class DriverJournal:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> DriverJournal:
-        return cls(await open_database(path, SCHEMA))
+        return cls(await Database.open(path, SCHEMA))
 
     async def close(self) -> None:
         await self._db.close()
@@ -74,13 +73,13 @@ class DriverJournal:
 
     async def begin_request(self, plan: str, index: int, request_id: str, cp_id: str) -> None:
         """Written before the request is sent: a crash after this resends the same request id."""
-        async with transaction(self._db) as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?)", (plan, index, request_id, cp_id)
             )
 
     async def finish_request(self, plan: str, outcome: Outcome) -> None:
-        async with transaction(self._db) as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (outcome.request_id, plan, outcome.idx, outcome.cp_id, outcome.outcome,
@@ -100,7 +99,7 @@ class DriverJournal:
 
     async def mark_shown(self, session_id: str) -> bool:
         """Record that this ticket is on screen; False if it was shown before."""
-        async with transaction(self._db) as db:
+        async with self._db.transaction() as db:
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO shown_tickets VALUES (?)", (session_id,)
             )

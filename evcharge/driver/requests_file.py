@@ -14,7 +14,9 @@ class RequestLine:
 
 def parse_requests(text: str) -> list[RequestLine]:
     lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Only a newline ends a line: splitlines() would also split at form feeds and
+    # other separators a comment may contain, and shift every line number after.
+    for number, raw in enumerate(text.split("\n"), start=1):
         content = raw.split("#", 1)[0].strip()
         if content:
             lines.append(RequestLine(number, content))
@@ -22,4 +24,5 @@ def parse_requests(text: str) -> list[RequestLine]:
 
 
 def read_requests(path: Path) -> list[RequestLine]:
-    return parse_requests(path.read_text(encoding="utf-8"))
+    # utf-8-sig: a byte-order mark some editors write must not become part of the first CP id.
+    return parse_requests(path.read_text(encoding="utf-8-sig"))

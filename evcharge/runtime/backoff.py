@@ -25,7 +25,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         base = min(self.initial_delay_s * self.factor**self._attempt, self.max_delay_s)
-        self._attempt += 1
+        # Past the cap the exponent no longer matters; bounding it avoids a float overflow
+        # in an outage that lasts for hours.
+        self._attempt = min(self._attempt + 1, 64)
         # Spread delays over [base*(1-jitter), base*(1+jitter)], but never past the cap.
         spread = 1.0 + self.jitter * (2.0 * self.rng() - 1.0)
         return min(base * spread, self.max_delay_s)

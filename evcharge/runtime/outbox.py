@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+import aiosqlite
 from aiokafka import AIOKafkaProducer
 
 from evcharge.runtime.backoff import Backoff
 from evcharge.runtime.kafka import new_producer
+from evcharge.runtime.sqlite import Database
 from evcharge.runtime.reconnect import LinkWatch, is_retriable
 from evcharge.runtime.waits import sleep_unless, wait_first
 
@@ -121,3 +123,39 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     with contextlib.suppress(Exception):
         async with asyncio.timeout(5):
             await producer.stop()
+
+
+OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    row_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+
+
+class SqliteOutbox:
+    """The outbox table of a role's SQLite file; rows are added inside the role's own transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @staticmethod
+    async def add(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, bytes]]) -> None:
+        await conn.executemany("INSERT INTO outbox (topic, key, payload) VALUES (?, ?, ?)", rows)
+
+    async def outbox_batch(self, limit: int) -> list[OutboxRow]:
+        async with self._db.execute(
+            "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
+        ) as cursor:
+            return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in await cursor.fetchall()]
+
+    async def outbox_delete(self, row_ids: list[int]) -> None:
+        async with self._db.transaction() as conn:
+            await conn.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
+
+    async def size(self) -> int:
+        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,181 @@
+"""The end-to-end journey with real processes on a real broker: central, CPs, drivers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from evcharge.supervisor import wait_until
+
+METER_LINE = re.compile(r"⚡ \S+: [\d.]+ kW\s+[\d.]+ kWh\s+[\d.]+ EUR")
+
+pytestmark = [pytest.mark.kafka, pytest.mark.processes]
+
+
+def test_two_cps_two_drivers_every_request_ends_with_a_matching_ticket(system) -> None:
+    system.start_central()
+    cp1 = system.add_cp(system.ident("CP-001"), location="Alicante")
+    cp2 = system.add_cp(system.ident("CP-002"), location="Elche", price=0.45)
+    alice, bob = system.ident("driver-alice"), system.ident("driver-bob")
+    unknown = system.ident("CP-404")
+    system.start_driver(alice, [cp1.cp_id, "# a comment", "", unknown, cp2.cp_id])
+    system.start_driver(bob, [cp2.cp_id, cp1.cp_id])
+    system.wait_driver_done(alice, 90)
+    system.wait_driver_done(bob, 90)
+
+    alice_screen = system.drivers[alice].output()
+    assert f"{unknown} is not a known charging point" in alice_screen
+    assert "summary: 3 requests" in alice_screen
+    assert "summary: 2 requests" in system.drivers[bob].output()
+    tickets = {d: system.tickets(d) for d in (alice, bob)}
+    assert [t.cp_id for t in tickets[alice]] == [cp1.cp_id, cp2.cp_id]
+    assert sorted(t.cp_id for t in tickets[bob]) == sorted([cp1.cp_id, cp2.cp_id])
+    for ticket in tickets[alice] + tickets[bob]:
+        assert ticket.reason == "completed"
+        assert ticket.kwh > 0
+        price = 0.45 if ticket.cp_id == cp2.cp_id else 0.30
+        assert ticket.eur == pytest.approx(ticket.kwh * price, abs=1e-4)
+    system.assert_invariants()
+    assert system.unexpected_log_lines() == {}
+
+
+def test_a_request_for_a_busy_cp_is_denied_with_the_reason(system) -> None:
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-a"), "cp_id": cp.cp_id})
+    assert status == 201 and body["outcome"] == "accepted"
+    system.wait_status(cp.cp_id, "SUPPLYING", 10)
+    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-b"), "cp_id": cp.cp_id})
+    assert status == 409
+    assert body["error"] == "busy" and cp.cp_id in body["message"]
+    system.wait_status(cp.cp_id, "ON", 30)
+
+
+def test_a_cp_added_during_a_session_is_available_at_once_and_the_session_goes_on(system) -> None:
+    """The guide's Test 5."""
+    system.max_session_s = 6
+    system.start_central()
+    cp1 = system.add_cp(system.ident("CP-001"))
+    alice = system.ident("driver-alice")
+    system.start_driver(alice, [cp1.cp_id])
+    system.wait_status(cp1.cp_id, "SUPPLYING", 20)
+    cp5 = system.add_cp(system.ident("CP-005"))
+    assert system.status(cp1.cp_id) == "SUPPLYING"
+    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-bob"), "cp_id": cp5.cp_id})
+    assert status == 201, body
+    system.wait_driver_done(alice, 60)
+    (ticket,) = system.tickets(alice)
+    assert ticket.reason == "completed"
+    system.wait_status(cp5.cp_id, "ON", 30)
+    system.assert_invariants()
+    assert system.unexpected_log_lines() == {}
+
+
+def test_operator_stop_ends_the_supply_with_a_ticket_and_resume_brings_it_back(system) -> None:
+    system.max_session_s = 30
+    system.start_central()
+    cp1 = system.add_cp(system.ident("CP-001"))
+    cp2 = system.add_cp(system.ident("CP-002"))
+    alice = system.ident("driver-alice")
+    system.start_driver(alice, [cp1.cp_id])
+    system.wait_status(cp1.cp_id, "SUPPLYING", 20)
+    wait_until(lambda: METER_LINE.search(system.drivers[alice].output()), 10,
+               "a live meter reading on the driver's screen")
+    status, body = system.post(f"/cp/{cp1.cp_id}/stop")
+    assert status == 200 and body["status"] == "STOPPED"
+    system.wait_driver_done(alice, 30)
+    (ticket,) = system.tickets(alice)
+    assert ticket.reason == "operator" and ticket.kwh > 0
+    status, body = system.post("/request/charge", {"driver_id": alice, "cp_id": cp1.cp_id})
+    assert status == 409 and body["error"] == "stopped"
+
+    status, body = system.post("/cp/stop-all")
+    assert {c["status"] for c in body["charging_points"]} == {"STOPPED"}
+    status, body = system.post("/cp/resume-all")
+    assert {c["status"] for c in body["charging_points"]} == {"ON"}
+    assert system.status(cp2.cp_id) == "ON"
+    system.assert_invariants()
+
+
+def test_engine_fault_shows_broken_and_clearing_it_restores_the_cp(system) -> None:
+    from evcharge.supervisor import Child
+
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+
+    def ctl(action: str) -> str:
+        child = Child("ctl", ["ctl", "engine", cp.cp_id, action, "--port", str(cp.engine_port)],
+                      system.logs / "ctl.log").start()
+        assert child.wait(15) == 0
+        return child.output()
+
+    ctl("fault")
+    system.wait_status(cp.cp_id, "BROKEN", 10)
+    status, body = system.post("/request/charge", {"driver_id": system.ident("d"), "cp_id": cp.cp_id})
+    assert status == 409 and body["error"] == "broken"
+    ctl("clear")
+    system.wait_status(cp.cp_id, "ON", 10)
+    assert "health restored" in cp.monitor.output()
+
+
+def test_central_restarted_loads_its_registry_and_shows_cps_disconnected_until_monitors_return(system) -> None:
+    system.start_central()
+    cp1 = system.add_cp(system.ident("CP-001"), location="Alicante")
+    cp2 = system.add_cp(system.ident("CP-002"), location="Elche")
+    for cp in (cp1, cp2):
+        cp.monitor.stop()
+    system.central.stop()
+    system.start_central()
+    listed = {c["cp_id"]: c for c in system.get("/cp")["charging_points"]}
+    assert {listed[cp1.cp_id]["status"], listed[cp2.cp_id]["status"]} == {"DISCONNECTED"}
+    assert listed[cp1.cp_id]["location"] == "Alicante"
+    for cp in (cp1, cp2):
+        cp.monitor.start()
+        system.wait_status(cp.cp_id, "ON", 15)
+
+
+def test_a_silent_monitor_shows_disconnected_and_comes_back(system) -> None:
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    cp.monitor.freeze()
+    try:
+        system.wait_status(cp.cp_id, "DISCONNECTED", 10)
+    finally:
+        cp.monitor.thaw()
+    system.wait_status(cp.cp_id, "ON", 15)
+
+
+def test_http_api_errors_are_json_with_the_right_status(system) -> None:
+    import urllib.error
+    import urllib.request
+
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+
+    def raw(method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(system.url + path, data=body, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                import json
+
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            import json
+
+            return exc.code, json.loads(exc.read())
+
+    assert raw("POST", "/request/charge", b"{not json")[0] == 400
+    assert raw("POST", "/request/charge", b'{"driver_id": "d"}')[0] == 400
+    assert raw("POST", "/request/charge", b'{"driver_id": 5, "cp_id": "x"}')[0] == 400
+    assert raw("POST", "/request/charge", b'{"driver_id": "has spaces", "cp_id": "CP-1"}')[0] == 400
+    status, body = raw("POST", "/request/charge", b'{"driver_id": "d-1", "cp_id": "CP-nope"}')
+    assert status == 404 and body["error"] == "unknown_cp"
+    status, body = raw("GET", "/cp/CP-nope")
+    assert status == 404 and "CP-nope" in body["message"]
+    assert raw("GET", "/sessions/nope")[0] == 404
+    assert raw("GET", "/sessions?limit=abc")[0] == 400
+    assert raw("DELETE", "/request/charge")[0] == 405
+    assert raw("POST", "/request/charge", b"x" * 200_000)[0] == 413
+    assert raw("GET", f"/cp/{cp.cp_id}")[1]["status"] == "ON"
+    assert system.get("/health")["status"] == "ok"
