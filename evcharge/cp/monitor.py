@@ -49,6 +49,7 @@ class Monitor:
         self.tracker = HealthTracker(threshold=settings.failure_threshold)
         self.instance = uuid.uuid4().hex
         self._health_changed = asyncio.Event()
+        self._first_verdict = asyncio.Event()
         self._engine: FramedConnection | None = None
         self._engine_watch = LinkWatch(
             log, f"engine of {settings.cp_id}", f"{settings.engine_host}:{settings.engine_port}"
@@ -83,6 +84,7 @@ class Monitor:
             elif change is Health.OK and self.tracker.failures == 0 and self._seen_ko:
                 log.info("%s engine health restored", self.settings.cp_id)
             if change is not None:
+                self._first_verdict.set()
                 self._seen_ko = self._seen_ko or change is Health.KO
                 self._health_changed.set()
             # A refused or reset connection is certain: check again soon so the
@@ -121,10 +123,8 @@ class Monitor:
         watch = LinkWatch(log, "central", f"{s.central_host}:{s.central_port}")
         backoff = Backoff(initial_delay_s=0.2, max_delay_s=2.0)
         refused_since: float | None = None
+        await wait_first(stop, self._first_verdict)  # nothing to say before the engine was checked
         while not stop.is_set():
-            await wait_first(stop, self._health_changed)  # nothing to say before the first verdict
-            if stop.is_set():
-                return
             try:
                 await self._serve_central(stop, watch, backoff)
                 return
