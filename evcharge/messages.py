@@ -147,6 +147,10 @@ class StopSupply(KafkaMessage, tag="stop_supply"):
     cp_id: CpId
     session_id: Ident
     reason: EndReason
+    # Set when central has already closed the session (the engine was seen dead or
+    # hung): the figures it billed, which the engine adopts so both records agree.
+    billed_kwh: Energy | None = None
+    billed_eur: Money | None = None
 
 
 class StopCp(KafkaMessage, tag="stop_cp"):

@@ -44,6 +44,10 @@ class CentralSettings:
     start_timeout_s: float = 10.0
     heartbeat_timeout_s: float = 3.0
     panel: bool = False
+    # After a restart, requests that queued meanwhile are judged only once the
+    # known CPs' monitors are back (or this much time passed), not against a
+    # registry that still shows everything DISCONNECTED.
+    startup_grace_s: float = 5.0
 
 
 class CentralApp:
@@ -65,16 +69,17 @@ class CentralApp:
         self.service = service
         await service.load()
         monitors = MonitorServer(service, s.host, s.tcp_port)
-        api = CentralApi(service, started, lambda: relay.kafka_up)
+        consumer = ConsumerLoop(
+            s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle
+        )
+        api = CentralApi(service, started, lambda: relay.kafka_up and consumer.kafka_up)
         runner = web.AppRunner(api.app, access_log=None)
         try:
             await monitors.start()
             await runner.setup()
             await web.TCPSite(runner, s.host, s.http_port).start()
             log.info("HTTP API on http://%s:%d (database %s, Kafka %s)", s.host, s.http_port, s.db_path, s.kafka)
-            consumer = ConsumerLoop(
-                s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle
-            )
+            await service.wait_for_monitors(s.startup_grace_s)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
                 tasks.create_task(consumer.run(stop), name="kafka consumer")
@@ -111,6 +116,10 @@ class _Dispatcher:
         self._relay = relay
 
     async def handle(self, records: list[ConsumerRecord]) -> None:
+        # Facts before decisions: the engines' events of a batch are applied before
+        # its requests, so a request is judged on the freshest state (after an
+        # outage, a CP's session may have ended in the same backlog).
+        records = sorted(records, key=lambda r: r.topic == TOPICS.driver_requests)
         events: list[CpEvent] = []
         for record in records:
             kind = DriverRequest if record.topic == TOPICS.driver_requests else CpEvent

@@ -14,7 +14,7 @@ import logging
 from evcharge.central.service import CentralService, MonitorLink
 from evcharge.errors import ProtocolError, Refused
 from evcharge.messages import Ack, ErrorReply, Heartbeat, Register, Registered
-from evcharge.runtime.tcp import FrameReader, peer_name, send_frame
+from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
 from evcharge.runtime.waits import sleep_unless
 
 log = logging.getLogger("evcharge.central.tcp")
@@ -27,22 +27,15 @@ class MonitorServer:
         self._service = service
         self.host = host
         self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._server = OwnedServer(self._serve, "monitors")
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._on_connection, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = await self._server.start(self.host, self.port)
         log.info("listening for monitors on %s:%d", self.host, self.port)
 
     async def close(self) -> None:
         """Stop accepting, then drop every monitor connection (they reconnect to the next central)."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.close()
 
     async def watch_heartbeats(self, stop: asyncio.Event) -> None:
         """A monitor that is hung keeps its socket open: silence past the timeout drops it."""
@@ -51,18 +44,6 @@ class MonitorServer:
                 link.close(f"no heartbeat for {self._service.heartbeat_timeout_s:g} s")
                 await self._service.monitor_gone(cp_id, link, "no heartbeat")
             await sleep_unless(stop, 0.25)
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_name(writer)

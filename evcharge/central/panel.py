@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import io
 import itertools
 import logging
 import os
@@ -112,16 +113,8 @@ def render(
 
 
 def _height(renderable: RenderableType, width: int) -> int:
-    console = Console(width=width, file=_NullFile())
+    console = Console(width=width, file=io.StringIO())
     return len(console.render_lines(renderable, console.options, pad=False))
-
-
-class _NullFile:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
 
 
 def _header(statuses: dict[str, CpStatus | None], sessions: int, now: float) -> Table:
@@ -130,7 +123,7 @@ def _header(statuses: dict[str, CpStatus | None], sessions: int, now: float) -> 
         n = sum(1 for s in statuses.values() if s is status)
         if n:
             counts.append(f"● {n} {status.value}  ", style=STATUS_STYLE[status])
-    counts.append(f"{len(statuses)} CPs · {sessions} in progress", style="dim")
+    counts.append(f"{len(statuses)} CPs · {sessions} active", style="dim")
     title = Text.assemble((" EV Charging — Central ", "bold reverse"),
                           ("  " + time.strftime("%H:%M:%S", time.localtime(now)), "bold"))
     grid = Table.grid(expand=True, padding=(0, 2))
@@ -434,14 +427,16 @@ class _PanelScreen:
         ):
             self._keys_on = keys_on
             self._live = live
-            self._draw()
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._run_commands(), name="panel commands")
-                # Drawn from our own loop, not Live's thread: the service is not thread-safe.
-                while not await sleep_unless(self._stop, REDRAW_INTERVAL_S):
-                    self._draw()
-                self._commands.put_nowait(None)  # finish the command in hand, then end
-            self._live = None
+            try:
+                self._draw()
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._run_commands(), name="panel commands")
+                    # Drawn from our own loop, not Live's thread: the service is not thread-safe.
+                    while not await sleep_unless(self._stop, REDRAW_INTERVAL_S):
+                        self._draw()
+                    self._commands.put_nowait(None)  # finish the command in hand, then end
+            finally:
+                self._live = None
 
     def _draw(self) -> None:
         if self._live is None:

@@ -9,6 +9,7 @@ always what it has durably decided.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -82,6 +83,7 @@ class CentralService:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_outbox = on_outbox
         self._lock = asyncio.Lock()
+        self._monitor_joined = asyncio.Event()
         self.cps: dict[str, LiveCp] = {}
         self.active: dict[str, Session] = {}
         self.messages: deque[PanelMessage] = deque(maxlen=200)
@@ -120,6 +122,20 @@ class CentralService:
 
     # ---------------------------------------------------------- monitors
 
+    async def wait_for_monitors(self, timeout_s: float) -> None:
+        """Return when every known CP has its monitor connected, or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while any(live.monitor is None for live in self.cps.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = sorted(c for c, live in self.cps.items() if live.monitor is None)
+                log.info("not waiting any longer for the monitors of %s", ", ".join(missing[:10]))
+                return
+            self._monitor_joined.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._monitor_joined.wait()
+
     async def register(self, frame: Register, link: MonitorLink) -> bool:
         """Accept a monitor for `frame.cp_id`; Refused if another live monitor holds it.
 
@@ -156,6 +172,7 @@ class CentralService:
             if live.monitor is not None:
                 live.monitor.close("replaced by a reconnect of the same monitor")
             live.monitor = link
+            self._monitor_joined.set()
             self._count("registrations")
             self._say(
                 f"{frame.cp_id} registered ({record.location}, {record.price_eur_kwh:.2f} EUR/kWh)"
@@ -359,7 +376,8 @@ class CentralService:
         # The engine may come back to this session later: tell it that it is over.
         await self._commit(
             sessions=[session],
-            messages=[ticket, StopSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason)],
+            messages=[ticket, StopSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason,
+                                         billed_kwh=session.kwh, billed_eur=session.eur)],
         )
         self.active.pop(session.session_id, None)
         self._count("sessions_ended")

@@ -44,7 +44,7 @@ from evcharge.messages import (
 from evcharge.runtime.consumer import ConsumerLoop
 from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition
 from evcharge.runtime.outbox import OutboxRelay
-from evcharge.runtime.tcp import FrameReader, peer_name, send_frame
+from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.engine")
@@ -118,7 +118,7 @@ class Engine:
         lock.acquire()
         store = self._store = await EngineStore.open(s.state_dir / f"engine-{s.cp_id}.sqlite", s.cp_id)
         relay = self._relay = OutboxRelay(store.outbox, s.kafka)
-        server: asyncio.Server | None = None
+        server = OwnedServer(self._serve_monitor, "health")
         try:
             await self._recover(store)
             consumer = ConsumerLoop(s.kafka, f"engine-{s.cp_id}", self._assign, self._on_commands,
@@ -131,16 +131,13 @@ class Engine:
                 # must not report this CP ON while a start command would go unseen.
                 await wait_first(consumer.ready, stop)
                 if not stop.is_set():
-                    server = await asyncio.start_server(self._serve_monitor, s.host, s.port)
-                    self.port = server.sockets[0].getsockname()[1]
+                    self.port = await server.start(s.host, s.port)
                     log.info("%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
                              s.cp_id, s.host, self.port, s.power_kw, s.price_eur_kwh)
                 await stop.wait()
                 log.info("%s engine stopping", s.cp_id)
         finally:
-            if server is not None:
-                server.close()
-                await server.wait_closed()
+            await server.close()
             await store.close()
             lock.release()
         return 0
@@ -262,7 +259,10 @@ class Engine:
             if isinstance(command, StartSupply):
                 await self._change(self.state.start(command, now))
             elif isinstance(command, StopSupply):
-                await self._change(self.state.end(command.reason, now, command.session_id))
+                billed = None
+                if command.billed_kwh is not None and command.billed_eur is not None:
+                    billed = (command.billed_kwh, command.billed_eur)
+                await self._change(self.state.end(command.reason, now, command.session_id, billed))
             elif isinstance(command, StopCp):
                 events = self.state.stop_cp(now)
                 await self._change(events, stopped=True)
@@ -301,10 +301,6 @@ class Engine:
                 await send_frame(writer, ErrorReply(code="protocol_error", reason=str(exc)))
         except (ConnectionError, OSError):
             pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
     def _health(self, corr: int) -> HealthStatus:
         supply = self.state.supply

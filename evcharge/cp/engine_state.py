@@ -96,15 +96,24 @@ class EngineState:
             return [reading, *self.end(EndReason.COMPLETED, now)]
         return [reading]
 
-    def end(self, reason: EndReason, now: float, session_id: str | None = None) -> list[CpEvent]:
+    def end(
+        self,
+        reason: EndReason,
+        now: float,
+        session_id: str | None = None,
+        billed: tuple[float, float] | None = None,
+    ) -> list[CpEvent]:
+        """End the supply. `billed` (kWh, EUR) is set when central already closed the
+        session with those figures: the engine's record then says the same."""
         supply = self.supply
         if supply is None or (session_id is not None and session_id != supply.session_id):
             return []
         self.supply = None
         supply.seq += 1
+        kwh, eur = billed if billed is not None else (supply.meter.kwh, supply.meter.eur)
         return [SessionEnded(
             cp_id=self.cp_id, session_id=supply.session_id, seq=supply.seq,
-            kwh=supply.meter.kwh, eur=supply.meter.eur, ended_at=now, reason=reason,
+            kwh=kwh, eur=eur, ended_at=now, reason=reason,
         )]
 
     def stop_cp(self, now: float) -> list[CpEvent]:

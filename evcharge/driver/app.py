@@ -7,6 +7,7 @@ group for committed offsets, so a restarted driver is handed what it missed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -75,6 +76,7 @@ class Driver:
         self._journal: DriverJournal | None = None
         self._producer: AIOKafkaProducer | None = None
         self._waiting: _Waiting | None = None
+        self._stop = asyncio.Event()
         self._plan = ""
         self._session: str | None = None
         self._kafka_watch = LinkWatch(log, "Kafka", settings.kafka)
@@ -92,8 +94,12 @@ class Driver:
         except BlockingIOError:
             lock.close()
             raise ConfigError(f"driver {s.driver_id} is already running (state dir {s.state_dir})") from None
+        self._stop = stop
         self._journal = await DriverJournal.open(s.state_dir / f"driver-{s.driver_id}.sqlite")
         self._producer = None
+        if requests is not None:
+            self._plan = _plan_key(plan_name, requests)
+            await self._expect_pending_answer()
         consumer = ConsumerLoop(s.kafka, f"driver-{s.driver_id}", self._assign, self._on_updates, new_group_starts_at_end=True)
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -102,7 +108,6 @@ class Driver:
                 if not stop.is_set():
                     self.console.print(f"[bold]{s.driver_id}[/] ready (Kafka {s.kafka})")
                     if requests is not None:
-                        self._plan = _plan_key(plan_name, requests)
                         await self._run_plan(stop, requests)
                     else:
                         from evcharge.driver.interactive import run_interactive
@@ -116,6 +121,18 @@ class Driver:
             await self._journal.close()
             lock.close()
         return 0
+
+    async def _expect_pending_answer(self) -> None:
+        """A request sent before a restart: be ready for its answer before reading any update."""
+        assert self._journal is not None
+        progress = await self._journal.progress(self._plan)
+        if progress.pending_request_id is None or progress.pending_cp is None:
+            return
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._waiting = _Waiting(progress.pending_request_id, progress.pending_cp, done, progress.next_index)
+        answered = await self._journal.answer_for(progress.pending_request_id, progress.next_index)
+        if answered is not None:
+            done.set_result(answered)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         counts = await ensure_topics(self.settings.kafka, self.settings.partitions)
@@ -140,15 +157,18 @@ class Driver:
 
         await retry_until_done(attempt, watch=self._kafka_watch)
 
-    async def request_charge(self, cp_id: str, index: int, request_id: str | None = None) -> Outcome:
+    async def request_charge(self, cp_id: str, index: int, request_id: str | None = None) -> Outcome | None:
         assert self._journal is not None
         request_id = request_id or uuid.uuid4().hex
-        loop = asyncio.get_running_loop()
-        self._waiting = _Waiting(request_id, cp_id, loop.create_future(), index)
+        waiting = self._waiting
+        if waiting is None or waiting.request_id != request_id:
+            waiting = self._waiting = _Waiting(request_id, cp_id, asyncio.get_running_loop().create_future(), index)
+        if waiting.done.done():
+            return waiting.done.result()  # answered while this driver was away
         await self._journal.begin_request(self._plan, index, request_id, cp_id)
         self.console.print(f"→ requesting a charge at [bold]{cp_id}[/]")
         await self.send(ChargeRequest(driver_id=self.settings.driver_id, cp_id=cp_id, request_id=request_id))
-        return await self._await_outcome(self._waiting)
+        return await self._await_outcome(waiting)
 
     async def stop_session(self) -> bool:
         if self._session is None:
@@ -158,19 +178,28 @@ class Driver:
         self.console.print(f"→ asked to stop session {self._session[:8]}")
         return True
 
-    async def _await_outcome(self, waiting: _Waiting) -> Outcome:
+    async def _await_outcome(self, waiting: _Waiting) -> Outcome | None:
+        """The request's outcome, or None when the driver is stopping (the answer will wait in Kafka)."""
         started = time.monotonic()
-        while True:
-            timeout = self.settings.answer_timeout_s if waiting.session_id is None else 3600.0
-            remaining = timeout - (time.monotonic() - started)
-            try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    return await asyncio.shield(waiting.done)
-            except TimeoutError:
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while True:
+                timeout = self.settings.answer_timeout_s if waiting.session_id is None else 3600.0
+                remaining = max(timeout - (time.monotonic() - started), 0.0)
+                await asyncio.wait([waiting.done, stopping], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if waiting.done.done():
+                    return waiting.done.result()
+                if stopping.done():
+                    return None
                 if waiting.session_id is None:
                     return Outcome(waiting.request_id, waiting.index, waiting.cp_id, "no answer", None,
                                    None, None, f"no answer within {timeout:g} s")
                 started = time.monotonic()  # accepted: the charge itself may take long
+        finally:
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
 
     # --------------------------------------------------------- receiving
 
@@ -188,20 +217,14 @@ class Driver:
     async def _show(self, update: RequestAccepted | RequestDenied | ChargingProgress | Ticket) -> None:
         assert self._journal is not None
         waiting = self._waiting
-        mine = waiting is not None and getattr(update, "request_id", None) == waiting.request_id
         if isinstance(update, RequestAccepted):
-            if mine:
+            if waiting is not None and update.request_id == waiting.request_id:
                 waiting.session_id = update.session_id
             self._session = update.session_id
             self.console.print(
                 f"✔ accepted: [bold]{update.cp_id}[/] session {update.session_id} "
                 f"at {update.price_eur_kwh:.2f} EUR/kWh"
             )
-        elif isinstance(update, RequestDenied):
-            self.console.print(f"✘ denied: {update.cp_id or 'request'}: {update.reason} [{update.code.value}]")
-            if mine and not waiting.done.done():
-                waiting.done.set_result(Outcome(update.request_id, waiting.index, update.cp_id, "denied",
-                                                None, None, None, update.reason))
         elif isinstance(update, ChargingProgress):
             self._session = update.session_id
             if update.seq == 0:
@@ -210,21 +233,31 @@ class Driver:
                 self.console.print(
                     f"⚡ {update.cp_id}: {update.kw:.1f} kW  {update.kwh:.4f} kWh  {update.eur:.4f} EUR"
                 )
+        elif isinstance(update, RequestDenied):
+            outcome = Outcome(update.request_id, waiting.index if waiting else -1, update.cp_id, "denied",
+                              None, None, None, update.reason)
+            if await self._journal.record_answer(f"denied:{update.request_id}:{update.id}", outcome):
+                self.console.print(
+                    f"✘ denied: {update.cp_id or 'request'}: {update.reason} [{update.code.value}]"
+                )
+            self._resolve(update.request_id, outcome)
         else:
-            if not await self._journal.mark_shown(update.session_id):
-                return  # shown before a restart or delivered twice: once is enough
+            outcome = Outcome(update.request_id, waiting.index if waiting else -1, update.cp_id,
+                              update.end_reason.value, update.session_id, update.kwh, update.eur, "")
             if self._session == update.session_id:
                 self._session = None
-            late = "" if mine else " (from before a restart)" if waiting is None or not mine else ""
-            self.console.print(
-                f"🎫 ticket{late} cp={update.cp_id} session={update.session_id} "
-                f"kwh={update.kwh:.5f} eur={update.eur:.4f} ended={update.end_reason.value}"
-            )
-            if waiting is not None and (mine or update.session_id == waiting.session_id):
-                if not waiting.done.done():
-                    waiting.done.set_result(Outcome(waiting.request_id, waiting.index, update.cp_id,
-                                                    update.end_reason.value, update.session_id,
-                                                    update.kwh, update.eur, ""))
+            if await self._journal.record_answer(f"ticket:{update.session_id}", outcome):
+                late = "" if waiting and update.request_id == waiting.request_id else " (missed while away)"
+                self.console.print(
+                    f"🎫 ticket{late} cp={update.cp_id} session={update.session_id} "
+                    f"kwh={update.kwh:.5f} eur={update.eur:.4f} ended={update.end_reason.value}"
+                )
+            self._resolve(update.request_id, outcome)
+
+    def _resolve(self, request_id: str, outcome: Outcome) -> None:
+        waiting = self._waiting
+        if waiting is not None and waiting.request_id == request_id and not waiting.done.done():
+            waiting.done.set_result(outcome)
 
     # -------------------------------------------------------------- plan
 
@@ -242,6 +275,9 @@ class Driver:
                 self.console.print(f"waiting for the answer to request {index + 1} ({line.cp_id}) "
                                    "sent before a restart")
             outcome = await self.request_charge(line.cp_id, index, request_id=resend)
+            if outcome is None:
+                self.console.print("stopping: the answer will be waiting in Kafka at the next start")
+                return
             await self._journal.finish_request(self._plan, outcome)
             self._waiting = None
             if index + 1 < len(requests) and await sleep_unless(stop, self.settings.interval_s):

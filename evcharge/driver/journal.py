@@ -30,7 +30,17 @@ CREATE TABLE IF NOT EXISTS outcomes (
     eur REAL,
     detail TEXT
 );
-CREATE TABLE IF NOT EXISTS shown_tickets (session_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS answers (
+    answer_key TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    cp_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    session_id TEXT,
+    kwh REAL,
+    eur REAL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_by_request ON answers(request_id);
 """
 
 
@@ -97,10 +107,29 @@ class DriverJournal:
         ) as cursor:
             return [Outcome(*row) for row in await cursor.fetchall()]
 
-    async def mark_shown(self, session_id: str) -> bool:
-        """Record that this ticket is on screen; False if it was shown before."""
+    async def record_answer(self, answer_key: str, outcome: Outcome) -> bool:
+        """Record a final answer (a ticket or a denial) that is about to be shown.
+
+        False if it was recorded before: Kafka may hand the same update again
+        after a restart, and a person must see it once. Written before it is
+        shown and before the offset is committed, so a crash in between shows
+        nothing twice and loses nothing.
+        """
         async with self._db.transaction() as db:
             cursor = await db.execute(
-                "INSERT OR IGNORE INTO shown_tickets VALUES (?)", (session_id,)
+                "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (answer_key, outcome.request_id, outcome.cp_id, outcome.outcome, outcome.session_id,
+                 outcome.kwh, outcome.eur, outcome.detail),
             )
             return cursor.rowcount == 1
+
+    async def answer_for(self, request_id: str, index: int) -> Outcome | None:
+        async with self._db.execute(
+            "SELECT request_id, cp_id, outcome, session_id, kwh, eur, detail FROM answers "
+            "WHERE request_id = ?",
+            (request_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return Outcome(row[0], index, row[1], row[2], row[3], row[4], row[5], row[6])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -21,6 +22,9 @@ from evcharge.runtime.reconnect import LinkWatch, is_retriable
 from evcharge.runtime.waits import sleep_unless
 
 log = logging.getLogger(__name__)
+
+PROBE_AFTER_IDLE_S = 1.0
+PROBE_TIMEOUT_S = 3.0
 
 Assign = Callable[[AIOKafkaConsumer], Awaitable[list[TopicPartition]]]
 Handle = Callable[[list[ConsumerRecord]], Awaitable[None]]
@@ -91,16 +95,37 @@ class ConsumerLoop:
                 await consumer.seek_to_end(tp)
                 await consumer.commit({tp: await consumer.position(tp)})
 
+    @property
+    def kafka_up(self) -> bool:
+        return self._watch.up is not False
+
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        last_heard = time.monotonic()
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
             records = [r for batch in batches.values() for r in batch]
+            if records:
+                last_heard = time.monotonic()
+            elif time.monotonic() - last_heard > PROBE_AFTER_IDLE_S:
+                # An idle fetch cannot tell a quiet topic from a dead broker; a
+                # metadata request can, so an outage is logged (once) and shown.
+                last_heard = time.monotonic()
+                await self._probe(consumer)
             if records:
                 await self._handle(records)
                 for tp, batch in batches.items():
                     self.commit_pending[tp] = batch[-1].offset + 1
             if self.commit_pending:
                 await self._commit(consumer)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await consumer.topics()
+        except Exception as exc:  # any failure of the probe means the broker is not serving us
+            self._watch.failed(exc)
+        else:
+            self._watch.succeeded()
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         offsets = dict(self.commit_pending)

@@ -170,3 +170,51 @@ class FramedConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
         await self._shut("closed")
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class OwnedServer:
+    """A TCP server whose connection handlers are owned: on close they are cancelled and awaited.
+
+    Python 3.11's `Server.wait_closed()` does not wait for open connections, and a
+    handler task cancelled by `asyncio.run` at exit is reported with a traceback;
+    owning the tasks makes shutdown quiet and ordered.
+    """
+
+    def __init__(self, handler: Handler, name: str) -> None:
+        self._handler = handler
+        self._name = name
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._handler(reader, writer)
+        except asyncio.CancelledError:
+            pass  # closing: the connection ends here, quietly
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def close(self) -> None:
+        """Idempotent: stop accepting, then end every open connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
