@@ -86,6 +86,7 @@ class CentralService:
         self._monitor_joined = asyncio.Event()
         self.cps: dict[str, LiveCp] = {}
         self.active: dict[str, Session] = {}
+        self._active_on_cp: dict[str, Session] = {}  # the status of every CP is asked often
         self.messages: deque[PanelMessage] = deque(maxlen=200)
         self.counters: dict[str, int] = {}
 
@@ -98,7 +99,7 @@ class CentralService:
         for record in await self._store.load_cps():
             self.cps[record.cp_id] = LiveCp(record)
         for session in await self._store.load_active_sessions():
-            self.active[session.session_id] = session
+            self._track(session)
         self._say(f"loaded {len(self.cps)} charging points, {len(self.active)} sessions in progress")
 
     # ------------------------------------------------------------ status
@@ -115,10 +116,17 @@ class CentralService:
         )
 
     def session_on(self, cp_id: str) -> Session | None:
-        for session in self.active.values():
-            if session.cp_id == cp_id:
-                return session
-        return None
+        return self._active_on_cp.get(cp_id)
+
+    def _track(self, session: Session) -> None:
+        self.active[session.session_id] = session
+        self._active_on_cp[session.cp_id] = session
+
+    def _untrack(self, session: Session) -> bool:
+        """Forget an ended session; False if it was not in progress."""
+        if self._active_on_cp.get(session.cp_id) is session:
+            del self._active_on_cp[session.cp_id]
+        return self.active.pop(session.session_id, None) is not None
 
     # ---------------------------------------------------------- monitors
 
@@ -271,7 +279,7 @@ class CentralService:
                     ),
                 ],
             )
-            self.active[session.session_id] = session
+            self._track(session)
             self._count("requests_accepted")
             self._say(f"{request.driver_id} → {request.cp_id}: authorised (session {session.session_id[:8]})")
             return outcome
@@ -342,8 +350,8 @@ class CentralService:
             await self._commit(sessions=changed.values(), messages=messages)
             for session in changed.values():
                 if session.active:
-                    self.active[session.session_id] = session
-                elif self.active.pop(session.session_id, None) is not None:
+                    self._track(session)
+                elif self._untrack(session):
                     self._count("sessions_ended")
                     self._say(
                         f"{session.cp_id}: session {session.session_id[:8]} of {session.driver_id} ended "
@@ -379,7 +387,7 @@ class CentralService:
             messages=[ticket, StopSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason,
                                          billed_kwh=session.kwh, billed_eur=session.eur)],
         )
-        self.active.pop(session.session_id, None)
+        self._untrack(session)
         self._count("sessions_ended")
         self._say(
             f"{session.cp_id}: session {session.session_id[:8]} of {session.driver_id} closed by central "

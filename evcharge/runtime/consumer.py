@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PROBE_AFTER_IDLE_S = 1.0
 PROBE_TIMEOUT_S = 3.0
+COMMIT_TIMEOUT_S = 3.0
 
 Assign = Callable[[AIOKafkaConsumer], Awaitable[list[TopicPartition]]]
 Handle = Callable[[list[ConsumerRecord]], Awaitable[None]]
@@ -130,7 +131,10 @@ class ConsumerLoop:
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         offsets = dict(self.commit_pending)
         try:
-            await consumer.commit(offsets)
+            # aiokafka retries a commit until the group coordinator answers: without
+            # a deadline an outage would hold this loop (and its probe) indefinitely.
+            async with asyncio.timeout(COMMIT_TIMEOUT_S):
+                await consumer.commit(offsets)
         except Exception as exc:
             if not is_retriable(exc):
                 raise
