@@ -107,9 +107,7 @@ def _require_java() -> str:
 def _java_major_version(java: str) -> int | None:
     """Major version from `java -version`, or None when it cannot be told (then just try)."""
     try:
-        out = subprocess.run(
-            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BrokerError(f"cannot run {java}: {exc}") from exc
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
@@ -189,9 +187,7 @@ def fetch_kafka(cache: Path | None = None, progress: Progress | None = None) -> 
         libs = _cached_libs(home)
         if libs is not None:  # someone else fetched while we waited for the lock
             return libs
-        _say(
-            progress, f"Fetching Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)…"
-        )
+        _say(progress, f"Fetching Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)…")
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f"kafka-{KAFKA_VERSION}.tmp-", dir=home.parent))
         try:
@@ -210,8 +206,7 @@ def fetch_kafka(cache: Path | None = None, progress: Progress | None = None) -> 
             if result.returncode != 0 or not jars:
                 tail = _last_lines(result.stdout + result.stderr, 25)
                 raise BrokerError(
-                    f"Maven could not fetch Kafka {KAFKA_VERSION} "
-                    f"(exit code {result.returncode}):\n{tail}"
+                    f"Maven could not fetch Kafka {KAFKA_VERSION} (exit code {result.returncode}):\n{tail}"
                 )
             (tmp / _COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
             (tmp / "pom.xml").unlink()
@@ -474,9 +469,7 @@ class LocalBroker:
                 raise
             start_s = time.monotonic() - started
             _say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
-            return StartResult(
-                self.status(), already_running=False, fetch_s=fetch_s, start_s=start_s
-            )
+            return StartResult(self.status(), already_running=False, fetch_s=fetch_s, start_s=start_s)
 
     def stop(self, timeout_s: float = 30) -> bool:
         """Stop the broker: SIGTERM, then SIGKILL after `timeout_s`. Idempotent.
@@ -595,8 +588,7 @@ class LocalBroker:
         if result.returncode != 0:
             raise BrokerError(
                 f"formatting the KRaft storage in {self.kafka_log_dir} failed "
-                f"(exit code {result.returncode}):\n"
-                + _last_lines(result.stdout + result.stderr, 25)
+                f"(exit code {result.returncode}):\n" + _last_lines(result.stdout + result.stderr, 25)
             )
 
     def _spawn(self, java: str, libs: Path) -> int:

@@ -29,9 +29,7 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
-HostOpt = Annotated[
-    str, typer.Option("--host", envvar="EVCHARGE_KAFKA_HOST", help="Address to listen on.")
-]
+HostOpt = Annotated[str, typer.Option("--host", envvar="EVCHARGE_KAFKA_HOST", help="Address to listen on.")]
 PortOpt = Annotated[
     int,
     typer.Option(
@@ -107,9 +105,7 @@ def stop(
     host: HostOpt = DEFAULT_HOST,
     port: PortOpt = DEFAULT_PORT,
     data_dir: DataDirOpt = None,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=0, help="Seconds to wait before SIGKILL.")
-    ] = 30,
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait before SIGKILL.")] = 30,
 ) -> None:
     """Stop the broker of this data dir (SIGTERM, then SIGKILL after --timeout)."""
     broker = _broker(host, port, data_dir)

@@ -23,9 +23,11 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     import aiohttp
 
     async def go() -> tuple[int, Any]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-            async with http.request(method, url, json=body) as response:
-                return response.status, await response.json(content_type=None)
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.request(method, url, json=body) as response,
+        ):
+            return response.status, await response.json(content_type=None)
 
     try:
         status, data = asyncio.run(go())
@@ -49,8 +51,10 @@ def cp_list(central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
     for cp in _call("GET", f"{central_url}/cp")["charging_points"]:
         session = cp["session"]
         extra = f"  {session['driver_id']} {session['kwh']:.4f} kWh" if session else ""
-        typer.echo(f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
-                   f"{cp['price_eur_kwh']:.2f} EUR/kWh{extra}")
+        typer.echo(
+            f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
+            f"{cp['price_eur_kwh']:.2f} EUR/kWh{extra}"
+        )
 
 
 @cp_app.command("show")
@@ -59,8 +63,10 @@ def cp_show(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
 
 
 @cp_app.command("stop")
-def cp_stop(cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
-            central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+def cp_stop(
+    cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
+    central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+) -> None:
     """Stop a CP (ends its supply with a ticket; it shows 'Out of order')."""
     path = "/cp/stop-all" if cp_id == "all" else f"/cp/{cp_id}/stop"
     _call("POST", central_url + path)
@@ -68,8 +74,10 @@ def cp_stop(cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
 
 
 @cp_app.command("resume")
-def cp_resume(cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
-              central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+def cp_resume(
+    cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
+    central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+) -> None:
     """Put a stopped CP back in service."""
     path = "/cp/resume-all" if cp_id == "all" else f"/cp/{cp_id}/resume"
     _call("POST", central_url + path)
@@ -129,6 +137,9 @@ def engine(
     try:
         typer.echo(f"{cp_id}: {asyncio.run(go())}")
     except (EvchargeError, OSError, TimeoutError) as exc:
-        typer.secho(f"error: engine {cp_id} at {host}:{target_port}: {exc or exc.__class__.__name__}",
-                    fg="red", err=True)
+        typer.secho(
+            f"error: engine {cp_id} at {host}:{target_port}: {exc or exc.__class__.__name__}",
+            fg="red",
+            err=True,
+        )
         raise typer.Exit(1) from None

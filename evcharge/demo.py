@@ -41,9 +41,14 @@ DRIVER_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heid
 SHIPPED_REQUESTS = {"driver-alice": "requests-alice.txt", "driver-bob": "requests-bob.txt"}
 GENERATED_REQUESTS = 8
 LOCATIONS = (
-    "Gran Vía 45, Madrid", "Rambla 12, Alicante", "Passeig de Gràcia 80, Barcelona",
-    "Calle Colón 3, Valencia", "Avenida de la Constitución 9, Sevilla", "Calle Larios 5, Málaga",
-    "Paseo Independencia 20, Zaragoza", "Calle Uría 14, Oviedo",
+    "Gran Vía 45, Madrid",
+    "Rambla 12, Alicante",
+    "Passeig de Gràcia 80, Barcelona",
+    "Calle Colón 3, Valencia",
+    "Avenida de la Constitución 9, Sevilla",
+    "Calle Larios 5, Málaga",
+    "Paseo Independencia 20, Zaragoza",
+    "Calle Uría 14, Oviedo",
 )
 PRICES_EUR_KWH = (0.32, 0.28, 0.45, 0.36, 0.30, 0.41, 0.34, 0.39)
 ENGINE_BASE_PORT = 5000  # what `evcharge engine` uses by default: 5000 + the CP number
@@ -60,8 +65,7 @@ def cp_ids(count: int) -> list[str]:
 
 
 def driver_ids(count: int) -> list[str]:
-    return [f"driver-{DRIVER_NAMES[i]}" if i < len(DRIVER_NAMES) else f"driver-{i + 1}"
-            for i in range(count)]
+    return [f"driver-{DRIVER_NAMES[i]}" if i < len(DRIVER_NAMES) else f"driver-{i + 1}" for i in range(count)]
 
 
 def generated_requests(driver_id: str, cps: list[str], seed: int) -> str:
@@ -93,8 +97,9 @@ def driver_summary(log_text: str, driver_id: str, tail: int = 5) -> list[str]:
         return [line for line in lines if line.strip()][-tail:]
     end = ends[-1]
     title = f"{driver_id}: "
-    starts = [i for i in range(end)
-              if lines[i].strip().startswith(title) and lines[i].strip().endswith("requests")]
+    starts = [
+        i for i in range(end) if lines[i].strip().startswith(title) and lines[i].strip().endswith("requests")
+    ]
     return lines[starts[-1] if starts else end : end + 1]
 
 
@@ -134,9 +139,7 @@ class ForegroundChild:
     """Central with its panel on the demo's terminal: same process group, the terminal as stdin
     and stdout; its log lines (stderr) append to `log_path`."""
 
-    def __init__(
-        self, name: str, args: list[str], log_path: Path, env: dict[str, str], cwd: Path
-    ) -> None:
+    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> None:
         self.name, self.args, self.log_path, self.env, self.cwd = name, args, log_path, env, cwd
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -323,45 +326,89 @@ class Demo:
 
     def _start_central(self) -> None:
         s = self.settings
-        args = ["central", "--kafka", s.kafka, "--db", str(self.state / "central.sqlite"),
-                "--tcp-port", str(s.tcp_port), "--http-port", str(s.http_port)]
+        args = [
+            "central",
+            "--kafka",
+            s.kafka,
+            "--db",
+            str(self.state / "central.sqlite"),
+            "--tcp-port",
+            str(s.tcp_port),
+            "--http-port",
+            str(s.http_port),
+        ]
         log_path = self.logs / "central.log"
         if s.panel:
-            self.say(f"central: starting with its panel (press q there to end the demo; "
-                     f"progress goes to {self.logs / 'demo.log'})")
-            self.central = ForegroundChild("central", [*args, "--panel"], log_path,
-                                           {"EVCHARGE_LOG_FILE": str(log_path)}, self.run_dir)
+            self.say(
+                f"central: starting with its panel (press q there to end the demo; "
+                f"progress goes to {self.logs / 'demo.log'})"
+            )
+            self.central = ForegroundChild(
+                "central",
+                [*args, "--panel"],
+                log_path,
+                {"EVCHARGE_LOG_FILE": str(log_path)},
+                self.run_dir,
+            )
         else:
             self.central = Child("central", [*args, "--no-panel"], log_path, cwd=self.run_dir)
         self.central.start()
         if self._wait_for(lambda: self._get("/health")["status"] == "ok", "central's HTTP API"):
-            self.say(f"central up at {self.url} (monitors on {LOOPBACK}:{s.tcp_port}, "
-                     f"log {log_path})")
+            self.say(f"central up at {self.url} (monitors on {LOOPBACK}:{s.tcp_port}, log {log_path})")
 
     def _start_cps(self) -> None:
         s = self.settings
         for cp, port in self.engine_ports.items():
-            self.engines.append(Child(
-                f"engine {cp}",
-                ["engine", "--cp-id", cp, "--port", str(port), "--kafka", s.kafka,
-                 "--state-dir", str(self.state), "--max-session", str(s.session_s), "--no-keys"],
-                self.logs / f"engine-{cp}.log", cwd=self.run_dir,
-            ).start())
+            self.engines.append(
+                Child(
+                    f"engine {cp}",
+                    [
+                        "engine",
+                        "--cp-id",
+                        cp,
+                        "--port",
+                        str(port),
+                        "--kafka",
+                        s.kafka,
+                        "--state-dir",
+                        str(self.state),
+                        "--max-session",
+                        str(s.session_s),
+                        "--no-keys",
+                    ],
+                    self.logs / f"engine-{cp}.log",
+                    cwd=self.run_dir,
+                ).start()
+            )
         # A monitor finds a refused engine port BROKEN within a second: engines listen first.
         ports = list(self.engine_ports.values())
-        if not self._wait_for(lambda: all(port_answers(LOOPBACK, p, 0.2) for p in ports),
-                              "the engines' health ports"):
+        if not self._wait_for(
+            lambda: all(port_answers(LOOPBACK, p, 0.2) for p in ports), "the engines' health ports"
+        ):
             return
         for index, (cp, port) in enumerate(self.engine_ports.items()):
             location = LOCATIONS[index % len(LOCATIONS)]
             price = PRICES_EUR_KWH[index % len(PRICES_EUR_KWH)]
-            self.monitors.append(Child(
-                f"monitor {cp}",
-                ["monitor", "--cp-id", cp, "--engine", f"{LOOPBACK}:{port}",
-                 "--central", f"{LOOPBACK}:{s.tcp_port}", "--location", location,
-                 "--price", f"{price:.2f}"],
-                self.logs / f"monitor-{cp}.log", cwd=self.run_dir,
-            ).start())
+            self.monitors.append(
+                Child(
+                    f"monitor {cp}",
+                    [
+                        "monitor",
+                        "--cp-id",
+                        cp,
+                        "--engine",
+                        f"{LOOPBACK}:{port}",
+                        "--central",
+                        f"{LOOPBACK}:{s.tcp_port}",
+                        "--location",
+                        location,
+                        "--price",
+                        f"{price:.2f}",
+                    ],
+                    self.logs / f"monitor-{cp}.log",
+                    cwd=self.run_dir,
+                ).start()
+            )
         waiting = set(cp_ids(s.cps))
         engines = dict(zip(cp_ids(s.cps), self.engines, strict=True))
 
@@ -373,9 +420,11 @@ class Demo:
                     continue
                 if "engine ready" in engines[cp_id].output():
                     waiting.discard(cp_id)
-                    self.say(f"{cp_id} registered: {cp['location']}, "
-                             f"{cp['price_eur_kwh']:.2f} EUR/kWh, "
-                             f"engine on {LOOPBACK}:{self.engine_ports[cp_id]}")
+                    self.say(
+                        f"{cp_id} registered: {cp['location']}, "
+                        f"{cp['price_eur_kwh']:.2f} EUR/kWh, "
+                        f"engine on {LOOPBACK}:{self.engine_ports[cp_id]}"
+                    )
             return not waiting
 
         self._wait_for(registered_and_ready, "every charging point to register")
@@ -385,10 +434,24 @@ class Demo:
         for driver_id, path in requests.items():
             self.drivers[driver_id] = Child(
                 driver_id,
-                ["driver", "--id", driver_id, "--requests", str(path), "--kafka", s.kafka,
-                 "--state-dir", str(self.state), "--interval", str(s.interval_s),
-                 "--central-url", self.url],
-                self.logs / f"{driver_id}.log", env={"COLUMNS": "110"}, cwd=self.run_dir,
+                [
+                    "driver",
+                    "--id",
+                    driver_id,
+                    "--requests",
+                    str(path),
+                    "--kafka",
+                    s.kafka,
+                    "--state-dir",
+                    str(self.state),
+                    "--interval",
+                    str(s.interval_s),
+                    "--central-url",
+                    self.url,
+                ],
+                self.logs / f"{driver_id}.log",
+                env={"COLUMNS": "110"},
+                cwd=self.run_dir,
             ).start()
             self.say(f"{driver_id} started: requests from {path}")
 
@@ -411,8 +474,10 @@ class Demo:
                 if s.panel and self.central.returncode == 0:
                     self.say("central's panel was closed")
                     return False
-                self.say(f"central exited with code {self.central.returncode}; "
-                         f"see {self.central.log_path}", "red")
+                self.say(
+                    f"central exited with code {self.central.returncode}; see {self.central.log_path}",
+                    "red",
+                )
                 return True
             if s.duration_s is not None and now - started >= s.duration_s:
                 self.say(f"--duration {s.duration_s:g} s reached")
@@ -435,8 +500,10 @@ class Demo:
         while not self.stopping.is_set():
             assert self.central is not None
             if not self.central.alive:
-                raise EvchargeError(f"central exited with code {self.central.returncode} "
-                                    f"while waiting for {what}; see {self.central.log_path}")
+                raise EvchargeError(
+                    f"central exited with code {self.central.returncode} "
+                    f"while waiting for {what}; see {self.central.log_path}"
+                )
             with contextlib.suppress(OSError, ValueError, KeyError):
                 if predicate():
                     return True
@@ -493,8 +560,7 @@ class Demo:
             if isinstance(self.central, ForegroundChild):
                 _restore_terminal(self.saved_tty, self.central.returncode)
         drivers, cps = _count(len(self.drivers), "driver"), _count(len(self.engines), "CP")
-        self.say(f"{reason}stopped {drivers}, {cps} and central "
-                 f"in {time.monotonic() - began:.1f} s")
+        self.say(f"{reason}stopped {drivers}, {cps} and central in {time.monotonic() - began:.1f} s")
         if self.broker is not None:
             self.say("stopping the Kafka this demo started…")
             try:
@@ -514,8 +580,11 @@ class Demo:
                 self.out.print(line, markup=False)
         self.out.print()
         self.out.print(f"logs: {self.logs}", markup=False)
-        self.out.print("  central.log · engine-CP-*.log, monitor-CP-*.log · driver-*.log · "
-                       "demo.log (this demo's progress)", markup=False)
+        self.out.print(
+            "  central.log · engine-CP-*.log, monitor-CP-*.log · driver-*.log · "
+            "demo.log (this demo's progress)",
+            markup=False,
+        )
         if self.signals:
             return 128 + self.signals[0]  # as the shell reports a command ended by that signal
         drivers_ok = all(child.returncode == 0 for child in self.drivers.values())
@@ -555,43 +624,110 @@ def _restore_terminal(saved: list[Any] | None, central_code: int | None) -> None
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
-CpsOpt = Annotated[int, typer.Option(
-    "--cps", envvar="EVCHARGE_DEMO_CPS", min=1, max=999,
-    help="Charging points to run: CP-001, CP-002, ...")]
-DriversOpt = Annotated[int, typer.Option(
-    "--drivers", envvar="EVCHARGE_DEMO_DRIVERS", min=0,
-    help="Drivers to run: driver-alice, driver-bob, driver-carol, ...")]
-SessionOpt = Annotated[float, typer.Option(
-    "--session-seconds", envvar="EVCHARGE_MAX_SESSION_S", min=0,
-    help="Each supply ends by itself after this many seconds (engine --max-session).")]
-IntervalOpt = Annotated[float, typer.Option(
-    "--interval", envvar="EVCHARGE_INTERVAL_S", min=0,
-    help="Seconds a driver waits between two requests.")]
-KafkaDirOpt = Annotated[Path | None, typer.Option(
-    "--kafka-dir", envvar="EVCHARGE_KAFKA_DIR", file_okay=False, show_default=False,
-    help="Data dir of the Kafka the demo starts when none answers at --kafka "
-         "[default: <run dir>/../kafka].")]
-TcpPortOpt = Annotated[int, typer.Option(
-    "--tcp-port", envvar="EVCHARGE_CENTRAL_TCP_PORT", help="Central's TCP port for monitors.")]
-HttpPortOpt = Annotated[int, typer.Option(
-    "--http-port", envvar="EVCHARGE_CENTRAL_HTTP_PORT", help="Central's HTTP API port.")]
-RunDirOpt = Annotated[Path | None, typer.Option(
-    "--run-dir", envvar="EVCHARGE_DEMO_RUN_DIR", file_okay=False, show_default=False,
-    help="Where logs, state and requests files go [default: ./evcharge-runs/<YYYYmmdd-HHMMSS>].")]
-PanelOpt = Annotated[bool | None, typer.Option(
-    "--panel/--no-panel", show_default=False,
-    help="Central's live panel in this terminal until you press q; without it, a status line "
-         "every few seconds until the drivers are done "
-         "[default: panel when stdout is a terminal].")]
-DurationOpt = Annotated[float | None, typer.Option(
-    "--duration", envvar="EVCHARGE_DEMO_DURATION_S", min=0,
-    help="Stop everything after this many seconds.")]
-StatusIntervalOpt = Annotated[float, typer.Option(
-    "--status-interval", envvar="EVCHARGE_DEMO_STATUS_INTERVAL_S", min=0.1,
-    help="Seconds between two status lines (without the panel).")]
-RequestsDirOpt = Annotated[Path | None, typer.Option(
-    "--requests-dir", envvar="EVCHARGE_DEMO_REQUESTS_DIR", file_okay=False, hidden=True,
-    help="Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.")]
+CpsOpt = Annotated[
+    int,
+    typer.Option(
+        "--cps",
+        envvar="EVCHARGE_DEMO_CPS",
+        min=1,
+        max=999,
+        help="Charging points to run: CP-001, CP-002, ...",
+    ),
+]
+DriversOpt = Annotated[
+    int,
+    typer.Option(
+        "--drivers",
+        envvar="EVCHARGE_DEMO_DRIVERS",
+        min=0,
+        help="Drivers to run: driver-alice, driver-bob, driver-carol, ...",
+    ),
+]
+SessionOpt = Annotated[
+    float,
+    typer.Option(
+        "--session-seconds",
+        envvar="EVCHARGE_MAX_SESSION_S",
+        min=0,
+        help="Each supply ends by itself after this many seconds (engine --max-session).",
+    ),
+]
+IntervalOpt = Annotated[
+    float,
+    typer.Option(
+        "--interval",
+        envvar="EVCHARGE_INTERVAL_S",
+        min=0,
+        help="Seconds a driver waits between two requests.",
+    ),
+]
+KafkaDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kafka-dir",
+        envvar="EVCHARGE_KAFKA_DIR",
+        file_okay=False,
+        show_default=False,
+        help="Data dir of the Kafka the demo starts when none answers at --kafka "
+        "[default: <run dir>/../kafka].",
+    ),
+]
+TcpPortOpt = Annotated[
+    int,
+    typer.Option("--tcp-port", envvar="EVCHARGE_CENTRAL_TCP_PORT", help="Central's TCP port for monitors."),
+]
+HttpPortOpt = Annotated[
+    int,
+    typer.Option("--http-port", envvar="EVCHARGE_CENTRAL_HTTP_PORT", help="Central's HTTP API port."),
+]
+RunDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--run-dir",
+        envvar="EVCHARGE_DEMO_RUN_DIR",
+        file_okay=False,
+        show_default=False,
+        help="Where logs, state and requests files go [default: ./evcharge-runs/<YYYYmmdd-HHMMSS>].",
+    ),
+]
+PanelOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--panel/--no-panel",
+        show_default=False,
+        help="Central's live panel in this terminal until you press q; without it, a status line "
+        "every few seconds until the drivers are done "
+        "[default: panel when stdout is a terminal].",
+    ),
+]
+DurationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--duration",
+        envvar="EVCHARGE_DEMO_DURATION_S",
+        min=0,
+        help="Stop everything after this many seconds.",
+    ),
+]
+StatusIntervalOpt = Annotated[
+    float,
+    typer.Option(
+        "--status-interval",
+        envvar="EVCHARGE_DEMO_STATUS_INTERVAL_S",
+        min=0.1,
+        help="Seconds between two status lines (without the panel).",
+    ),
+]
+RequestsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--requests-dir",
+        envvar="EVCHARGE_DEMO_REQUESTS_DIR",
+        file_okay=False,
+        hidden=True,
+        help="Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.",
+    ),
+]
 
 
 def demo(
@@ -611,11 +747,19 @@ def demo(
 ) -> None:
     """Run the whole system on this machine: Kafka, central, CPs and drivers. Ctrl-C stops it."""
     settings = DemoSettings(
-        cps=cps, drivers=drivers, session_s=session_seconds, interval_s=interval, kafka=kafka,
-        kafka_dir=kafka_dir, tcp_port=tcp_port, http_port=http_port,
+        cps=cps,
+        drivers=drivers,
+        session_s=session_seconds,
+        interval_s=interval,
+        kafka=kafka,
+        kafka_dir=kafka_dir,
+        tcp_port=tcp_port,
+        http_port=http_port,
         run_dir=run_dir or Path("evcharge-runs") / datetime.now().strftime("%Y%m%d-%H%M%S"),
-        panel=sys.stdout.isatty() if panel is None else panel, duration_s=duration,
-        status_interval_s=status_interval, requests_dir=requests_dir,
+        panel=sys.stdout.isatty() if panel is None else panel,
+        duration_s=duration,
+        status_interval_s=status_interval,
+        requests_dir=requests_dir,
     )
     try:
         code = Demo(settings).run()

@@ -1,13 +1,13 @@
 """The exceptions evcharge raises, under one root.
 
-    EvchargeError
-    ├── ConfigError          a flag or environment value that cannot work
-    ├── BrokerError          the local Kafka broker cannot be fetched, started or stopped
-    ├── ProtocolError        a peer sent bytes that are not a valid frame or message
-    │   └── FrameTooLarge    a frame header announces more than the limit
-    ├── ConnectionLost       a TCP peer went away; carries why
-    ├── RequestTimeout       a peer did not answer within the deadline
-    └── Refused              a peer answered with an error (duplicate id, not registered, ...)
+EvchargeError
+├── ConfigError          a flag or environment value that cannot work
+├── BrokerError          the local Kafka broker cannot be fetched, started or stopped
+├── ProtocolError        a peer sent bytes that are not a valid frame or message
+│   └── FrameTooLarge    a frame header announces more than the limit
+├── ConnectionLost       a TCP peer went away; carries why
+├── RequestTimeout       a peer did not answer within the deadline
+└── Refused              a peer answered with an error (duplicate id, not registered, ...)
 """
 
 from __future__ import annotations

@@ -32,12 +32,12 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-class Health(str, enum.Enum):
+class Health(enum.StrEnum):
     OK = "OK"
     KO = "KO"
 
 
-class EndReason(str, enum.Enum):
+class EndReason(enum.StrEnum):
     DRIVER = "driver"  # the driver asked to stop
     OPERATOR = "operator"  # the operator stopped the CP
     UNPLUGGED = "unplugged"  # the car was unplugged at the engine
@@ -48,7 +48,7 @@ class EndReason(str, enum.Enum):
     NOT_STARTED = "not_started"  # authorised, but the engine never started it
 
 
-class DenyCode(str, enum.Enum):
+class DenyCode(enum.StrEnum):
     UNKNOWN_CP = "unknown_cp"
     BUSY = "busy"
     BROKEN = "broken"

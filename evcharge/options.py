@@ -12,18 +12,28 @@ Kafka = Annotated[
 ]
 StateDir = Annotated[
     Path,
-    typer.Option("--state-dir", envvar="EVCHARGE_STATE_DIR",
-                 help="Where this process keeps its durable state (SQLite files, locks)."),
+    typer.Option(
+        "--state-dir",
+        envvar="EVCHARGE_STATE_DIR",
+        help="Where this process keeps its durable state (SQLite files, locks).",
+    ),
 ]
 LogLevel = Annotated[
-    str, typer.Option("--log-level", envvar="EVCHARGE_LOG_LEVEL", help="debug, info, warning or error.")
+    str,
+    typer.Option("--log-level", envvar="EVCHARGE_LOG_LEVEL", help="debug, info, warning or error."),
 ]
 LogJson = Annotated[
-    bool, typer.Option("--log-json", envvar="EVCHARGE_LOG_JSON", help="Log one JSON object per line.")
+    bool,
+    typer.Option("--log-json", envvar="EVCHARGE_LOG_JSON", help="Log one JSON object per line."),
 ]
 Partitions = Annotated[
-    int, typer.Option("--partitions", envvar="EVCHARGE_PARTITIONS", min=1,
-                      help="Partitions for each topic when this process has to create it.")
+    int,
+    typer.Option(
+        "--partitions",
+        envvar="EVCHARGE_PARTITIONS",
+        min=1,
+        help="Partitions for each topic when this process has to create it.",
+    ),
 ]
 CentralUrl = Annotated[
     str, typer.Option("--central-url", envvar="EVCHARGE_CENTRAL_URL", help="Central's HTTP API.")

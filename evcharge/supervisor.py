@@ -34,6 +34,7 @@ class Child:
     def start(self) -> Child:
         if self.alive:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        self._close_log()  # the previous run's, if it ended on its own
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.starts += 1

@@ -1,6 +1,6 @@
-pytest_plugins = ["tests.kafka_fixture"]
-
 import pytest
+
+pytest_plugins = ["tests.kafka_fixture"]
 
 
 @pytest.fixture

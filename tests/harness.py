@@ -80,26 +80,61 @@ class System:
     def start_central(self) -> Child:
         self.central = Child(
             "central",
-            ["central", "--no-panel", "--kafka", self.kafka, "--db", str(self.state_dir / "central.sqlite"),
-             "--tcp-port", str(self.tcp_port), "--http-port", str(self.http_port), *self.central_args],
+            [
+                "central",
+                "--no-panel",
+                "--kafka",
+                self.kafka,
+                "--db",
+                str(self.state_dir / "central.sqlite"),
+                "--tcp-port",
+                str(self.tcp_port),
+                "--http-port",
+                str(self.http_port),
+                *self.central_args,
+            ],
             self.logs / "central.log",
         ).start()
         wait_until(lambda: self.get("/health")["status"] == "ok", 30, "central's HTTP API")
         return self.central
 
-    def add_cp(self, cp_id: str, *, location: str = "Test street", price: float = 0.30,
-               wait: bool = True) -> ChargePoint:
+    def add_cp(
+        self, cp_id: str, *, location: str = "Test street", price: float = 0.30, wait: bool = True
+    ) -> ChargePoint:
         (port,) = free_ports(1)
         engine = Child(
             f"engine {cp_id}",
-            ["engine", "--cp-id", cp_id, "--port", str(port), "--kafka", self.kafka,
-             "--state-dir", str(self.state_dir), "--max-session", str(self.max_session_s), "--no-keys"],
+            [
+                "engine",
+                "--cp-id",
+                cp_id,
+                "--port",
+                str(port),
+                "--kafka",
+                self.kafka,
+                "--state-dir",
+                str(self.state_dir),
+                "--max-session",
+                str(self.max_session_s),
+                "--no-keys",
+            ],
             self.logs / f"engine-{cp_id}.log",
         ).start()
         monitor = Child(
             f"monitor {cp_id}",
-            ["monitor", "--cp-id", cp_id, "--engine", f"127.0.0.1:{port}",
-             "--central", f"127.0.0.1:{self.tcp_port}", "--location", location, "--price", str(price)],
+            [
+                "monitor",
+                "--cp-id",
+                cp_id,
+                "--engine",
+                f"127.0.0.1:{port}",
+                "--central",
+                f"127.0.0.1:{self.tcp_port}",
+                "--location",
+                location,
+                "--price",
+                str(price),
+            ],
             self.logs / f"monitor-{cp_id}.log",
         ).start()
         cp = self.cps[cp_id] = ChargePoint(cp_id, engine, monitor, port)
@@ -110,8 +145,11 @@ class System:
 
     def wait_engine_ready(self, cp: ChargePoint, timeout_s: float = 30) -> None:
         """An engine reads its commands once it has taken its Kafka partition."""
-        wait_until(lambda: "engine ready" in cp.engine.output(), timeout_s,
-                   f"{cp.cp_id}'s engine to take its Kafka partition")
+        wait_until(
+            lambda: "engine ready" in cp.engine.output(),
+            timeout_s,
+            f"{cp.cp_id}'s engine to take its Kafka partition",
+        )
 
     def start_driver(self, driver_id: str, requests: list[str], *, interval_s: float = 0.5) -> Child:
         path = self.root / f"{driver_id}.txt"
@@ -120,16 +158,30 @@ class System:
         if child is None:
             child = self.drivers[driver_id] = Child(
                 driver_id,
-                ["driver", "--id", driver_id, "--requests", str(path), "--kafka", self.kafka,
-                 "--state-dir", str(self.state_dir), "--interval", str(interval_s)],
+                [
+                    "driver",
+                    "--id",
+                    driver_id,
+                    "--requests",
+                    str(path),
+                    "--kafka",
+                    self.kafka,
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--interval",
+                    str(interval_s),
+                ],
                 self.logs / f"{driver_id}.log",
             )
         return child.start()
 
     def stop_all(self) -> None:
-        for child in [*self.drivers.values(),
-                      *(c.monitor for c in self.cps.values()), *(c.engine for c in self.cps.values()),
-                      *([self.central] if self.central else [])]:
+        for child in [
+            *self.drivers.values(),
+            *(c.monitor for c in self.cps.values()),
+            *(c.engine for c in self.cps.values()),
+            *([self.central] if self.central else []),
+        ]:
             child.stop()
 
     # ---------------------------------------------------------- observe
@@ -140,8 +192,9 @@ class System:
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else b""
-        request = urllib.request.Request(self.url + path, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
                 return response.status, json.load(response)
@@ -194,12 +247,15 @@ class System:
             for session in (s for s in sessions if s["driver_id"] == driver_id):
                 ticket = by_session.get(session["session_id"])
                 assert ticket is not None, f"{driver_id} never saw the ticket of {session}"
-                assert (ticket.kwh, ticket.eur) == (round(session["kwh"], 5), round(session["eur"], 4)), (
-                    f"ticket {ticket} differs from central's record {session}")
+                assert (ticket.kwh, ticket.eur) == (
+                    round(session["kwh"], 5),
+                    round(session["eur"], 4),
+                ), f"ticket {ticket} differs from central's record {session}"
                 engine = engine_records.get(session["session_id"])
                 if engine is not None and engine["ended"] and engine["end_reason"] != "refused":
                     assert (engine["kwh"], engine["eur"]) == (session["kwh"], session["eur"]), (
-                        f"engine's record {engine} differs from central's {session}")
+                        f"engine's record {engine} differs from central's {session}"
+                    )
 
     def unexpected_log_lines(self) -> dict[str, list[str]]:
         found = {}

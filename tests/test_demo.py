@@ -26,8 +26,11 @@ from tests.kafka_fixture import free_ports
 def test_status_line_names_each_cp_and_who_charges_where() -> None:
     cps = [
         {"cp_id": "CP-001", "status": "ON", "session": None},
-        {"cp_id": "CP-002", "status": "SUPPLYING",
-         "session": {"driver_id": "driver-alice", "kwh": 0.01222}},
+        {
+            "cp_id": "CP-002",
+            "status": "SUPPLYING",
+            "session": {"driver_id": "driver-alice", "kwh": 0.01222},
+        },
         {"cp_id": "CP-003", "status": None, "session": None},
     ]
     assert status_line(cps) == "CP-001 ON, CP-002 SUPPLYING (driver-alice 0.0122 kWh), CP-003 ?"
@@ -35,10 +38,17 @@ def test_status_line_names_each_cp_and_who_charges_where() -> None:
 
 
 def test_driver_summary_is_the_last_table_or_else_the_last_lines() -> None:
-    log = "\n".join([
-        "→ requesting a charge at CP-001", "      driver-bob: 1 requests      ", "┏━━━┓",
-        "│ 1 │", "└───┘", "summary: 1 requests, 0.0183 kWh, 0.0051 EUR", "INFO bye",
-    ])
+    log = "\n".join(
+        [
+            "→ requesting a charge at CP-001",
+            "      driver-bob: 1 requests      ",
+            "┏━━━┓",
+            "│ 1 │",
+            "└───┘",
+            "summary: 1 requests, 0.0183 kWh, 0.0051 EUR",
+            "INFO bye",
+        ]
+    )
     assert driver_summary(log, "driver-bob") == log.splitlines()[1:6]
     assert driver_summary("a\n\nb\nc", "driver-bob", tail=2) == ["b", "c"]
 
@@ -100,8 +110,9 @@ def running_demo(
         "--tcp-port", str(tcp_port), "--http-port", str(http_port),
         "--run-dir", str(run_dir), "--requests-dir", str(requests_dir), *extra,
     ]  # fmt: skip
-    demo = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    demo = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         yield demo, run_dir, http_port
     finally:
@@ -139,8 +150,12 @@ def test_the_demo_runs_every_driver_to_its_summary_and_leaves_no_process_behind(
 def test_ctrl_c_stops_every_process_of_the_demo(kafka_broker, tmp_path) -> None:
     with running_demo(kafka_broker.bootstrap, tmp_path, "--duration", "600") as started:
         demo, run_dir, http = started
-        wait_until(lambda: cp_statuses(http) == {"CP-001": "ON", "CP-002": "ON"}, 30,
-                   "both CPs ON at the demo's central", interval_s=0.2)
+        wait_until(
+            lambda: cp_statuses(http) == {"CP-001": "ON", "CP-002": "ON"},
+            30,
+            "both CPs ON at the demo's central",
+            interval_s=0.2,
+        )
         # The demo, central, 2 engines, 2 monitors (and drivers): the check below can see them.
         assert len(leftovers(run_dir)) >= 6
         demo.send_signal(signal.SIGINT)

@@ -105,14 +105,20 @@ async def test_keyed_messages_arrive_in_order_on_the_keys_partition(kafka_broker
         keys = ["CP-101", "CP-102", "CP-103"]
         for i in range(60):
             for key in keys:
-                metadata = await producer.send_and_wait(TOPICS.cp_events, f"{key}:{i}".encode(), key=key.encode())
+                metadata = await producer.send_and_wait(
+                    TOPICS.cp_events, f"{key}:{i}".encode(), key=key.encode()
+                )
                 assert metadata.partition == key_partition(counts, TOPICS.cp_events, key).partition
     finally:
         await producer.stop()
     for key in keys:
         collector = Collector(key)
-        loop = ConsumerLoop(bootstrap, f"order-{key}", one_partition(bootstrap, TOPICS.cp_events, key),
-                            collector.handle)
+        loop = ConsumerLoop(
+            bootstrap,
+            f"order-{key}",
+            one_partition(bootstrap, TOPICS.cp_events, key),
+            collector.handle,
+        )
         await run_loop(loop, collector, 60)
         assert collector.values[:60] == [f"{key}:{i}".encode() for i in range(60)]
 
@@ -127,23 +133,33 @@ async def test_a_restarted_consumer_resumes_at_its_committed_offset(kafka_broker
         for i in range(5):
             await producer.send_and_wait(TOPICS.driver_updates, f"first-{i}".encode(), key=key.encode())
         first = Collector(key)
-        loop = ConsumerLoop(bootstrap, "resume-group", one_partition(bootstrap, TOPICS.driver_updates, key),
-                            first.handle)
+        loop = ConsumerLoop(
+            bootstrap,
+            "resume-group",
+            one_partition(bootstrap, TOPICS.driver_updates, key),
+            first.handle,
+        )
         await run_loop(loop, first, 5)
         assert first.values == [f"first-{i}".encode() for i in range(5)]
 
         for i in range(3):
             await producer.send_and_wait(TOPICS.driver_updates, f"second-{i}".encode(), key=key.encode())
         second = Collector(key)
-        loop = ConsumerLoop(bootstrap, "resume-group", one_partition(bootstrap, TOPICS.driver_updates, key),
-                            second.handle)
+        loop = ConsumerLoop(
+            bootstrap,
+            "resume-group",
+            one_partition(bootstrap, TOPICS.driver_updates, key),
+            second.handle,
+        )
         await run_loop(loop, second, 3)
         assert second.values == [f"second-{i}".encode() for i in range(3)]
     finally:
         await producer.stop()
 
 
-async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(kafka_broker) -> None:
+async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(
+    kafka_broker,
+) -> None:
     bootstrap = kafka_broker.bootstrap
     await ensure_topics(bootstrap)
     producer = new_producer(bootstrap)
@@ -152,8 +168,13 @@ async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothi
     try:
         await producer.send_and_wait(TOPICS.driver_updates, b"old", key=key.encode())
         collector = Collector(key)
-        loop = ConsumerLoop(bootstrap, "fresh-group", one_partition(bootstrap, TOPICS.driver_updates, key),
-                            collector.handle, new_group_starts_at_end=True)
+        loop = ConsumerLoop(
+            bootstrap,
+            "fresh-group",
+            one_partition(bootstrap, TOPICS.driver_updates, key),
+            collector.handle,
+            new_group_starts_at_end=True,
+        )
         stop = asyncio.Event()
         task = asyncio.create_task(loop.run(stop))
         async with asyncio.timeout(30):
@@ -200,8 +221,9 @@ async def test_relay_and_consumer_survive_a_broker_crash_without_losing_a_messag
             if i == 25:
                 await asyncio.to_thread(broker.start)
         await collector.wait_for(total, 90)
+        # Every row acknowledged by the broker is deleted from the outbox.
         async with asyncio.timeout(30):
-            while outbox.rows:
+            while outbox.rows:  # noqa: ASYNC110 - the in-memory outbox has no event to await
                 await asyncio.sleep(0.1)
         stop.set()
         await asyncio.gather(*tasks)

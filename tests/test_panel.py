@@ -36,8 +36,14 @@ def _link(instance: str) -> MonitorLink:
 async def _register(service: CentralService, n: int, location: str = "Alicante") -> MonitorLink:
     link = _link(f"i{n}")
     await service.register(
-        Register(cp_id=f"CP-{n:03d}", location=location, price_eur_kwh=0.3, max_kw=22,
-                 health=Health.OK, instance=f"i{n}"),
+        Register(
+            cp_id=f"CP-{n:03d}",
+            location=location,
+            price_eur_kwh=0.3,
+            max_kw=22,
+            health=Health.OK,
+            instance=f"i{n}",
+        ),
         link,
     )
     return link
@@ -62,8 +68,7 @@ async def four_cps(service):
     await service.heartbeat("CP-002", link2, Health.KO)
     await service.stop_cp("CP-003")
     await service.monitor_gone("CP-004", link4, "connection reset")
-    outcome = await service.charge(
-        ChargeRequest(driver_id="driver-alice", cp_id="CP-001", request_id="r1"))
+    outcome = await service.charge(ChargeRequest(driver_id="driver-alice", cp_id="CP-001", request_id="r1"))
     assert outcome.outcome == "accepted"
     return service
 
@@ -71,7 +76,11 @@ async def four_cps(service):
 async def test_panel_shows_every_cp_in_its_status(four_cps):
     service = four_cps
     assert [service.status(f"CP-00{n}") for n in range(1, 5)] == [
-        CpStatus.SUPPLYING, CpStatus.BROKEN, CpStatus.STOPPED, CpStatus.DISCONNECTED]
+        CpStatus.SUPPLYING,
+        CpStatus.BROKEN,
+        CpStatus.STOPPED,
+        CpStatus.DISCONNECTED,
+    ]
 
     text = _text(render(service, time.time(), width=120, height=45))
 
@@ -88,11 +97,11 @@ async def test_panel_shows_every_cp_in_its_status(four_cps):
 
 async def test_ongoing_requests_and_messages(four_cps):
     text = _text(render(four_cps, time.time(), width=120, height=45))
-    requests = text[text.index("Ongoing requests"):text.index("Messages")]
+    requests = text[text.index("Ongoing requests") : text.index("Messages")]
     assert "driver-alice" in requests
     assert "CP-001" in requests
     assert "authorised" in requests
-    messages = text[text.index("Messages"):]
+    messages = text[text.index("Messages") :]
     assert "CP-003 stopped by the operator" in messages
     assert "CP-002 out of order: engine broken" in messages
     assert "driver-alice → CP-001: authorised" in messages
@@ -129,7 +138,7 @@ async def test_hundreds_of_cps_are_capped_and_fast(service):
     frame = render(service, time.time(), width=120, height=45)
     text = _text(frame)
     elapsed = time.perf_counter() - started
-    tiles = text[:text.index("Ongoing requests")]
+    tiles = text[: text.index("Ongoing requests")]
     assert "CP-001" in tiles
     assert "CP-500" not in tiles
     assert "more charging points (500 in all" in text

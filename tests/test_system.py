@@ -8,6 +8,7 @@ import pytest
 
 from evcharge.supervisor import wait_until
 
+METER_KWH = re.compile(r"⚡ \S+: 22\.0 kW\s+(?P<kwh>[\d.]+) kWh")
 METER_LINE = re.compile(r"⚡ \S+: [\d.]+ kW\s+[\d.]+ kWh\s+[\d.]+ EUR")
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
@@ -36,6 +37,10 @@ def test_two_cps_two_drivers_every_request_ends_with_a_matching_ticket(system) -
         assert ticket.kwh > 0
         price = 0.45 if ticket.cp_id == cp2.cp_id else 0.30
         assert ticket.eur == pytest.approx(ticket.kwh * price, abs=1e-4)
+    # One reading a second, cumulative: 22 kW for k seconds, then the ticket with the last one.
+    first_session = alice_screen.split("charging at", 1)[1].split("ticket", 1)[0]
+    readings = [float(m["kwh"]) for m in METER_KWH.finditer(first_session)]
+    assert readings == [round(22 * k / 3600, 4) for k in range(1, int(system.max_session_s) + 1)]
     system.assert_invariants()
     assert system.unexpected_log_lines() == {}
 
@@ -62,7 +67,9 @@ def test_a_cp_added_during_a_session_is_available_at_once_and_the_session_goes_o
     system.wait_status(cp1.cp_id, "SUPPLYING", 20)
     cp5 = system.add_cp(system.ident("CP-005"))
     assert system.status(cp1.cp_id) == "SUPPLYING"
-    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-bob"), "cp_id": cp5.cp_id})
+    status, body = system.post(
+        "/request/charge", {"driver_id": system.ident("driver-bob"), "cp_id": cp5.cp_id}
+    )
     assert status == 201, body
     system.wait_driver_done(alice, 60)
     (ticket,) = system.tickets(alice)
@@ -80,8 +87,11 @@ def test_operator_stop_ends_the_supply_with_a_ticket_and_resume_brings_it_back(s
     alice = system.ident("driver-alice")
     system.start_driver(alice, [cp1.cp_id])
     system.wait_status(cp1.cp_id, "SUPPLYING", 20)
-    wait_until(lambda: METER_LINE.search(system.drivers[alice].output()), 10,
-               "a live meter reading on the driver's screen")
+    wait_until(
+        lambda: METER_LINE.search(system.drivers[alice].output()),
+        10,
+        "a live meter reading on the driver's screen",
+    )
     status, body = system.post(f"/cp/{cp1.cp_id}/stop")
     assert status == 200 and body["status"] == "STOPPED"
     system.wait_driver_done(alice, 30)
@@ -105,8 +115,11 @@ def test_engine_fault_shows_broken_and_clearing_it_restores_the_cp(system) -> No
     cp = system.add_cp(system.ident("CP-001"))
 
     def ctl(action: str) -> str:
-        child = Child("ctl", ["ctl", "engine", cp.cp_id, action, "--port", str(cp.engine_port)],
-                      system.logs / "ctl.log").start()
+        child = Child(
+            "ctl",
+            ["ctl", "engine", cp.cp_id, action, "--port", str(cp.engine_port)],
+            system.logs / "ctl.log",
+        ).start()
         assert child.wait(15) == 0
         return child.output()
 
@@ -119,7 +132,9 @@ def test_engine_fault_shows_broken_and_clearing_it_restores_the_cp(system) -> No
     assert "health restored" in cp.monitor.output()
 
 
-def test_central_restarted_loads_its_registry_and_shows_cps_disconnected_until_monitors_return(system) -> None:
+def test_central_restarted_loads_its_registry_and_shows_cps_disconnected_until_monitors_return(
+    system,
+) -> None:
     system.start_central()
     cp1 = system.add_cp(system.ident("CP-001"), location="Alicante")
     cp2 = system.add_cp(system.ident("CP-002"), location="Elche")
@@ -179,3 +194,59 @@ def test_http_api_errors_are_json_with_the_right_status(system) -> None:
     assert raw("POST", "/request/charge", b"x" * 200_000)[0] == 413
     assert raw("GET", f"/cp/{cp.cp_id}")[1]["status"] == "ON"
     assert system.get("/health")["status"] == "ok"
+
+
+def test_the_interactive_driver_lists_requests_stops_and_quits(system) -> None:
+    import subprocess
+    import sys
+
+    system.max_session_s = 60
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"), location="Alicante")
+    driver = system.ident("driver-i")
+    log_path = system.logs / "interactive.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "evcharge",
+                "driver",
+                "--id",
+                driver,
+                "--kafka",
+                system.kafka,
+                "--state-dir",
+                str(system.state_dir),
+                "--central-url",
+                system.url,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(lambda: "ready" in log_path.read_text(), 30, "the interactive driver")
+            process.stdin.write(b"list\n")
+            process.stdin.flush()
+            wait_until(lambda: "Alicante" in log_path.read_text(), 10, "the CP list")
+            process.stdin.write(f"request {cp.cp_id}\n".encode())
+            process.stdin.flush()
+            system.wait_status(cp.cp_id, "SUPPLYING", 15)
+            wait_until(lambda: METER_LINE.search(log_path.read_text()), 10, "a live reading")
+            process.stdin.write(b"stop\n")
+            process.stdin.flush()
+            wait_until(
+                lambda: "ended=driver" in log_path.read_text(), 15, "the ticket of the stopped session"
+            )
+            process.stdin.write(b"quit\n")
+            process.stdin.flush()
+            assert process.wait(20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdin.close()
+    screen = log_path.read_text()
+    assert f"✔ {cp.cp_id}" in screen and "ON" in screen
+    system.assert_invariants()

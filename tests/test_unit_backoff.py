@@ -75,7 +75,10 @@ def test_jitter_spreads_within_plus_minus_jitter_and_respects_the_cap(
 ) -> None:
     it = iter(rolls)
     backoff = Backoff(
-        initial_delay_s=initial, max_delay_s=cap, factor=factor, jitter=jitter,
+        initial_delay_s=initial,
+        max_delay_s=cap,
+        factor=factor,
+        jitter=jitter,
         rng=lambda: next(it),
     )
     for attempt in range(len(rolls)):

@@ -27,10 +27,19 @@ def engine(max_session_s: float = 0.0, kw: float = KW) -> EngineState:
     return EngineState(cp_id=CP, power_kw=kw, price_eur_kwh=CP_PRICE, max_session_s=max_session_s)
 
 
-def command(session_id: str = "s-1", expires_at: float = NOW + 30, driver: str = "alice",
-            price: float = DRIVER_PRICE) -> StartSupply:
-    return StartSupply(cp_id=CP, session_id=session_id, driver_id=driver, price_eur_kwh=price,
-                       expires_at=expires_at)
+def command(
+    session_id: str = "s-1",
+    expires_at: float = NOW + 30,
+    driver: str = "alice",
+    price: float = DRIVER_PRICE,
+) -> StartSupply:
+    return StartSupply(
+        cp_id=CP,
+        session_id=session_id,
+        driver_id=driver,
+        price_eur_kwh=price,
+        expires_at=expires_at,
+    )
 
 
 def supplying(max_session_s: float = 0.0, kw: float = KW) -> EngineState:
@@ -108,8 +117,7 @@ def test_each_tick_produces_a_cumulative_reading_with_the_next_seq() -> None:
         assert reading.kw == KW
         expected_kwh = round(KW * n / 3600, KWH_DECIMALS)
         assert reading.kwh == pytest.approx(expected_kwh, abs=1e-12)
-        assert reading.eur == pytest.approx(round(expected_kwh * DRIVER_PRICE, EUR_DECIMALS),
-                                            abs=1e-12)
+        assert reading.eur == pytest.approx(round(expected_kwh * DRIVER_PRICE, EUR_DECIMALS), abs=1e-12)
 
 
 def test_readings_use_the_price_of_the_command_not_the_cp() -> None:
@@ -222,8 +230,11 @@ def test_start_exactly_at_expires_at_is_accepted() -> None:
 
 
 def test_every_refusal_has_a_reason() -> None:
-    for prepare in (lambda s: s.raise_fault(NOW), lambda s: s.stop_cp(NOW),
-                    lambda s: s.start(command("other"), NOW)):
+    for prepare in (
+        lambda s: s.raise_fault(NOW),
+        lambda s: s.stop_cp(NOW),
+        lambda s: s.start(command("other"), NOW),
+    ):
         state = engine()
         prepare(state)
         refused = only(state.start(command(), NOW), SessionRefused)
@@ -301,8 +312,13 @@ def test_session_seqs_are_strictly_increasing() -> None:
     events = state.start(command(), NOW)
     for n in range(1, 4):
         events += state.tick(1.0, NOW + n)
-    assert [type(e) for e in events] == [SessionStarted, MeterReading, MeterReading,
-                                         MeterReading, SessionEnded]
+    assert [type(e) for e in events] == [
+        SessionStarted,
+        MeterReading,
+        MeterReading,
+        MeterReading,
+        SessionEnded,
+    ]
     assert [e.seq for e in events] == [0, 1, 2, 3, 4]
 
 

@@ -280,8 +280,10 @@ def test_any_payloads_concatenated_and_resplit_decode_to_the_same_list(
 
 
 @settings(max_examples=100, database=None, deadline=None)
-@given(payloads=st.lists(st.binary(min_size=0, max_size=LIMIT), min_size=1, max_size=6),
-       keep=st.integers(min_value=1))
+@given(
+    payloads=st.lists(st.binary(min_size=0, max_size=LIMIT), min_size=1, max_size=6),
+    keep=st.integers(min_value=1),
+)
 def test_a_truncated_stream_leaves_pending_bytes(payloads: list[bytes], keep: int) -> None:
     stream = b"".join(encode_frame(p, max_frame_bytes=LIMIT) for p in payloads)
     cut = keep % len(stream)  # strictly inside the stream: the last frame is never complete

@@ -33,24 +33,40 @@ ENDED = 1_065.0
 
 def new_session() -> Session:
     return Session(
-        session_id=SID, request_id="req-1", cp_id=CP, driver_id="alice",
-        price_eur_kwh=PRICE, created_at=CREATED,
+        session_id=SID,
+        request_id="req-1",
+        cp_id=CP,
+        driver_id="alice",
+        price_eur_kwh=PRICE,
+        created_at=CREATED,
     )
 
 
 def started(seq: int = 0) -> SessionStarted:
-    return SessionStarted(cp_id=CP, session_id=SID, driver_id="alice", seq=seq,
-                          started_at=STARTED, price_eur_kwh=PRICE)
+    return SessionStarted(
+        cp_id=CP,
+        session_id=SID,
+        driver_id="alice",
+        seq=seq,
+        started_at=STARTED,
+        price_eur_kwh=PRICE,
+    )
 
 
 def reading(seq: int, kwh: float, kw: float = 11.0) -> MeterReading:
-    return MeterReading(cp_id=CP, session_id=SID, seq=seq, kw=kw, kwh=kwh,
-                        eur=round(kwh * PRICE, 4))
+    return MeterReading(cp_id=CP, session_id=SID, seq=seq, kw=kw, kwh=kwh, eur=round(kwh * PRICE, 4))
 
 
 def ended(seq: int, kwh: float, reason: EndReason = EndReason.DRIVER) -> SessionEnded:
-    return SessionEnded(cp_id=CP, session_id=SID, seq=seq, kwh=kwh, eur=round(kwh * PRICE, 4),
-                        ended_at=ENDED, reason=reason)
+    return SessionEnded(
+        cp_id=CP,
+        session_id=SID,
+        seq=seq,
+        kwh=kwh,
+        eur=round(kwh * PRICE, 4),
+        ended_at=ENDED,
+        reason=reason,
+    )
 
 
 def full_sequence() -> list[CpEvent]:
@@ -58,8 +74,7 @@ def full_sequence() -> list[CpEvent]:
 
 
 def tickets(results: list[Applied | Ignored]) -> list[Ticket]:
-    return [u for r in results if isinstance(r, Applied) for u in r.updates
-            if isinstance(u, Ticket)]
+    return [u for r in results if isinstance(r, Applied) for u in r.updates if isinstance(u, Ticket)]
 
 
 def apply_all(session: Session, events: list[CpEvent]) -> list[Applied | Ignored]:
@@ -67,8 +82,16 @@ def apply_all(session: Session, events: list[CpEvent]) -> list[Applied | Ignored
 
 
 def snapshot(session: Session) -> tuple:
-    return (session.state, session.started_at, session.ended_at, session.last_seq, session.kw,
-            session.kwh, session.eur, session.end_reason)
+    return (
+        session.state,
+        session.started_at,
+        session.ended_at,
+        session.last_seq,
+        session.kw,
+        session.kwh,
+        session.eur,
+        session.end_reason,
+    )
 
 
 # -------------------------------------------------------------- the happy path ----
@@ -118,7 +141,11 @@ def test_full_session_ends_with_a_ticket_of_the_last_figures() -> None:
     assert ticket.ended_at == ENDED
     assert ticket.price_eur_kwh == PRICE
     assert (ticket.driver_id, ticket.session_id, ticket.request_id, ticket.cp_id) == (
-        "alice", SID, "req-1", CP)
+        "alice",
+        SID,
+        "req-1",
+        CP,
+    )
     assert session.state is SessionState.ENDED
     assert not session.active
     assert session.kw == 0.0
@@ -185,8 +212,11 @@ def test_events_after_the_end_are_ignored() -> None:
     session = new_session()
     apply_all(session, full_sequence())
     before = snapshot(session)
-    late = [reading(5, 9.9), ended(6, 9.9, EndReason.FAULT),
-            SessionRefused(cp_id=CP, session_id=SID, reason="late")]
+    late = [
+        reading(5, 9.9),
+        ended(6, 9.9, EndReason.FAULT),
+        SessionRefused(cp_id=CP, session_id=SID, reason="late"),
+    ]
     results = apply_all(session, late)
     assert all(isinstance(r, Ignored) for r in results)
     assert snapshot(session) == before

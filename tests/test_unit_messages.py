@@ -59,34 +59,75 @@ SAMPLES: dict[object, list[msgspec.Struct]] = {
         StopRequest(driver_id="alice", session_id=SID),
     ],
     DriverUpdate: [
-        RequestAccepted(driver_id="alice", request_id="r-1", session_id=SID, cp_id="CP-1",
-                        price_eur_kwh=0.35),
-        RequestDenied(driver_id="alice", request_id="r-1", cp_id="no such cp!",
-                      code=DenyCode.UNKNOWN_CP, reason="no such cp! is not a known charging point"),
-        ChargingProgress(driver_id="alice", session_id=SID, cp_id="CP-1", seq=3, kw=11.0,
-                         kwh=0.00917, eur=0.0032),
-        Ticket(driver_id="alice", session_id=SID, request_id="r-1", cp_id="CP-1",
-               started_at=1_700_000_000.0, ended_at=1_700_000_060.5, kwh=0.18333, eur=0.0642,
-               price_eur_kwh=0.35, end_reason=EndReason.DRIVER),
+        RequestAccepted(
+            driver_id="alice", request_id="r-1", session_id=SID, cp_id="CP-1", price_eur_kwh=0.35
+        ),
+        RequestDenied(
+            driver_id="alice",
+            request_id="r-1",
+            cp_id="no such cp!",
+            code=DenyCode.UNKNOWN_CP,
+            reason="no such cp! is not a known charging point",
+        ),
+        ChargingProgress(
+            driver_id="alice", session_id=SID, cp_id="CP-1", seq=3, kw=11.0, kwh=0.00917, eur=0.0032
+        ),
+        Ticket(
+            driver_id="alice",
+            session_id=SID,
+            request_id="r-1",
+            cp_id="CP-1",
+            started_at=1_700_000_000.0,
+            ended_at=1_700_000_060.5,
+            kwh=0.18333,
+            eur=0.0642,
+            price_eur_kwh=0.35,
+            end_reason=EndReason.DRIVER,
+        ),
     ],
     CpCommand: [
-        StartSupply(cp_id="CP-1", session_id=SID, driver_id="alice", price_eur_kwh=0.35,
-                    expires_at=1_700_000_030.0),
+        StartSupply(
+            cp_id="CP-1",
+            session_id=SID,
+            driver_id="alice",
+            price_eur_kwh=0.35,
+            expires_at=1_700_000_030.0,
+        ),
         StopSupply(cp_id="CP-1", session_id=SID, reason=EndReason.OPERATOR),
         StopCp(cp_id="CP-1"),
         ResumeCp(cp_id="CP-1"),
     ],
     CpEvent: [
-        SessionStarted(cp_id="CP-1", session_id=SID, driver_id="alice", seq=0,
-                       started_at=1_700_000_000.0, price_eur_kwh=0.35),
+        SessionStarted(
+            cp_id="CP-1",
+            session_id=SID,
+            driver_id="alice",
+            seq=0,
+            started_at=1_700_000_000.0,
+            price_eur_kwh=0.35,
+        ),
         MeterReading(cp_id="CP-1", session_id=SID, seq=1, kw=11.0, kwh=0.00306, eur=0.0011),
-        SessionEnded(cp_id="CP-1", session_id=SID, seq=2, kwh=0.00306, eur=0.0011,
-                     ended_at=1_700_000_002.0, reason=EndReason.COMPLETED),
+        SessionEnded(
+            cp_id="CP-1",
+            session_id=SID,
+            seq=2,
+            kwh=0.00306,
+            eur=0.0011,
+            ended_at=1_700_000_002.0,
+            reason=EndReason.COMPLETED,
+        ),
         SessionRefused(cp_id="CP-1", session_id=SID, reason="engine fault"),
     ],
     TcpFrame: [
-        Register(corr=1, cp_id="CP-1", location="Plaza Mayor 1", price_eur_kwh=0.35, max_kw=22.0,
-                 health=Health.OK, instance="m-1"),
+        Register(
+            corr=1,
+            cp_id="CP-1",
+            location="Plaza Mayor 1",
+            price_eur_kwh=0.35,
+            max_kw=22.0,
+            health=Health.OK,
+            instance="m-1",
+        ),
         Registered(corr=1, cp_id="CP-1"),
         Heartbeat(corr=2, cp_id="CP-1", health=Health.KO),
         Ack(corr=2),
@@ -100,8 +141,13 @@ SAMPLES: dict[object, list[msgspec.Struct]] = {
 }
 
 CASES = [(kind, msg) for kind, msgs in SAMPLES.items() for msg in msgs]
-UNION_NAMES = {DriverRequest: "DriverRequest", DriverUpdate: "DriverUpdate",
-               CpCommand: "CpCommand", CpEvent: "CpEvent", TcpFrame: "TcpFrame"}
+UNION_NAMES = {
+    DriverRequest: "DriverRequest",
+    DriverUpdate: "DriverUpdate",
+    CpCommand: "CpCommand",
+    CpEvent: "CpEvent",
+    TcpFrame: "TcpFrame",
+}
 CASE_IDS = [f"{UNION_NAMES[kind]}-{type(msg).__name__}" for kind, msg in CASES]
 
 
@@ -141,15 +187,20 @@ def test_kafka_messages_carry_schema_version_id_and_timestamp() -> None:
 
 
 def test_dead_letter_round_trip_keeps_the_raw_bytes() -> None:
-    letter = DeadLetter(source_topic="evcharge.cp.events", partition=2, offset=41,
-                        consumer="central", reason="bad json", key=None,
-                        payload=b"\x00\xff not json")
+    letter = DeadLetter(
+        source_topic="evcharge.cp.events",
+        partition=2,
+        offset=41,
+        consumer="central",
+        reason="bad json",
+        key=None,
+        payload=b"\x00\xff not json",
+    )
     assert decode(encode(letter), DeadLetter) == letter
 
 
 def test_optional_fields_have_their_defaults_when_omitted() -> None:
-    frame = decode(b'{"type":"health_status","cp_id":"CP-1","health":"OK","supplying":false}',
-                   TcpFrame)
+    frame = decode(b'{"type":"health_status","cp_id":"CP-1","health":"OK","supplying":false}', TcpFrame)
     assert isinstance(frame, HealthStatus)
     assert frame.session_id is None
     assert frame.corr == 0
@@ -163,6 +214,7 @@ def test_a_minimal_kafka_message_gets_defaults() -> None:
 
 
 # ----------------------------------------------------------- rejections ----
+
 
 def as_obj(message: msgspec.Struct) -> dict[str, Any]:
     return msgspec.json.decode(encode(message))
@@ -196,7 +248,8 @@ def test_not_a_json_object_is_refused(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "type_", ["launch_missiles", "", "METER", "start_supply", None, 3],
+    "type_",
+    ["launch_missiles", "", "METER", "start_supply", None, 3],
     ids=["unknown", "empty", "wrong-case", "other-union", "null", "number"],
 )
 def test_unknown_type_is_refused(type_: Any) -> None:
@@ -217,8 +270,19 @@ def test_missing_required_field_is_refused(field: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("seq", "1"), ("seq", 1.5), ("seq", True), ("kwh", "0.1"), ("kwh", None), ("cp_id", 7),
-     ("session_id", ["x"]), ("v", "1"), ("v", 1.0), ("ts", "now"), ("id", 5)],
+    [
+        ("seq", "1"),
+        ("seq", 1.5),
+        ("seq", True),
+        ("kwh", "0.1"),
+        ("kwh", None),
+        ("cp_id", 7),
+        ("session_id", ["x"]),
+        ("v", "1"),
+        ("v", 1.0),
+        ("ts", "now"),
+        ("id", 5),
+    ],
 )
 def test_wrong_type_is_refused(field: str, value: Any) -> None:
     with pytest.raises(ProtocolError):
@@ -227,8 +291,7 @@ def test_wrong_type_is_refused(field: str, value: Any) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("kwh", -0.001), ("eur", -1.0), ("kw", -5.0), ("seq", -1), ("kwh", 1e6 + 1),
-     ("kw", 1e4 + 1)],
+    [("kwh", -0.001), ("eur", -1.0), ("kw", -5.0), ("seq", -1), ("kwh", 1e6 + 1), ("kw", 1e4 + 1)],
 )
 def test_out_of_range_figures_are_refused(field: str, value: Any) -> None:
     with pytest.raises(ProtocolError):
@@ -250,8 +313,19 @@ def test_price_out_of_range_is_refused(price: float) -> None:
 @pytest.mark.parametrize(
     "cp_id",
     ["CP 1", " CP1", "CP1 ", "", "C" * 65, "-CP1", ".CP1", "CP/1", "CP\t1", "CP\n1", "ÇP1"],
-    ids=["inner-space", "leading-space", "trailing-space", "empty", "65-chars", "leading-dash",
-         "leading-dot", "slash", "tab", "inner-newline", "non-ascii"],
+    ids=[
+        "inner-space",
+        "leading-space",
+        "trailing-space",
+        "empty",
+        "65-chars",
+        "leading-dash",
+        "leading-dot",
+        "slash",
+        "tab",
+        "inner-newline",
+        "non-ascii",
+    ],
 )
 def test_bad_cp_id_is_refused(cp_id: str) -> None:
     with pytest.raises(ProtocolError):
@@ -290,10 +364,10 @@ def test_empty_and_too_long_idents_are_refused() -> None:
 
 
 @pytest.mark.parametrize("version", [2, 0, 99])
-@pytest.mark.parametrize(("kind", "message"), [(CpEvent, READING), (CpCommand, START)],
-                         ids=["event", "command"])
-def test_other_schema_versions_are_refused(kind: object, message: msgspec.Struct,
-                                           version: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "message"), [(CpEvent, READING), (CpCommand, START)], ids=["event", "command"]
+)
+def test_other_schema_versions_are_refused(kind: object, message: msgspec.Struct, version: int) -> None:
     with pytest.raises(ProtocolError, match=f"schema version {version}"):
         decode(with_changes(message, v=version), kind)
 
@@ -320,6 +394,7 @@ def test_unknown_extra_fields_are_ignored() -> None:
 
 
 # ------------------------------------------------------------------ ids ----
+
 
 def test_new_ids_are_unique_hex() -> None:
     ids = [new_id() for _ in range(2000)]
@@ -348,18 +423,21 @@ def test_arbitrary_bytes_raise_only_protocol_error(data: bytes) -> None:
 
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5),
-                                                                        children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=4,
 )
 ALL_TAGS = [t.__struct_config__.tag for kind in UNIONS for t in typing.get_args(kind)]
-FIELD_NAMES = sorted({f for kind in UNIONS for t in typing.get_args(kind)
-                      for f in t.__struct_fields__})
+FIELD_NAMES = sorted({f for kind in UNIONS for t in typing.get_args(kind) for f in t.__struct_fields__})
 
 
 @settings(max_examples=200, database=None, deadline=None)

@@ -16,7 +16,9 @@ CP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # the CpId pattern in me
 
 def test_one_cp_per_line() -> None:
     assert parse_requests("CP-1\nCP-2\nCP-3\n") == [
-        RequestLine(1, "CP-1"), RequestLine(2, "CP-2"), RequestLine(3, "CP-3"),
+        RequestLine(1, "CP-1"),
+        RequestLine(2, "CP-2"),
+        RequestLine(3, "CP-3"),
     ]
 
 
@@ -29,21 +31,27 @@ def test_empty_text_gives_no_requests() -> None:
 def test_comments_and_blank_lines_are_skipped_and_line_numbers_kept() -> None:
     text = "# Alice's day\n\nCP-1\n   \n# lunch\nCP-2\n\n\nCP-3\n"
     assert parse_requests(text) == [
-        RequestLine(3, "CP-1"), RequestLine(6, "CP-2"), RequestLine(9, "CP-3"),
+        RequestLine(3, "CP-1"),
+        RequestLine(6, "CP-2"),
+        RequestLine(9, "CP-3"),
     ]
 
 
 def test_trailing_comments_are_removed() -> None:
     text = "CP-1 # the one by the door\nCP-2# no space\nCP-3 ## twice # hashes\n"
     assert parse_requests(text) == [
-        RequestLine(1, "CP-1"), RequestLine(2, "CP-2"), RequestLine(3, "CP-3"),
+        RequestLine(1, "CP-1"),
+        RequestLine(2, "CP-2"),
+        RequestLine(3, "CP-3"),
     ]
 
 
 def test_surrounding_whitespace_is_stripped() -> None:
     text = "   CP-1\n\tCP-2\t\nCP-3   \r\n  CP-4  # hi  \n"
     assert parse_requests(text) == [
-        RequestLine(1, "CP-1"), RequestLine(2, "CP-2"), RequestLine(3, "CP-3"),
+        RequestLine(1, "CP-1"),
+        RequestLine(2, "CP-2"),
+        RequestLine(3, "CP-3"),
         RequestLine(4, "CP-4"),
     ]
 

@@ -11,7 +11,11 @@ from evcharge.messages import DenyCode, Health
 
 OK, KO = Health.OK, Health.KO
 ON, SUPPLYING, STOPPED, BROKEN, DISCONNECTED = (
-    CpStatus.ON, CpStatus.SUPPLYING, CpStatus.STOPPED, CpStatus.BROKEN, CpStatus.DISCONNECTED,
+    CpStatus.ON,
+    CpStatus.SUPPLYING,
+    CpStatus.STOPPED,
+    CpStatus.BROKEN,
+    CpStatus.DISCONNECTED,
 )
 
 # (monitor_connected, health, stopped, supplying) -> status; all 2 * 3 * 2 * 2 = 24 combinations.
@@ -46,19 +50,20 @@ MATRIX = [
 
 def _id(row: tuple) -> str:
     connected, health, stopped, supplying, _ = row
-    return "-".join([
-        "conn" if connected else "disc",
-        health.value if health else "nohealth",
-        "stopped" if stopped else "running",
-        "supplying" if supplying else "idle",
-    ])
+    return "-".join(
+        [
+            "conn" if connected else "disc",
+            health.value if health else "nohealth",
+            "stopped" if stopped else "running",
+            "supplying" if supplying else "idle",
+        ]
+    )
 
 
 def test_matrix_covers_every_combination_once() -> None:
     combos = {row[:4] for row in MATRIX}
     assert len(combos) == len(MATRIX) == 24
-    assert combos == set(itertools.product([False, True], [None, OK, KO], [False, True],
-                                           [False, True]))
+    assert combos == set(itertools.product([False, True], [None, OK, KO], [False, True], [False, True]))
 
 
 @pytest.mark.parametrize(
@@ -67,9 +72,7 @@ def test_matrix_covers_every_combination_once() -> None:
 def test_cp_status_matrix(
     connected: bool, health: Health | None, stopped: bool, supplying: bool, expected: CpStatus
 ) -> None:
-    status = cp_status(
-        monitor_connected=connected, health=health, stopped=stopped, supplying=supplying
-    )
+    status = cp_status(monitor_connected=connected, health=health, stopped=stopped, supplying=supplying)
     assert status is expected
 
 
@@ -106,8 +109,7 @@ def test_on_is_never_denied() -> None:
 
 
 @pytest.mark.parametrize(("status", "code", "word"), DENIALS, ids=[d[0].value for d in DENIALS])
-def test_every_other_status_is_denied_with_its_code(status: CpStatus, code: DenyCode,
-                                                     word: str) -> None:
+def test_every_other_status_is_denied_with_its_code(status: CpStatus, code: DenyCode, word: str) -> None:
     denial = denial_for("CP-7", status)
     assert denial is not None
     got_code, reason = denial
@@ -145,12 +147,13 @@ def test_cp_ids_with_braces_do_not_break_the_reason() -> None:
     assert denial == (DenyCode.BROKEN, "{cp}{0} is broken")
 
 
-@pytest.mark.parametrize(("connected", "health", "stopped", "supplying", "expected"), MATRIX,
-                         ids=map(_id, MATRIX))
-def test_matrix_and_denial_agree(connected: bool, health: Health | None, stopped: bool,
-                                 supplying: bool, expected: CpStatus) -> None:
-    status = cp_status(monitor_connected=connected, health=health, stopped=stopped,
-                       supplying=supplying)
+@pytest.mark.parametrize(
+    ("connected", "health", "stopped", "supplying", "expected"), MATRIX, ids=map(_id, MATRIX)
+)
+def test_matrix_and_denial_agree(
+    connected: bool, health: Health | None, stopped: bool, supplying: bool, expected: CpStatus
+) -> None:
+    status = cp_status(monitor_connected=connected, health=health, stopped=stopped, supplying=supplying)
     denial = denial_for("CP-1", status)
     may_authorise = connected and health is OK and not stopped and not supplying
     assert (denial is None) == may_authorise

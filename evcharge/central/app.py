@@ -25,7 +25,7 @@ from evcharge.messages import (
     decode,
 )
 from evcharge.runtime.consumer import ConsumerLoop
-from evcharge.runtime.kafka import TOPICS, ensure_topics, all_partitions
+from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics
 from evcharge.runtime.outbox import OutboxRelay
 from evcharge.runtime.waits import sleep_unless
 
@@ -69,16 +69,20 @@ class CentralApp:
         self.service = service
         await service.load()
         monitors = MonitorServer(service, s.host, s.tcp_port)
-        consumer = ConsumerLoop(
-            s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle
-        )
+        consumer = ConsumerLoop(s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle)
         api = CentralApi(service, started, lambda: relay.kafka_up and consumer.kafka_up)
         runner = web.AppRunner(api.app, access_log=None)
         try:
             await monitors.start()
             await runner.setup()
             await web.TCPSite(runner, s.host, s.http_port).start()
-            log.info("HTTP API on http://%s:%d (database %s, Kafka %s)", s.host, s.http_port, s.db_path, s.kafka)
+            log.info(
+                "HTTP API on http://%s:%d (database %s, Kafka %s)",
+                s.host,
+                s.http_port,
+                s.db_path,
+                s.kafka,
+            )
             await service.wait_for_monitors(s.startup_grace_s)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
@@ -145,7 +149,11 @@ class _Dispatcher:
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         log.warning(
-            "dead-lettered record %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+            "dead-lettered record %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
         )
         self._service.counters["dead_letters"] = self._service.counters.get("dead_letters", 0) + 1
         letter = DeadLetter(

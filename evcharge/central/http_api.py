@@ -106,15 +106,17 @@ class CentralApi:
         }
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "status": "ok",
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self._started_at, 1),
-            "kafka": "up" if self._kafka_up() else "unreachable",
-            "charging_points": len(self._service.cps),
-            "sessions_in_progress": len(self._service.active),
-            "counters": dict(self._service.counters),
-        })
+        return web.json_response(
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_s": round(time.monotonic() - self._started_at, 1),
+                "kafka": "up" if self._kafka_up() else "unreachable",
+                "charging_points": len(self._service.cps),
+                "sessions_in_progress": len(self._service.active),
+                "counters": dict(self._service.counters),
+            }
+        )
 
     async def list_cps(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -167,25 +169,31 @@ class CentralApi:
         raw = await request.read()
         try:
             body = msgspec.json.decode(raw, type=ChargeBody)
-            charge = ChargeRequest(
-                driver_id=body.driver_id, cp_id=body.cp_id, request_id=uuid.uuid4().hex
-            )
+            charge = ChargeRequest(driver_id=body.driver_id, cp_id=body.cp_id, request_id=uuid.uuid4().hex)
             # Re-validate through the wire schema so the API accepts exactly what Kafka accepts.
             charge = msgspec.json.decode(msgspec.json.encode(charge), type=ChargeRequest)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _error(400, "invalid_body",
-                          f"expected JSON {{\"driver_id\": ..., \"cp_id\": ...}}: {exc}")
+            return _error(400, "invalid_body", f'expected JSON {{"driver_id": ..., "cp_id": ...}}: {exc}')
         outcome = await self._service.charge(charge)
         if outcome.outcome == "accepted":
             return web.json_response(
-                {"outcome": "accepted", "request_id": outcome.request_id,
-                 "session_id": outcome.session_id, "cp_id": outcome.cp_id},
+                {
+                    "outcome": "accepted",
+                    "request_id": outcome.request_id,
+                    "session_id": outcome.session_id,
+                    "cp_id": outcome.cp_id,
+                },
                 status=201,
             )
         status = 404 if outcome.code == "unknown_cp" else 409
         return web.json_response(
-            {"outcome": "denied", "error": outcome.code, "message": outcome.reason,
-             "request_id": outcome.request_id, "cp_id": outcome.cp_id},
+            {
+                "outcome": "denied",
+                "error": outcome.code,
+                "message": outcome.reason,
+                "request_id": outcome.request_id,
+                "cp_id": outcome.cp_id,
+            },
             status=status,
         )
 
@@ -209,9 +217,9 @@ class CentralApi:
         return web.json_response(session_json(session))
 
     async def list_messages(self, request: web.Request) -> web.Response:
-        return web.json_response({"messages": [
-            {"at": m.at, "level": m.level, "text": m.text} for m in self._service.messages
-        ]})
+        return web.json_response(
+            {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._service.messages]}
+        )
 
     async def _service_store_sessions(self, **query: Any) -> list[Session]:
         return await self._service.store.sessions(**query)

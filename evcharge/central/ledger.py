@@ -24,7 +24,7 @@ from evcharge.messages import (
 )
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     AUTHORISED = "authorised"  # central said yes; the engine has not started yet
     SUPPLYING = "supplying"
     ENDED = "ended"

@@ -89,8 +89,12 @@ class MonitorServer:
                     await self._service.heartbeat(first.cp_id, link, frame.health)
                     await send_frame(writer, Ack(corr=frame.corr))
                 else:
-                    log.warning("monitor %s (%s) sent an unexpected %s: closed",
-                                peer, first.cp_id, type(frame).__name__)
+                    log.warning(
+                        "monitor %s (%s) sent an unexpected %s: closed",
+                        peer,
+                        first.cp_id,
+                        type(frame).__name__,
+                    )
                     await _reply_error(writer, frame.corr, "unexpected", "only heartbeats after registering")
                     why = "protocol violation"
                     break
@@ -101,7 +105,9 @@ class MonitorServer:
             why = "protocol error"
         except (ConnectionError, OSError):
             why = "connection lost"
-        await self._service.monitor_gone(first.cp_id, link, closed_by_central[0] if closed_by_central else why)
+        await self._service.monitor_gone(
+            first.cp_id, link, closed_by_central[0] if closed_by_central else why
+        )
 
 
 async def _reply_error(writer: asyncio.StreamWriter, corr: int, code: str, reason: str) -> None:

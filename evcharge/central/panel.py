@@ -69,8 +69,7 @@ def panel_logging(level: str) -> None:
     """
     if not isinstance(logging.getLevelName(level.upper()), int):
         return  # the logging setup that follows reports a bad level
-    print(f"central panel: log lines go to {log_file_path()} while the panel is on",
-          file=sys.stderr)
+    print(f"central panel: log lines go to {log_file_path()} while the panel is on", file=sys.stderr)
 
 
 def _open_log_file(path: Path) -> IO[str]:
@@ -124,8 +123,10 @@ def _header(statuses: dict[str, CpStatus | None], sessions: int, now: float) -> 
         if n:
             counts.append(f"● {n} {status.value}  ", style=STATUS_STYLE[status])
     counts.append(f"{len(statuses)} CPs · {sessions} active", style="dim")
-    title = Text.assemble((" EV Charging — Central ", "bold reverse"),
-                          ("  " + time.strftime("%H:%M:%S", time.localtime(now)), "bold"))
+    title = Text.assemble(
+        (" EV Charging — Central ", "bold reverse"),
+        ("  " + time.strftime("%H:%M:%S", time.localtime(now)), "bold"),
+    )
     grid = Table.grid(expand=True, padding=(0, 2))
     grid.add_column(no_wrap=True, min_width=len(title))
     grid.add_column(justify="right", no_wrap=True, overflow="ellipsis")
@@ -141,8 +142,10 @@ def _tiles(
     height: int,
 ) -> RenderableType:
     if not service.cps:
-        return Panel(Text("No charging points yet: a monitor registers its CP when it connects.",
-                          style="dim"), box=box.ROUNDED)
+        return Panel(
+            Text("No charging points yet: a monitor registers its CP when it connects.", style="dim"),
+            box=box.ROUNDED,
+        )
     columns = max(1, (width + 1) // (TILE_WIDTH + 1))
     rows = max(1, height // TILE_HEIGHT)
     cp_ids = sorted(service.cps, key=natural_key)
@@ -155,17 +158,20 @@ def _tiles(
         grid.add_column(width=TILE_WIDTH)
     tiles = [_tile(service, cp_id, statuses[cp_id], sessions.get(cp_id)) for cp_id in shown]
     for start in range(0, len(tiles), columns):
-        grid.add_row(*tiles[start:start + columns])
+        grid.add_row(*tiles[start : start + columns])
     hidden = len(cp_ids) - len(shown)
     if not hidden:
         return grid
-    return Group(grid, Text(f"+{hidden} more charging points ({len(cp_ids)} in all; "
-                            f"GET /cp lists every one)", style="bold"))
+    return Group(
+        grid,
+        Text(
+            f"+{hidden} more charging points ({len(cp_ids)} in all; GET /cp lists every one)",
+            style="bold",
+        ),
+    )
 
 
-def _tile(
-    service: CentralService, cp_id: str, status: CpStatus | None, session: Session | None
-) -> Panel:
+def _tile(service: CentralService, cp_id: str, status: CpStatus | None, session: Session | None) -> Panel:
     record = service.cps[cp_id].record
     style = STATUS_STYLE.get(status, "") if status else ""
     headline = Text(status.value if status else "?", style=f"bold {style}")
@@ -211,8 +217,15 @@ def _idle_detail(service: CentralService, cp_id: str, status: CpStatus | None) -
 
 
 def _requests_table(active: Iterable[Session], max_rows: int) -> Table:
-    table = Table(title="Ongoing requests", title_justify="left", title_style="bold",
-                  box=box.SIMPLE_HEAD, show_edge=False, expand=True, pad_edge=False)
+    table = Table(
+        title="Ongoing requests",
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        expand=True,
+        pad_edge=False,
+    )
     table.add_column("Started", no_wrap=True, width=8)
     table.add_column("Driver", no_wrap=True, overflow="ellipsis", ratio=3)
     table.add_column("CP", no_wrap=True, overflow="ellipsis", ratio=2)
@@ -226,8 +239,10 @@ def _requests_table(active: Iterable[Session], max_rows: int) -> Table:
             time.strftime("%H:%M:%S", time.localtime(session.started_at or session.created_at)),
             session.driver_id,
             session.cp_id,
-            Text(session.state.value,
-                 style="green" if session.state is SessionState.SUPPLYING else "dim"),
+            Text(
+                session.state.value,
+                style="green" if session.state is SessionState.SUPPLYING else "dim",
+            ),
             f"{session.kw:.1f}",
             f"{session.kwh:.3f}",
             f"{session.eur:.2f}",
@@ -249,13 +264,15 @@ def _messages_panel(service: CentralService, count: int) -> Panel:
         lines.append(message.text, style=MESSAGE_STYLE.get(message.level, ""))
     lines.no_wrap = True
     lines.overflow = "ellipsis"
-    return Panel(lines or Text("no messages yet", style="dim"), title="Messages",
-                 title_align="left", box=box.ROUNDED)
+    return Panel(
+        lines or Text("no messages yet", style="dim"),
+        title="Messages",
+        title_align="left",
+        box=box.ROUNDED,
+    )
 
 
-def _footer(
-    prompt: str | None, notice: Notice | None, keys_on: bool, log_path: Path | None
-) -> Text:
+def _footer(prompt: str | None, notice: Notice | None, keys_on: bool, log_path: Path | None) -> Text:
     if prompt is not None:
         footer = Text(prompt, style="bold reverse")
     elif keys_on:
@@ -334,8 +351,11 @@ class KeyPad:
         if key in ("s", "r"):
             self.typing_for = Action.STOP if key == "s" else Action.RESUME
             return None
-        return {"S": Command(Action.STOP_ALL), "R": Command(Action.RESUME_ALL),
-                "q": Command(Action.QUIT)}.get(key)
+        return {
+            "S": Command(Action.STOP_ALL),
+            "R": Command(Action.RESUME_ALL),
+            "q": Command(Action.QUIT),
+        }.get(key)
 
     def _reset(self) -> None:
         self.typing_for = None
@@ -351,8 +371,9 @@ def resolve_cp(typed: str, cp_ids: Collection[str]) -> str | None:
     if typed.lower() in by_lower:
         return by_lower[typed.lower()]
     if typed.isdigit():
-        matches = [cp_id for cp_id in cp_ids
-                   if (m := re.search(r"(\d+)$", cp_id)) and int(m.group(1)) == int(typed)]
+        matches = [
+            cp_id for cp_id in cp_ids if (m := re.search(r"(\d+)$", cp_id)) and int(m.group(1)) == int(typed)
+        ]
         if len(matches) == 1:
             return matches[0]
     return None
@@ -372,8 +393,10 @@ async def execute(service: CentralService, command: Command) -> Notice:
             except KeyError:
                 continue  # forgotten meanwhile
             changed += 1
-        return Notice(f"{'stopped' if stop else 'resumed'} {changed} charging points",
-                      "warning" if stop else "info")
+        return Notice(
+            f"{'stopped' if stop else 'resumed'} {changed} charging points",
+            "warning" if stop else "info",
+        )
     cp_id = resolve_cp(command.target, service.cps)
     if cp_id is None:
         return Notice(f"no charging point matches {command.target!r}", "error")
@@ -382,8 +405,7 @@ async def execute(service: CentralService, command: Command) -> Notice:
         await (service.stop_cp if stop else service.resume_cp)(cp_id)
     except KeyError:
         return Notice(f"{cp_id} is no longer known", "error")
-    return Notice(f"{cp_id} {'stopped (out of order)' if stop else 'resumed'}",
-                  "warning" if stop else "info")
+    return Notice(f"{cp_id} {'stopped (out of order)' if stop else 'resumed'}", "warning" if stop else "info")
 
 
 # ---------------------------------------------------------------- screen
@@ -422,8 +444,14 @@ class _PanelScreen:
         console = Console()
         with (
             terminal_keys(self._on_keys) as keys_on,
-            Live(console=console, screen=True, auto_refresh=False, refresh_per_second=4,
-                 redirect_stdout=False, redirect_stderr=False) as live,
+            Live(
+                console=console,
+                screen=True,
+                auto_refresh=False,
+                refresh_per_second=4,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as live,
         ):
             self._keys_on = keys_on
             self._live = live
@@ -443,9 +471,16 @@ class _PanelScreen:
             return
         size = self._live.console.size
         self._live.update(
-            render(self._service, time.time(), width=size.width, height=size.height,
-                   prompt=self._keypad.prompt, notice=self._notice, keys_on=self._keys_on,
-                   log_path=self._log_path),
+            render(
+                self._service,
+                time.time(),
+                width=size.width,
+                height=size.height,
+                prompt=self._keypad.prompt,
+                notice=self._notice,
+                keys_on=self._keys_on,
+                log_path=self._log_path,
+            ),
             refresh=True,
         )
 

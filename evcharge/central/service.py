@@ -238,8 +238,9 @@ class CentralService:
             if earlier is not None:
                 return earlier  # a replayed request: decided once already
             if time.time() - request.ts > self.request_ttl_s:
-                return await self._deny(request, DenyCode.EXPIRED,
-                                        f"request waited more than {self.request_ttl_s:g} s")
+                return await self._deny(
+                    request, DenyCode.EXPIRED, f"request waited more than {self.request_ttl_s:g} s"
+                )
             denial = denial_for(request.cp_id, self.status(request.cp_id))
             if denial is not None:
                 return await self._deny(request, *denial)
@@ -289,17 +290,37 @@ class CentralService:
         async with self._lock:
             session = self.active.get(request.session_id)
             if session is None:
-                why, code = f"session {request.session_id[:8]} is not in progress", DenyCode.NO_SESSION
+                why, code = (
+                    f"session {request.session_id[:8]} is not in progress",
+                    DenyCode.NO_SESSION,
+                )
             elif session.driver_id != request.driver_id:
                 why, code = f"session {request.session_id[:8]} is not yours", DenyCode.NOT_YOURS
             else:
-                await self._commit(messages=[StopSupply(
-                    cp_id=session.cp_id, session_id=session.session_id, reason=EndReason.DRIVER)])
-                self._say(f"{request.driver_id} asked to stop session {session.session_id[:8]} on {session.cp_id}")
+                await self._commit(
+                    messages=[
+                        StopSupply(
+                            cp_id=session.cp_id,
+                            session_id=session.session_id,
+                            reason=EndReason.DRIVER,
+                        )
+                    ]
+                )
+                self._say(
+                    f"{request.driver_id} asked to stop session {session.session_id[:8]} on {session.cp_id}"
+                )
                 return None
-            await self._commit(messages=[RequestDenied(
-                driver_id=request.driver_id, request_id=request.id,
-                cp_id=session.cp_id if session else "", code=code, reason=why)])
+            await self._commit(
+                messages=[
+                    RequestDenied(
+                        driver_id=request.driver_id,
+                        request_id=request.id,
+                        cp_id=session.cp_id if session else "",
+                        code=code,
+                        reason=why,
+                    )
+                ]
+            )
             return why
 
     async def _deny(self, request: ChargeRequest, code: DenyCode, reason: str) -> RequestOutcome:
@@ -313,8 +334,15 @@ class CentralService:
         )
         await self._commit(
             requests=[outcome],
-            messages=[RequestDenied(driver_id=request.driver_id, request_id=request.request_id,
-                                    cp_id=request.cp_id, code=code, reason=reason)],
+            messages=[
+                RequestDenied(
+                    driver_id=request.driver_id,
+                    request_id=request.request_id,
+                    cp_id=request.cp_id,
+                    code=code,
+                    reason=reason,
+                )
+            ],
         )
         self._count("requests_denied")
         self._say(f"{request.driver_id} → {request.cp_id}: denied ({reason})", "warning")
@@ -335,7 +363,11 @@ class CentralService:
                     session = self._local_session(event)
                 if session is None:
                     self._count("events_unknown_session")
-                    log.warning("%s: event for unknown session %s ignored", event.cp_id, event.session_id[:8])
+                    log.warning(
+                        "%s: event for unknown session %s ignored",
+                        event.cp_id,
+                        event.session_id[:8],
+                    )
                     continue
                 result = apply_event(session, event)
                 if not isinstance(result, Applied):
@@ -384,8 +416,16 @@ class CentralService:
         # The engine may come back to this session later: tell it that it is over.
         await self._commit(
             sessions=[session],
-            messages=[ticket, StopSupply(cp_id=session.cp_id, session_id=session.session_id, reason=reason,
-                                         billed_kwh=session.kwh, billed_eur=session.eur)],
+            messages=[
+                ticket,
+                StopSupply(
+                    cp_id=session.cp_id,
+                    session_id=session.session_id,
+                    reason=reason,
+                    billed_kwh=session.kwh,
+                    billed_eur=session.eur,
+                ),
+            ],
         )
         self._untrack(session)
         self._count("sessions_ended")
@@ -413,8 +453,10 @@ class CentralService:
             await self._store.commit(cps=[record], messages=[_outgoing(command)])
             self._on_outbox()
             live.record = record
-            self._say(f"{cp_id} {'stopped by the operator' if stopped else 'resumed by the operator'}",
-                      "warning" if stopped else "info")
+            self._say(
+                f"{cp_id} {'stopped by the operator' if stopped else 'resumed by the operator'}",
+                "warning" if stopped else "info",
+            )
 
     async def forget_cp(self, cp_id: str) -> None:
         async with self._lock:

@@ -7,7 +7,7 @@ import enum
 from evcharge.messages import DenyCode, Health
 
 
-class CpStatus(str, enum.Enum):
+class CpStatus(enum.StrEnum):
     ON = "ON"
     SUPPLYING = "SUPPLYING"
     STOPPED = "STOPPED"
@@ -15,9 +15,7 @@ class CpStatus(str, enum.Enum):
     DISCONNECTED = "DISCONNECTED"
 
 
-def cp_status(
-    *, monitor_connected: bool, health: Health | None, stopped: bool, supplying: bool
-) -> CpStatus:
+def cp_status(*, monitor_connected: bool, health: Health | None, stopped: bool, supplying: bool) -> CpStatus:
     if not monitor_connected:
         return CpStatus.DISCONNECTED
     if health is not Health.OK:

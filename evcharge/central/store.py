@@ -20,7 +20,9 @@ from evcharge.messages import EndReason, encode
 from evcharge.runtime.outbox import OUTBOX_SCHEMA, SqliteOutbox
 from evcharge.runtime.sqlite import Database
 
-SCHEMA = OUTBOX_SCHEMA + """
+SCHEMA = (
+    OUTBOX_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS cps (
     cp_id TEXT PRIMARY KEY,
     location TEXT NOT NULL,
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS requests (
     at REAL NOT NULL
 );
 """
+)
 
 
 @dataclass
@@ -136,9 +139,7 @@ class CentralStore:
         return await self._sessions(f"{clause} ORDER BY created_at DESC LIMIT ?", (*args, limit))
 
     async def request_outcome(self, request_id: str) -> RequestOutcome | None:
-        async with self._db.execute(
-            "SELECT * FROM requests WHERE request_id = ?", (request_id,)
-        ) as cursor:
+        async with self._db.execute("SELECT * FROM requests WHERE request_id = ?", (request_id,)) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
@@ -165,7 +166,14 @@ class CentralStore:
             await db.executemany(
                 "INSERT OR REPLACE INTO cps VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (c.cp_id, c.location, c.price_eur_kwh, c.max_kw, int(c.stopped), c.registered_at)
+                    (
+                        c.cp_id,
+                        c.location,
+                        c.price_eur_kwh,
+                        c.max_kw,
+                        int(c.stopped),
+                        c.registered_at,
+                    )
                     for c in cps
                 ],
             )
@@ -177,13 +185,20 @@ class CentralStore:
             await db.executemany(
                 "INSERT OR IGNORE INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.request_id, r.driver_id, r.cp_id, r.outcome, r.session_id, r.code, r.reason,
-                     time.time())
+                    (
+                        r.request_id,
+                        r.driver_id,
+                        r.cp_id,
+                        r.outcome,
+                        r.session_id,
+                        r.code,
+                        r.reason,
+                        time.time(),
+                    )
                     for r in requests
                 ],
             )
             await SqliteOutbox.add(db, [(m.topic, m.key, encode(m.message)) for m in messages])
-
 
     async def _sessions(self, clause: str, args: tuple) -> list[Session]:
         async with self._db.execute(f"SELECT * FROM sessions {clause}", args) as cursor:
@@ -192,8 +207,19 @@ class CentralStore:
 
 def _session_row(s: Session) -> tuple:
     return (
-        s.session_id, s.request_id, s.cp_id, s.driver_id, s.price_eur_kwh, s.created_at,
-        s.state.value, s.started_at, s.ended_at, s.last_seq, s.kw, s.kwh, s.eur,
+        s.session_id,
+        s.request_id,
+        s.cp_id,
+        s.driver_id,
+        s.price_eur_kwh,
+        s.created_at,
+        s.state.value,
+        s.started_at,
+        s.ended_at,
+        s.last_seq,
+        s.kw,
+        s.kwh,
+        s.eur,
         s.end_reason.value if s.end_reason else None,
     )
 

@@ -121,8 +121,13 @@ class Engine:
         server = OwnedServer(self._serve_monitor, "health")
         try:
             await self._recover(store)
-            consumer = ConsumerLoop(s.kafka, f"engine-{s.cp_id}", self._assign, self._on_commands,
-                                    new_group_starts_at_end=True)
+            consumer = ConsumerLoop(
+                s.kafka,
+                f"engine-{s.cp_id}",
+                self._assign,
+                self._on_commands,
+                new_group_starts_at_end=True,
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
                 tasks.create_task(consumer.run(stop), name="command consumer")
@@ -132,8 +137,14 @@ class Engine:
                 await wait_first(consumer.ready, stop)
                 if not stop.is_set():
                     self.port = await server.start(s.host, s.port)
-                    log.info("%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
-                             s.cp_id, s.host, self.port, s.power_kw, s.price_eur_kwh)
+                    log.info(
+                        "%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
+                        s.cp_id,
+                        s.host,
+                        self.port,
+                        s.power_kw,
+                        s.price_eur_kwh,
+                    )
                 await stop.wait()
                 log.info("%s engine stopping", s.cp_id)
         finally:
@@ -149,15 +160,29 @@ class Engine:
         if crashed is not None:
             # We died mid-session: bill what we had recorded, once, and say how it ended.
             ended = SessionEnded(
-                cp_id=self.settings.cp_id, session_id=crashed.session_id, seq=crashed.seq + 1,
-                kwh=crashed.kwh, eur=crashed.eur, ended_at=time.time(), reason=EndReason.INTERRUPTED,
+                cp_id=self.settings.cp_id,
+                session_id=crashed.session_id,
+                seq=crashed.seq + 1,
+                kwh=crashed.kwh,
+                eur=crashed.eur,
+                ended_at=time.time(),
+                reason=EndReason.INTERRUPTED,
             )
             await store.record([ended])
-            log.warning("%s: session %s was interrupted by a restart; closed at %.3f kWh, %.2f EUR",
-                        self.settings.cp_id, crashed.session_id[:8], crashed.kwh, crashed.eur)
+            log.warning(
+                "%s: session %s was interrupted by a restart; closed at %.3f kWh, %.2f EUR",
+                self.settings.cp_id,
+                crashed.session_id[:8],
+                crashed.kwh,
+                crashed.eur,
+            )
         pending = await store.outbox.size()
         if pending:
-            log.info("%s: %d events from before the restart are waiting for Kafka", self.settings.cp_id, pending)
+            log.info(
+                "%s: %d events from before the restart are waiting for Kafka",
+                self.settings.cp_id,
+                pending,
+            )
 
     # ---------------------------------------------------------- changes
 
@@ -177,11 +202,24 @@ class Engine:
         if isinstance(event, SessionStarted):
             log.info("%s SUPPLYING session %s for %s", cp, event.session_id[:8], event.driver_id)
         elif isinstance(event, MeterReading):
-            log.info("%s meter: %.1f kW, %.4f kWh, %.4f EUR (session %s #%d)",
-                     cp, event.kw, event.kwh, event.eur, event.session_id[:8], event.seq)
+            log.info(
+                "%s meter: %.1f kW, %.4f kWh, %.4f EUR (session %s #%d)",
+                cp,
+                event.kw,
+                event.kwh,
+                event.eur,
+                event.session_id[:8],
+                event.seq,
+            )
         elif isinstance(event, SessionEnded):
-            log.info("%s session %s ended (%s): %.4f kWh, %.4f EUR",
-                     cp, event.session_id[:8], event.reason.value, event.kwh, event.eur)
+            log.info(
+                "%s session %s ended (%s): %.4f kWh, %.4f EUR",
+                cp,
+                event.session_id[:8],
+                event.reason.value,
+                event.kwh,
+                event.eur,
+            )
         else:
             log.warning("%s refused session %s: %s", cp, event.session_id[:8], event.reason)
 
@@ -212,8 +250,10 @@ class Engine:
         health = "OK" if state.healthy else "KO"
         if state.supply is not None:
             m = state.supply.meter
-            return (f"{health}, supplying session {state.supply.session_id[:8]} to "
-                    f"{state.supply.driver_id}: {m.kw:.1f} kW, {m.kwh:.4f} kWh, {m.eur:.4f} EUR")
+            return (
+                f"{health}, supplying session {state.supply.session_id[:8]} to "
+                f"{state.supply.driver_id}: {m.kw:.1f} kW, {m.kwh:.4f} kWh, {m.eur:.4f} EUR"
+            )
         return f"{health}, {'stopped by the operator' if state.stopped else 'idle'}"
 
     # ----------------------------------------------------------- meter
@@ -248,8 +288,12 @@ class Engine:
             try:
                 command = decode(record.value, CpCommand)
             except ProtocolError as exc:
-                log.warning("%s: ignored an undecodable command at offset %d: %s",
-                            self.settings.cp_id, record.offset, exc)
+                log.warning(
+                    "%s: ignored an undecodable command at offset %d: %s",
+                    self.settings.cp_id,
+                    record.offset,
+                    exc,
+                )
                 continue
             await self._apply_command(command)  # type: ignore[arg-type]
 
@@ -262,7 +306,10 @@ class Engine:
                 billed = None
                 if command.billed_kwh is not None and command.billed_eur is not None:
                     billed = (command.billed_kwh, command.billed_eur)
-                await self._change(self.state.end(command.reason, now, command.session_id, billed))
+                events = self.state.end(command.reason, now, command.session_id, billed)
+                await self._change(events)
+                if not events and billed is not None:
+                    await self._adopt_billed(command.session_id, billed)
             elif isinstance(command, StopCp):
                 events = self.state.stop_cp(now)
                 await self._change(events, stopped=True)
@@ -270,6 +317,25 @@ class Engine:
             else:
                 await self._change(self.state.resume_cp(), stopped=False)
                 log.info("%s resumed by the operator", self.settings.cp_id)
+
+    async def _adopt_billed(self, session_id: str, billed: tuple[float, float]) -> None:
+        """Central closed a session this engine had already closed after a crash.
+
+        A reading recorded just before the crash may never have reached central;
+        central billed what it had, and the engine's record follows it so that
+        both say the same. The difference is logged, not billed twice.
+        """
+        assert self._store is not None
+        recorded = await self._store.adopt_billed(session_id, *billed)
+        if recorded is not None and recorded != billed:
+            log.warning(
+                "%s: session %s was billed by central at %.5f kWh / %.4f EUR; this engine had "
+                "recorded %.5f kWh / %.4f EUR before it crashed; record adjusted",
+                self.settings.cp_id,
+                session_id[:8],
+                *billed,
+                *recorded,
+            )
 
     # ------------------------------------------------------- health port
 
@@ -285,14 +351,22 @@ class Engine:
                     await send_frame(writer, self._health(frame.corr))
                 elif isinstance(frame, EngineControl):
                     if not _is_loopback(writer):
-                        await send_frame(writer, ErrorReply(
-                            corr=frame.corr, code="forbidden", reason="controls are local only"))
+                        await send_frame(
+                            writer,
+                            ErrorReply(corr=frame.corr, code="forbidden", reason="controls are local only"),
+                        )
                         continue
                     detail = await self.act(frame.action)
                     await send_frame(writer, ControlResult(corr=frame.corr, ok=True, detail=detail))
                 else:
-                    await send_frame(writer, ErrorReply(
-                        corr=frame.corr, code="unexpected", reason=f"{type(frame).__name__} is not served here"))
+                    await send_frame(
+                        writer,
+                        ErrorReply(
+                            corr=frame.corr,
+                            code="unexpected",
+                            reason=f"{type(frame).__name__} is not served here",
+                        ),
+                    )
         except TimeoutError:
             pass  # an idle peer: it reconnects when it needs us
         except ProtocolError as exc:

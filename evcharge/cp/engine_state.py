@@ -77,8 +77,12 @@ class EngineState:
     def _begin(self, session_id: str, driver_id: str, price: float, now: float) -> SessionStarted:
         self.supply = Supply(session_id, driver_id, now, Meter(self.power_kw, price))
         return SessionStarted(
-            cp_id=self.cp_id, session_id=session_id, driver_id=driver_id, seq=0,
-            started_at=now, price_eur_kwh=price,
+            cp_id=self.cp_id,
+            session_id=session_id,
+            driver_id=driver_id,
+            seq=0,
+            started_at=now,
+            price_eur_kwh=price,
         )
 
     def tick(self, seconds: float, now: float) -> list[CpEvent]:
@@ -89,8 +93,12 @@ class EngineState:
         supply.meter.advance(seconds)
         supply.seq += 1
         reading = MeterReading(
-            cp_id=self.cp_id, session_id=supply.session_id, seq=supply.seq,
-            kw=supply.meter.kw, kwh=supply.meter.kwh, eur=supply.meter.eur,
+            cp_id=self.cp_id,
+            session_id=supply.session_id,
+            seq=supply.seq,
+            kw=supply.meter.kw,
+            kwh=supply.meter.kwh,
+            eur=supply.meter.eur,
         )
         if self.max_session_s and supply.meter.seconds >= self.max_session_s - 1e-9:
             return [reading, *self.end(EndReason.COMPLETED, now)]
@@ -111,10 +119,17 @@ class EngineState:
         self.supply = None
         supply.seq += 1
         kwh, eur = billed if billed is not None else (supply.meter.kwh, supply.meter.eur)
-        return [SessionEnded(
-            cp_id=self.cp_id, session_id=supply.session_id, seq=supply.seq,
-            kwh=kwh, eur=eur, ended_at=now, reason=reason,
-        )]
+        return [
+            SessionEnded(
+                cp_id=self.cp_id,
+                session_id=supply.session_id,
+                seq=supply.seq,
+                kwh=kwh,
+                eur=eur,
+                ended_at=now,
+                reason=reason,
+            )
+        ]
 
     def stop_cp(self, now: float) -> list[CpEvent]:
         self.stopped = True

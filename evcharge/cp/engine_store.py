@@ -24,7 +24,9 @@ from evcharge.runtime.kafka import TOPICS
 from evcharge.runtime.outbox import OUTBOX_SCHEMA, SqliteOutbox
 from evcharge.runtime.sqlite import Database
 
-SCHEMA = OUTBOX_SCHEMA + """
+SCHEMA = (
+    OUTBOX_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
@@ -39,6 +41,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     end_reason TEXT
 );
 """
+)
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,27 @@ class EngineStore:
             row = await cursor.fetchone()
         return OpenSession(*row) if row else None
 
+    async def adopt_billed(self, session_id: str, kwh: float, eur: float) -> tuple[float, float] | None:
+        """Set an ended session's figures to what central billed; return what was recorded."""
+        async with self._db.transaction() as db:
+            async with db.execute(
+                "SELECT kwh, eur FROM sessions WHERE session_id = ? AND ended = 1", (session_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            await db.execute(
+                "UPDATE sessions SET kwh = ?, eur = ? WHERE session_id = ?", (kwh, eur, session_id)
+            )
+            return (row[0], row[1])
+
     async def record(self, events: list[CpEvent], *, stopped: bool | None = None) -> None:
         """Apply `events` to the session table and queue them for Kafka, in one transaction."""
         async with self._db.transaction() as db:
             if stopped is not None:
                 await db.execute(
-                    "INSERT OR REPLACE INTO settings VALUES ('stopped', ?)", ("1" if stopped else "0",)
+                    "INSERT OR REPLACE INTO settings VALUES ('stopped', ?)",
+                    ("1" if stopped else "0",),
                 )
             for event in events:
                 await self._apply(db, event)

@@ -99,8 +99,14 @@ class _EngineTerminal:
 
     async def _terminal(self, console: Console) -> None:
         with (
-            Live(self._status(), console=console, auto_refresh=False, transient=True,
-                 redirect_stdout=False, redirect_stderr=True) as live,
+            Live(
+                self._status(),
+                console=console,
+                auto_refresh=False,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=True,
+            ) as live,
             _logs_through_live(),
             terminal_keys(self._on_keys) as keys_on,
         ):
@@ -161,9 +167,7 @@ def _logs_through_live() -> Iterator[None]:
     moved = [
         handler
         for handler in logging.getLogger().handlers
-        if real is not None
-        and isinstance(handler, logging.StreamHandler)
-        and handler.stream is real
+        if real is not None and isinstance(handler, logging.StreamHandler) and handler.stream is real
     ]
     for handler in moved:
         handler.setStream(proxy)

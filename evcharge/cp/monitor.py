@@ -59,8 +59,14 @@ class Monitor:
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        log.info("%s monitor: engine %s:%d, central %s:%d", s.cp_id, s.engine_host, s.engine_port,
-                 s.central_host, s.central_port)
+        log.info(
+            "%s monitor: engine %s:%d, central %s:%d",
+            s.cp_id,
+            s.engine_host,
+            s.engine_port,
+            s.central_host,
+            s.central_port,
+        )
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._check_engine(stop), name="engine checks")
@@ -79,8 +85,11 @@ class Monitor:
             ok, conclusive = await self._check_once(timeout_s=interval * 0.8)
             change = self.tracker.observe(ok)
             if change is Health.KO:
-                log.warning("%s engine BROKEN after %d failed checks", self.settings.cp_id,
-                            self.tracker.failures)
+                log.warning(
+                    "%s engine BROKEN after %d failed checks",
+                    self.settings.cp_id,
+                    self.tracker.failures,
+                )
             elif change is Health.OK and self.tracker.failures == 0 and self._seen_ko:
                 log.info("%s engine health restored", self.settings.cp_id)
             if change is not None:
@@ -137,8 +146,12 @@ class Monitor:
                     self.exit_code = EXIT_REFUSED
                     stop.set()
                     return
-                log.warning("central refused %s (%s); retrying for up to %g s in case that monitor "
-                            "is gone", s.cp_id, exc.reason, s.claim_timeout_s)
+                log.warning(
+                    "central refused %s (%s); retrying for up to %g s in case that monitor is gone",
+                    s.cp_id,
+                    exc.reason,
+                    s.claim_timeout_s,
+                )
                 await sleep_unless(stop, 1.0)
             except Exception as exc:
                 if not is_retriable(exc):
@@ -154,14 +167,25 @@ class Monitor:
         try:
             health = self.tracker.health or Health.KO
             await conn.request(
-                Register(cp_id=s.cp_id, location=s.location, price_eur_kwh=s.price_eur_kwh,
-                         max_kw=s.max_kw, health=health, instance=self.instance),
+                Register(
+                    cp_id=s.cp_id,
+                    location=s.location,
+                    price_eur_kwh=s.price_eur_kwh,
+                    max_kw=s.max_kw,
+                    health=health,
+                    instance=self.instance,
+                ),
                 timeout_s=timeout,
             )
             watch.succeeded()
             backoff.reset()
-            log.info("%s registered with central at %s:%d (engine %s)", s.cp_id, s.central_host,
-                     s.central_port, health.value)
+            log.info(
+                "%s registered with central at %s:%d (engine %s)",
+                s.cp_id,
+                s.central_host,
+                s.central_port,
+                health.value,
+            )
             while not stop.is_set():
                 self._health_changed.clear()
                 await wait_first(
@@ -170,7 +194,8 @@ class Monitor:
                 if stop.is_set():
                     return
                 await conn.request(
-                    Heartbeat(cp_id=s.cp_id, health=self.tracker.health or Health.KO), timeout_s=timeout
+                    Heartbeat(cp_id=s.cp_id, health=self.tracker.health or Health.KO),
+                    timeout_s=timeout,
                 )
         finally:
             await conn.close()

@@ -100,7 +100,13 @@ class Driver:
         if requests is not None:
             self._plan = _plan_key(plan_name, requests)
             await self._expect_pending_answer()
-        consumer = ConsumerLoop(s.kafka, f"driver-{s.driver_id}", self._assign, self._on_updates, new_group_starts_at_end=True)
+        consumer = ConsumerLoop(
+            s.kafka,
+            f"driver-{s.driver_id}",
+            self._assign,
+            self._on_updates,
+            new_group_starts_at_end=True,
+        )
         try:
             async with asyncio.TaskGroup() as tasks:
                 consume_task = tasks.create_task(consumer.run(stop), name="updates consumer")
@@ -162,7 +168,9 @@ class Driver:
         request_id = request_id or uuid.uuid4().hex
         waiting = self._waiting
         if waiting is None or waiting.request_id != request_id:
-            waiting = self._waiting = _Waiting(request_id, cp_id, asyncio.get_running_loop().create_future(), index)
+            waiting = self._waiting = _Waiting(
+                request_id, cp_id, asyncio.get_running_loop().create_future(), index
+            )
         if waiting.done.done():
             return waiting.done.result()  # answered while this driver was away
         await self._journal.begin_request(self._plan, index, request_id, cp_id)
@@ -186,15 +194,24 @@ class Driver:
             while True:
                 timeout = self.settings.answer_timeout_s if waiting.session_id is None else 3600.0
                 remaining = max(timeout - (time.monotonic() - started), 0.0)
-                await asyncio.wait([waiting.done, stopping], timeout=remaining,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [waiting.done, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
                 if waiting.done.done():
                     return waiting.done.result()
                 if stopping.done():
                     return None
                 if waiting.session_id is None:
-                    return Outcome(waiting.request_id, waiting.index, waiting.cp_id, "no answer", None,
-                                   None, None, f"no answer within {timeout:g} s")
+                    return Outcome(
+                        waiting.request_id,
+                        waiting.index,
+                        waiting.cp_id,
+                        "no answer",
+                        None,
+                        None,
+                        None,
+                        f"no answer within {timeout:g} s",
+                    )
                 started = time.monotonic()  # accepted: the charge itself may take long
         finally:
             stopping.cancel()
@@ -234,16 +251,32 @@ class Driver:
                     f"⚡ {update.cp_id}: {update.kw:.1f} kW  {update.kwh:.4f} kWh  {update.eur:.4f} EUR"
                 )
         elif isinstance(update, RequestDenied):
-            outcome = Outcome(update.request_id, waiting.index if waiting else -1, update.cp_id, "denied",
-                              None, None, None, update.reason)
+            outcome = Outcome(
+                update.request_id,
+                waiting.index if waiting else -1,
+                update.cp_id,
+                "denied",
+                None,
+                None,
+                None,
+                update.reason,
+            )
             if await self._journal.record_answer(f"denied:{update.request_id}:{update.id}", outcome):
                 self.console.print(
                     f"✘ denied: {update.cp_id or 'request'}: {update.reason} [{update.code.value}]"
                 )
             self._resolve(update.request_id, outcome)
         else:
-            outcome = Outcome(update.request_id, waiting.index if waiting else -1, update.cp_id,
-                              update.end_reason.value, update.session_id, update.kwh, update.eur, "")
+            outcome = Outcome(
+                update.request_id,
+                waiting.index if waiting else -1,
+                update.cp_id,
+                update.end_reason.value,
+                update.session_id,
+                update.kwh,
+                update.eur,
+                "",
+            )
             if self._session == update.session_id:
                 self._session = None
             if await self._journal.record_answer(f"ticket:{update.session_id}", outcome):
@@ -272,8 +305,9 @@ class Driver:
             line = requests[index]
             resend = progress.pending_request_id if index == progress.next_index else None
             if resend:
-                self.console.print(f"waiting for the answer to request {index + 1} ({line.cp_id}) "
-                                   "sent before a restart")
+                self.console.print(
+                    f"waiting for the answer to request {index + 1} ({line.cp_id}) sent before a restart"
+                )
             outcome = await self.request_charge(line.cp_id, index, request_id=resend)
             if outcome is None:
                 self.console.print("stopping: the answer will be waiting in Kafka at the next start")
@@ -290,8 +324,12 @@ class Driver:
             table.add_column(column)
         for o in outcomes:
             table.add_row(
-                str(o.idx + 1), str(requests[o.idx].number) if o.idx < len(requests) else "?", o.cp_id,
-                o.outcome, f"{o.kwh:.4f}" if o.kwh is not None else "", f"{o.eur:.4f}" if o.eur is not None else "",
+                str(o.idx + 1),
+                str(requests[o.idx].number) if o.idx < len(requests) else "?",
+                o.cp_id,
+                o.outcome,
+                f"{o.kwh:.4f}" if o.kwh is not None else "",
+                f"{o.eur:.4f}" if o.eur is not None else "",
                 o.detail,
             )
         self.console.print(table)
@@ -304,5 +342,3 @@ def _plan_key(name: str, requests: list[RequestLine]) -> str:
     """A requests file is resumed only if it is the same file with the same lines."""
     digest = hashlib.sha256("\n".join(r.cp_id for r in requests).encode()).hexdigest()[:12]
     return f"{name}:{digest}"
-
-

@@ -56,14 +56,17 @@ async def run_interactive(driver: Driver, stop: asyncio.Event, central_url: str 
 
 async def _list_cps(driver: Driver, central_url: str) -> None:
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
-            async with http.get(f"{central_url}/cp") as response:
-                data = await response.json()
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+            http.get(f"{central_url}/cp") as response,
+        ):
+            data = await response.json()
     except (aiohttp.ClientError, TimeoutError) as exc:
         driver.console.print(f"cannot reach central at {central_url}: {exc.__class__.__name__}")
         return
     for cp in data["charging_points"]:
         mark = "✔" if cp["status"] == "ON" else " "
         driver.console.print(
-            f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {cp['price_eur_kwh']:.2f} EUR/kWh"
+            f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
+            f"{cp['price_eur_kwh']:.2f} EUR/kWh"
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from evcharge.runtime.sqlite import Database
 
 SCHEMA = """
@@ -76,7 +75,8 @@ class DriverJournal:
 
     async def progress(self, plan: str) -> Progress:
         async with self._db.execute(
-            "SELECT next_index, pending_request_id, pending_cp FROM progress WHERE plan = ?", (plan,)
+            "SELECT next_index, pending_request_id, pending_cp FROM progress WHERE plan = ?",
+            (plan,),
         ) as cursor:
             row = await cursor.fetchone()
         return Progress(*row) if row else Progress(0, None, None)
@@ -85,15 +85,25 @@ class DriverJournal:
         """Written before the request is sent: a crash after this resends the same request id."""
         async with self._db.transaction() as db:
             await db.execute(
-                "INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?)", (plan, index, request_id, cp_id)
+                "INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?)",
+                (plan, index, request_id, cp_id),
             )
 
     async def finish_request(self, plan: str, outcome: Outcome) -> None:
         async with self._db.transaction() as db:
             await db.execute(
                 "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (outcome.request_id, plan, outcome.idx, outcome.cp_id, outcome.outcome,
-                 outcome.session_id, outcome.kwh, outcome.eur, outcome.detail),
+                (
+                    outcome.request_id,
+                    plan,
+                    outcome.idx,
+                    outcome.cp_id,
+                    outcome.outcome,
+                    outcome.session_id,
+                    outcome.kwh,
+                    outcome.eur,
+                    outcome.detail,
+                ),
             )
             await db.execute(
                 "INSERT OR REPLACE INTO progress VALUES (?, ?, NULL, NULL)", (plan, outcome.idx + 1)
@@ -118,8 +128,16 @@ class DriverJournal:
         async with self._db.transaction() as db:
             cursor = await db.execute(
                 "INSERT OR IGNORE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (answer_key, outcome.request_id, outcome.cp_id, outcome.outcome, outcome.session_id,
-                 outcome.kwh, outcome.eur, outcome.detail),
+                (
+                    answer_key,
+                    outcome.request_id,
+                    outcome.cp_id,
+                    outcome.outcome,
+                    outcome.session_id,
+                    outcome.kwh,
+                    outcome.eur,
+                    outcome.detail,
+                ),
             )
             return cursor.rowcount == 1
 

@@ -77,9 +77,7 @@ class ConsumerLoop:
                     async with asyncio.timeout(5):
                         await consumer.stop()
 
-    async def _resume_positions(
-        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-    ) -> None:
+    async def _resume_positions(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         """Resume at the group's committed offsets.
 
         A group that never committed starts at the earliest record, or, for a

@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaProducer
 
 from evcharge.runtime.backoff import Backoff
 from evcharge.runtime.kafka import new_producer
-from evcharge.runtime.sqlite import Database
 from evcharge.runtime.reconnect import LinkWatch, is_retriable
+from evcharge.runtime.sqlite import Database
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger(__name__)

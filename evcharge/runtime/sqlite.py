@@ -36,7 +36,7 @@ class Database:
         conn.row_factory = aiosqlite.Row
         return cls(conn)
 
-    def execute(self, sql: str, parameters: tuple = ()):  # noqa: ANN201 - aiosqlite's cursor context
+    def execute(self, sql: str, parameters: tuple = ()):
         return self.conn.execute(sql, parameters)
 
     @contextlib.asynccontextmanager

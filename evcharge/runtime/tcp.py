@@ -33,9 +33,7 @@ def peer_name(writer: asyncio.StreamWriter) -> str:
 class FrameReader:
     """Reads whole typed frames from a stream, one at a time, with a deadline per frame."""
 
-    def __init__(
-        self, reader: asyncio.StreamReader, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    ) -> None:
+    def __init__(self, reader: asyncio.StreamReader, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._reader = reader
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ready: list[bytes] = []

@@ -26,8 +26,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     from rich.table import Table
 
     table = Table(title="Recovery metrics (measured; the guide promises detection 15-20 s, recovery < 30 s)")
-    for column in ("scenario", "detection s", "recovery s", "downtime s", "restarted", "sessions",
-                   "tickets lost", "duplicates"):
+    for column in (
+        "scenario",
+        "detection s",
+        "recovery s",
+        "downtime s",
+        "restarted",
+        "sessions",
+        "tickets lost",
+        "duplicates",
+    ):
         table.add_column(column)
     for row in REPORT:
         table.add_row(
@@ -43,11 +51,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     console = Console(file=terminalreporter._tw._file, width=160, force_terminal=False)
     console.print(table)
     path = Path(os.environ.get("EVCHARGE_CHAOS_REPORT", "chaos-report.json"))
-    path.write_text(json.dumps({
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
-        "scenarios": REPORT,
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "system": platform.platform(),
+                },
+                "scenarios": REPORT,
+            },
+            indent=2,
+        )
+    )
     terminalreporter.write_line(f"chaos report written to {path.resolve()}")
 
 

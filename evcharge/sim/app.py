@@ -1,0 +1,349 @@
+"""`evcharge sim`: a fleet of simulated CPs and drivers in one process against a real central and Kafka.
+
+The run: topics and the shared producer and consumers first, then the CPs and
+drivers start over the ramp-up, load runs for the duration, the drivers finish
+what they wait for, the fleet shuts down in order, and the report is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+
+from evcharge.errors import ConfigError
+from evcharge.runtime.backoff import Backoff
+from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics, new_producer
+from evcharge.runtime.reconnect import LinkWatch, describe, is_retriable
+from evcharge.runtime.shutdown import EXIT_INTERRUPTED
+from evcharge.runtime.waits import sleep_unless, wait_first
+from evcharge.sim.drivers import DriverFleet, DriverSettings
+from evcharge.sim.fleet import Fleet, FleetSettings, Publisher
+from evcharge.sim.report import SimStats, render
+
+log = logging.getLogger("evcharge.sim")
+
+STARTUP_TIMEOUT_S = 60.0  # Kafka topics, producer, consumers, central's API
+HTTP_TIMEOUT_S = 5.0
+REGISTRATION_POLL_S = 0.5
+PROGRESS_EVERY_S = 5.0
+LAG_PROBE_S = 0.25
+ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}\Z")
+# Warnings the simulated faults cause on purpose; any other warning is an error.
+FAULT_WARNINGS = ("engine BROKEN",)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    cps: int
+    drivers: int
+    kafka: str
+    central_host: str
+    central_port: int
+    central_url: str
+    duration_s: float = 30.0
+    ramp_up_s: float = 10.0
+    request_rate: float = 5.0
+    session_s: float = 5.0
+    meter_interval_s: float = 1.0
+    fault_rate_per_min: float = 0.0
+    cp_prefix: str = "SIM"
+    driver_prefix: str = "sim-driver"
+    seed: int | None = None
+    json_path: Path | None = None
+    partitions: int = 8
+    log_level: str = "info"
+
+    def check(self) -> None:
+        for name, prefix in (("--cp-prefix", self.cp_prefix), ("--driver-prefix", self.driver_prefix)):
+            if not ID_PREFIX.match(prefix):
+                raise ConfigError(f"{name} {prefix!r}: letters, digits, '.', '_' and '-' only")
+        if self.cps < 1 or self.drivers < 0 or self.request_rate <= 0 or self.meter_interval_s <= 0:
+            raise ConfigError("--cps must be at least 1, --request-rate and --meter-interval above 0")
+        if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
+            raise ConfigError("durations and rates cannot be negative")
+
+
+class _WarningCounter(logging.Handler):
+    """Counts what the in-process monitors and runtime warn about: in a healthy run nothing does."""
+
+    def __init__(self, stats: SimStats, expected: tuple[str, ...]) -> None:
+        super().__init__(logging.WARNING)
+        self._stats = stats
+        self._expected = expected
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("evcharge.sim"):
+            return  # the simulator counts its own problems where they happen
+        kind = f"{record.name}: {record.msg}"
+        if any(text in str(record.msg) for text in self._expected):
+            self._stats.warnings[kind] += 1
+        else:
+            self._stats.error(kind)
+
+
+class Simulation:
+    def __init__(self, settings: SimSettings, console: Console | None = None) -> None:
+        settings.check()
+        self.settings = settings
+        self.stats = SimStats(cps=settings.cps, drivers=settings.drivers)
+        self.console = console or Console(highlight=False, width=None if _is_tty() else 140)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.fleet_settings = FleetSettings(
+            cps=settings.cps,
+            cp_prefix=settings.cp_prefix,
+            central_host=settings.central_host,
+            central_port=settings.central_port,
+            ramp_up_s=settings.ramp_up_s,
+            session_s=settings.session_s,
+            meter_interval_s=settings.meter_interval_s,
+            fault_rate_per_min=settings.fault_rate_per_min,
+        )
+        self._abort = asyncio.Event()
+        self._started = (0.0, 0.0)  # wall clock and CPU seconds when the run began
+
+    async def run(self, stop: asyncio.Event) -> int:
+        s = self.settings
+        self._abort = stop
+        self._started = (time.monotonic(), _cpu_s())
+        counter = _WarningCounter(self.stats, FAULT_WARNINGS if s.fault_rate_per_min else ())
+        evcharge_log, monitor_log = logging.getLogger("evcharge"), logging.getLogger("evcharge.monitor")
+        monitor_level = monitor_log.level
+        if s.log_level.lower() != "debug":
+            monitor_log.setLevel(logging.WARNING)  # one INFO line per CP would drown everything
+        evcharge_log.addHandler(counter)
+        try:
+            await self._run(stop)
+        finally:
+            evcharge_log.removeHandler(counter)
+            monitor_log.setLevel(monitor_level)
+        self.stats.interrupted = stop.is_set()
+        self._finish()
+        if self.stats.total_errors:
+            return 1
+        return EXIT_INTERRUPTED if self.stats.interrupted else 0
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        counts = await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, s.partitions), stop)
+        if counts is None:
+            return
+        producer = new_producer(s.kafka)
+        try:
+            if await self._startup("the Kafka producer", producer.start, stop, retry=False) is None:
+                return
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
+                if (
+                    await self._startup("central's HTTP API", lambda: self._get(http, "/health"), stop)
+                    is None
+                ):
+                    return
+                await self._load(counts, Publisher(producer, self.stats), http, stop)
+                await self._final_look(http)
+        finally:
+            try:
+                async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                    await producer.stop()
+            except Exception as exc:
+                self.stats.error(f"cannot stop the Kafka producer cleanly: {describe(exc)}")
+
+    async def _load(
+        self, counts: dict[str, int], publisher: Publisher, http: aiohttp.ClientSession, stop: asyncio.Event
+    ) -> None:
+        s = self.settings
+        rng = random.Random(s.seed)
+        fleet = Fleet(self.fleet_settings, publisher, self.stats, rng)
+        drivers = DriverFleet(
+            DriverSettings(
+                drivers=s.drivers,
+                driver_prefix=s.driver_prefix,
+                request_rate=s.request_rate,
+                ramp_up_s=s.ramp_up_s,
+                session_s=s.session_s,
+            ),
+            publisher,
+            fleet.pick,
+            self.stats,
+            rng,
+        )
+        consumers = [
+            ConsumerLoop(
+                s.kafka,
+                f"sim-{self.run_id}-{name}",
+                _assign_all(counts, topic),
+                handle,
+                new_group_starts_at_end=True,
+            )
+            for name, topic, handle in (
+                ("commands", TOPICS.cp_commands, fleet.on_commands),
+                ("updates", TOPICS.driver_updates, drivers.on_updates),
+            )
+        ]
+        consumers_stop, fleet_stop, drivers_stop, watch_stop = (asyncio.Event() for _ in range(4))
+        async with asyncio.TaskGroup() as tasks:
+            for consumer in consumers:
+                tasks.create_task(self._guard("a Kafka consumer", consumer.run(consumers_stop)))
+            if await self._consumers_ready(consumers, stop):
+                started = time.monotonic()
+                tasks.create_task(self._guard("the lag probe", self._probe_lag(watch_stop)))
+                tasks.create_task(self._guard("the progress line", self._progress(started, watch_stop)))
+                tasks.create_task(
+                    self._guard("the registration watch", self._watch_registration(fleet, http, watch_stop))
+                )
+                fleet_task = tasks.create_task(self._guard("the fleet", fleet.run(fleet_stop)))
+                drivers_task = tasks.create_task(self._guard("the drivers", drivers.run(drivers_stop, stop)))
+                await sleep_unless(stop, s.ramp_up_s + s.duration_s)
+                # Order: no new requests, answers awaited; then sessions end and monitors leave.
+                drivers_stop.set()
+                await drivers_task
+                self.stats.elapsed_s = time.monotonic() - started
+                fleet_stop.set()
+                await fleet_task
+                await publisher.flush()
+                watch_stop.set()
+                if self.stats.registration_s is None and not stop.is_set():
+                    missing = s.cps - self.stats.cps_registered
+                    self.stats.error("CP never shown ON at central during the run", missing)
+            consumers_stop.set()
+
+    async def _consumers_ready(self, consumers: list[ConsumerLoop], stop: asyncio.Event) -> bool:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for consumer in consumers:
+            await wait_first(consumer.ready, stop, timeout_s=max(0.0, deadline - time.monotonic()))
+            if stop.is_set():
+                return False
+            if not consumer.ready.is_set():
+                self.stats.error(f"Kafka consumers not ready within {STARTUP_TIMEOUT_S:g} s")
+                return False
+        return True
+
+    async def _startup(self, what: str, step, stop: asyncio.Event, *, retry: bool = True) -> Any:
+        """Run a start-up step with retries until it works or the deadline passes (then: an error)."""
+        watch = LinkWatch(log, what, "")
+        backoff = Backoff(max_delay_s=2.0)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not stop.is_set():
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    result = await step()
+                watch.succeeded()
+                return result
+            except Exception as exc:
+                retriable = is_retriable(exc) or isinstance(exc, (LookupError, aiohttp.ClientError))
+                if not retry or not retriable or time.monotonic() >= deadline:
+                    self.stats.error(f"cannot start: {what}: {describe(exc)}")
+                    self.console.print(f"cannot start: {what}: {describe(exc)}", style="red", markup=False)
+                    return None
+                log.warning("waiting for %s (%s)", what, describe(exc))
+                await sleep_unless(stop, backoff.next_delay())
+        return None
+
+    async def _guard(self, what: str, work: Awaitable[None]) -> None:
+        """A part of the run that fails is an error in the report and ends the run, never a traceback."""
+        try:
+            await work
+        except Exception as exc:
+            self.stats.error(f"{what} failed: {describe(exc)}")
+            log.error("%s failed: %s", what, describe(exc), exc_info=exc)
+            self._abort.set()
+
+    async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
+        async with http.get(self.settings.central_url.rstrip("/") + path) as response:
+            response.raise_for_status()
+            return await response.json()
+
+    async def _watch_registration(
+        self, fleet: Fleet, http: aiohttp.ClientSession, stop: asyncio.Event
+    ) -> None:
+        """Poll central's API until every simulated CP has been seen ON: the registration time."""
+        seen: set[str] = set()
+        while not await sleep_unless(stop, REGISTRATION_POLL_S):
+            if fleet.started_at is None:
+                continue
+            try:
+                listed = (await self._get(http, "/cp"))["charging_points"]
+            except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+                self.stats.error(f"central's GET /cp failed: {describe(exc)}")
+                continue
+            now = time.monotonic()
+            for cp in listed:
+                engine = fleet.engines.get(cp["cp_id"])
+                if engine is not None and cp["status"] in ("ON", "SUPPLYING") and cp["cp_id"] not in seen:
+                    seen.add(cp["cp_id"])
+                    self.stats.record("cp_registered", now - engine.started_at)
+            self.stats.cps_registered = len(seen)
+            if len(seen) == self.settings.cps:
+                self.stats.registration_s = now - fleet.started_at
+                return
+
+    async def _progress(self, started: float, stop: asyncio.Event) -> None:
+        while not await sleep_unless(stop, PROGRESS_EVERY_S):
+            self.console.print(self.stats.progress_line(time.monotonic() - started), markup=False)
+
+    async def _probe_lag(self, stop: asyncio.Event) -> None:
+        """How late the event loop wakes up: if the simulator itself is overloaded, its figures lie."""
+        while True:
+            expected = time.monotonic() + LAG_PROBE_S
+            if await sleep_unless(stop, LAG_PROBE_S):
+                return
+            self.stats.loop_lag_s.append(max(0.0, time.monotonic() - expected))
+
+    async def _final_look(self, http: aiohttp.ClientSession) -> None:
+        """What central lists at the end: our CPs, and its own counters."""
+        try:
+            listed = (await self._get(http, "/cp"))["charging_points"]
+            health = await self._get(http, "/health")
+        except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+            self.stats.error(f"central's API failed at the end: {describe(exc)}")
+            return
+        ours = set(self.fleet_settings.cp_ids())
+        self.stats.cps_listed = sum(1 for cp in listed if cp["cp_id"] in ours)
+        self.stats.central_counters = dict(health.get("counters", {}))
+
+    def _finish(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_s = _cpu_s() - self._started[1]
+        wall_s = time.monotonic() - self._started[0]
+        self.stats.process = {
+            "cpu_s": round(cpu_s, 2),
+            "wall_s": round(wall_s, 2),
+            "cpu_percent": round(100 * cpu_s / wall_s, 1) if wall_s else 0.0,
+            "max_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+        }
+        self.console.print(render(self.stats))
+        if self.settings.json_path is not None:
+            settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
+            self.settings.json_path.parent.mkdir(parents=True, exist_ok=True)
+            self.settings.json_path.write_text(json.dumps(self.stats.to_json(settings), indent=2) + "\n")
+            self.console.print(f"report written to {self.settings.json_path}")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _assign_all(counts: dict[str, int], topic: str):
+    async def assign(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        return all_partitions(counts, topic)
+
+    return assign
+
+
+def _is_tty() -> bool:
+    return sys.stdout.isatty()

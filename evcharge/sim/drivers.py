@@ -1,0 +1,235 @@
+"""Simulated drivers: each asks a random CP for a charge, waits for the answer and the ticket, repeats.
+
+The fleet's request rate is a Poisson process: each driver's next request is
+due an exponential gap after its previous one was sent (mean drivers / rate),
+so the fleet sends about `--request-rate` per second as long as sessions are
+shorter than that gap. Updates reach the drivers through one shared consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import ConsumerRecord
+
+from evcharge.errors import ProtocolError
+from evcharge.messages import (
+    ChargeRequest,
+    ChargingProgress,
+    DriverUpdate,
+    RequestAccepted,
+    RequestDenied,
+    Ticket,
+    decode,
+)
+from evcharge.runtime.kafka import TOPICS
+from evcharge.runtime.waits import sleep_unless
+from evcharge.sim.fleet import Publisher
+from evcharge.sim.report import SimStats
+
+ANSWER_TIMEOUT_S = 30.0  # a request with no accept/deny within this is an error
+TICKET_SLACK_S = 30.0  # beyond the session's own length
+NO_CP_YET_S = 0.2
+
+
+class Abandoned(Exception):
+    """The run was interrupted while this request was waiting."""
+
+
+@dataclass
+class _Request:
+    request_id: str
+    cp_id: str
+    sent_at: float  # monotonic
+    answer: asyncio.Future[RequestAccepted | RequestDenied]
+    ticket: asyncio.Future[Ticket]
+    session_id: str | None = None
+    first_reading: bool = False
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    drivers: int
+    driver_prefix: str
+    request_rate: float  # requests per second for the whole fleet
+    ramp_up_s: float
+    session_s: float
+
+    def driver_ids(self) -> list[str]:
+        width = max(4, len(str(self.drivers)))
+        return [f"{self.driver_prefix}-{n:0{width}d}" for n in range(1, self.drivers + 1)]
+
+
+class SimDriver:
+    def __init__(
+        self,
+        driver_id: str,
+        settings: DriverSettings,
+        publisher: Publisher,
+        pick: Callable[[], str | None],
+        stats: SimStats,
+        rng: random.Random,
+    ) -> None:
+        self.driver_id = driver_id
+        self._settings = settings
+        self._publisher = publisher
+        self._pick = pick
+        self._stats = stats
+        self._rng = rng
+        self._current: _Request | None = None
+
+    def _gap_s(self) -> float:
+        return self._rng.expovariate(self._settings.request_rate / self._settings.drivers)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # The first request too is one gap away: a fleet that starts all at once
+        # would otherwise open with a burst far above the requested rate.
+        due = time.monotonic() + self._gap_s()
+        while not await sleep_unless(stop, max(0.0, due - time.monotonic())):
+            cp_id = self._pick()
+            if cp_id is None:
+                due = time.monotonic() + NO_CP_YET_S
+                continue
+            sent_at = time.monotonic()
+            try:
+                await self._request(cp_id)
+            except Abandoned:
+                return
+            due = sent_at + self._gap_s()
+
+    async def _request(self, cp_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        request = self._current = _Request(
+            request_id=uuid.uuid4().hex,
+            cp_id=cp_id,
+            sent_at=time.monotonic(),
+            answer=loop.create_future(),
+            ticket=loop.create_future(),
+        )
+        try:
+            message = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id, request_id=request.request_id)
+            if not await self._publisher.publish(TOPICS.driver_requests, self.driver_id, message):
+                return  # counted by the publisher
+            self._stats.requests_sent += 1
+            answer = await _within(request.answer, ANSWER_TIMEOUT_S)
+            if answer is None:
+                self._stats.error(f"no answer to a request within {ANSWER_TIMEOUT_S:g} s")
+                return
+            if isinstance(answer, RequestDenied):
+                return
+            ticket_timeout = self._settings.session_s + TICKET_SLACK_S
+            if await _within(request.ticket, ticket_timeout) is None:
+                self._stats.error(f"no ticket within {ticket_timeout:g} s of an accepted request")
+        finally:
+            self._current = None
+
+    def on_update(self, update: RequestAccepted | RequestDenied | ChargingProgress | Ticket) -> None:
+        """An update from central, for this driver's current request or for one it gave up on."""
+        request = self._current
+        elapsed = time.monotonic() - request.sent_at if request else 0.0
+        if isinstance(update, ChargingProgress):
+            if request and update.session_id == request.session_id:
+                if not request.first_reading:
+                    request.first_reading = True
+                    self._stats.record("first_reading", elapsed)
+                return
+        elif request and update.request_id == request.request_id:
+            if isinstance(update, Ticket):
+                if not request.ticket.done():
+                    self._stats.tickets[update.end_reason.value] += 1
+                    self._stats.record("ticket", elapsed)
+                    request.ticket.set_result(update)
+                return
+            if not request.answer.done():
+                if isinstance(update, RequestAccepted):
+                    request.session_id = update.session_id
+                    self._stats.accepted += 1
+                    self._stats.record("accepted", elapsed)
+                else:
+                    self._stats.denied[update.code.value] += 1
+                    self._stats.record("denied", elapsed)
+                request.answer.set_result(update)
+                return
+        self._stats.late_updates += 1
+
+    def abandon(self) -> None:
+        """Fail the one waiter this driver awaits now (the answer, or else the ticket)."""
+        request = self._current
+        if request is not None:
+            if not request.answer.done():
+                request.answer.set_exception(Abandoned())
+            elif request.session_id is not None and not request.ticket.done():
+                request.ticket.set_exception(Abandoned())
+
+
+async def _within(waiter: asyncio.Future[object], timeout_s: float) -> object | None:
+    """The waiter's result, or None after `timeout_s` (Abandoned if the run was interrupted).
+
+    On timeout the waiter is cancelled: an answer that comes later finds it done
+    and is counted as a late update.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await waiter
+    except TimeoutError:
+        return None
+
+
+class DriverFleet:
+    """Every simulated driver, and the dispatcher of the one `driver_updates` consumer."""
+
+    def __init__(
+        self,
+        settings: DriverSettings,
+        publisher: Publisher,
+        pick: Callable[[], str | None],
+        stats: SimStats,
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.drivers = {
+            driver_id: SimDriver(driver_id, settings, publisher, pick, stats, rng)
+            for driver_id in settings.driver_ids()
+        }
+        self._stats = stats
+
+    async def on_updates(self, records: list[ConsumerRecord]) -> None:
+        for record in records:
+            driver = self.drivers.get(record.key.decode(errors="replace")) if record.key else None
+            if driver is None:
+                continue  # another simulator's or a real driver's update
+            try:
+                update = decode(record.value, DriverUpdate)
+            except ProtocolError as exc:
+                self._stats.error(f"undecodable driver update: {exc}")
+                continue
+            driver.on_update(update)  # type: ignore[arg-type]
+
+    async def run(self, stop: asyncio.Event, abort: asyncio.Event) -> None:
+        """Start the drivers over the ramp-up; after `stop`, each finishes the request it waits on.
+
+        `abort` (the run was interrupted) makes every waiting driver give up at once.
+        """
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(self._abandon_when(abort), name="abandon on interrupt")
+            async with asyncio.TaskGroup() as drivers:
+                started = time.monotonic()
+                step_s = self.settings.ramp_up_s / max(1, len(self.drivers))
+                for n, driver in enumerate(self.drivers.values()):
+                    if await sleep_unless(stop, max(0.0, started + n * step_s - time.monotonic())):
+                        break
+                    drivers.create_task(driver.run(stop), name=f"driver {driver.driver_id}")
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _abandon_when(self, abort: asyncio.Event) -> None:
+        await abort.wait()
+        for driver in self.drivers.values():
+            driver.abandon()

@@ -1,0 +1,348 @@
+"""Simulated charging points: the real engine state machine and the real monitor, many to a process.
+
+Each CP is an `EngineState` behind its own TCP health port, checked by a real
+`Monitor` that registers and heartbeats with the real central. What is shared,
+so that a thousand CPs cost the broker what one process costs: one producer for
+every event, one consumer for every command, one clock for every meter.
+
+There is no SQLite outbox here, unlike `evcharge engine`: the simulator measures
+central, not the engines' durability. Events go straight to the shared producer,
+in order per CP (a CP's lock is held while its events are enqueued).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from evcharge.cp.engine import IDLE_CONNECTION_S
+from evcharge.cp.engine_state import EngineState
+from evcharge.cp.monitor import Monitor, MonitorSettings
+from evcharge.errors import ProtocolError
+from evcharge.messages import (
+    CpCommand,
+    CpEvent,
+    EndReason,
+    ErrorReply,
+    Health,
+    HealthCheck,
+    HealthStatus,
+    KafkaMessage,
+    ResumeCp,
+    StartSupply,
+    StopCp,
+    StopSupply,
+    decode,
+    encode,
+)
+from evcharge.runtime.kafka import TOPICS
+from evcharge.runtime.reconnect import describe
+from evcharge.runtime.tcp import FrameReader, OwnedServer, send_frame
+from evcharge.runtime.waits import sleep_unless
+from evcharge.sim.report import SimStats
+
+log = logging.getLogger("evcharge.sim")
+
+SEND_TIMEOUT_S = 10.0
+DELIVERY_TIMEOUT_S = 30.0
+FAULT_SECONDS = (4.0, 8.0)  # long enough for the monitor's 3 failed checks to make central see BROKEN
+
+
+class Publisher:
+    """The one producer of the simulator; every delivery is checked by a callback, none awaited inline."""
+
+    def __init__(self, producer: AIOKafkaProducer, stats: SimStats) -> None:
+        self._producer = producer
+        self._stats = stats
+        self._in_flight: set[asyncio.Future[object]] = set()
+
+    async def publish(self, topic: str, key: str, message: KafkaMessage) -> bool:
+        """Enqueue `message`; callers that need order per key call this in order (under a lock)."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                delivery = await self._producer.send(topic, encode(message), key=key.encode())
+        except Exception as exc:
+            self._stats.error(f"cannot enqueue a message for {topic}: {describe(exc)}")
+            return False
+        self._in_flight.add(delivery)
+        delivery.add_done_callback(self._delivered)
+        return True
+
+    def _delivered(self, delivery: asyncio.Future[object]) -> None:
+        self._in_flight.discard(delivery)
+        if delivery.cancelled():
+            self._stats.error("a Kafka delivery was cancelled")
+        elif delivery.exception() is not None:
+            self._stats.error(f"Kafka delivery failed: {describe(delivery.exception())}")  # type: ignore[arg-type]
+
+    async def flush(self, timeout_s: float = DELIVERY_TIMEOUT_S) -> None:
+        """Wait for every enqueued message to be acknowledged (or count those that were not)."""
+        if not self._in_flight:
+            return
+        _, late = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+        if late:
+            self._stats.error("Kafka deliveries not acknowledged at the end", len(late))
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    cps: int
+    cp_prefix: str
+    central_host: str
+    central_port: int
+    ramp_up_s: float
+    session_s: float
+    meter_interval_s: float
+    fault_rate_per_min: float
+    power_kw: float = 22.0
+
+    def cp_ids(self) -> list[str]:
+        width = max(4, len(str(self.cps)))
+        return [f"{self.cp_prefix}-{n:0{width}d}" for n in range(1, self.cps + 1)]
+
+
+class SimEngine:
+    """One simulated engine: its state machine, its health port, and its events to Kafka."""
+
+    def __init__(self, state: EngineState, publisher: Publisher, stats: SimStats) -> None:
+        self.state = state
+        self._publisher = publisher
+        self._stats = stats
+        self._lock = asyncio.Lock()
+        self._server = OwnedServer(self._serve_monitor, f"health {state.cp_id}")
+        self.port = 0
+        self.checked = False  # its monitor has asked at least once: worth a driver's request
+        self.started_at = 0.0  # monotonic, when its health port opened
+        self.fault_ends_at: float | None = None  # monotonic
+
+    @property
+    def cp_id(self) -> str:
+        return self.state.cp_id
+
+    async def start(self) -> int:
+        # Port 0: the OS picks, so two simulators (or a test run) never collide.
+        self.port = await self._server.start("127.0.0.1", 0)
+        self.started_at = time.monotonic()
+        return self.port
+
+    async def close(self) -> None:
+        await self._server.close()
+
+    async def _publish(self, events: list[CpEvent]) -> None:
+        for event in events:
+            if await self._publisher.publish(TOPICS.cp_events, self.cp_id, event):
+                self._stats.events_published += 1
+
+    async def _transition(self, change: Callable[[float], list[CpEvent]]) -> int:
+        """Apply a change and enqueue its events under this CP's lock, so events leave in order."""
+        async with self._lock:
+            events = change(time.time())
+            await self._publish(events)
+            return len(events)
+
+    async def apply(self, command: StartSupply | StopSupply | StopCp | ResumeCp) -> None:
+        self._stats.commands[type(command).__name__] += 1
+        if isinstance(command, StartSupply):
+            await self._transition(lambda now: self.state.start(command, now))
+        elif isinstance(command, StopSupply):
+            billed = None
+            if command.billed_kwh is not None and command.billed_eur is not None:
+                billed = (command.billed_kwh, command.billed_eur)
+            await self._transition(
+                lambda now: self.state.end(command.reason, now, command.session_id, billed)
+            )
+        elif isinstance(command, StopCp):
+            await self._transition(self.state.stop_cp)
+        else:
+            await self._transition(lambda now: self.state.resume_cp())
+
+    async def tick(self, seconds: float) -> None:
+        if self.state.supply is not None:
+            await self._transition(lambda now: self.state.tick(seconds, now))
+
+    async def raise_fault(self, lasting_s: float) -> None:
+        self.fault_ends_at = time.monotonic() + lasting_s
+        self._stats.faults_injected += 1
+        await self._transition(self.state.raise_fault)
+
+    async def clear_fault(self) -> None:
+        self.fault_ends_at = None
+        await self._transition(lambda now: self.state.clear_fault())
+
+    async def unplug(self) -> bool:
+        return bool(await self._transition(lambda now: self.state.end(EndReason.UNPLUGGED, now)))
+
+    async def _serve_monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The real health protocol, as `Engine._serve_monitor` serves it (no local controls here)."""
+        frames = FrameReader(reader)
+        try:
+            while True:
+                frame = await frames.read(timeout_s=IDLE_CONNECTION_S)
+                if frame is None:
+                    break
+                if isinstance(frame, HealthCheck):
+                    self.checked = True
+                    await send_frame(writer, self._health(frame.corr))
+                else:
+                    await send_frame(
+                        writer,
+                        ErrorReply(
+                            corr=frame.corr,
+                            code="unexpected",
+                            reason=f"{type(frame).__name__} is not served by a simulated engine",
+                        ),
+                    )
+        except TimeoutError:
+            pass  # an idle peer: it reconnects when it needs us
+        except ProtocolError as exc:
+            self._stats.error(f"health port: protocol error: {exc}")
+            with contextlib.suppress(ConnectionError, OSError):
+                await send_frame(writer, ErrorReply(code="protocol_error", reason=str(exc)))
+        except (ConnectionError, OSError):
+            pass
+
+    def _health(self, corr: int) -> HealthStatus:
+        supply = self.state.supply
+        return HealthStatus(
+            corr=corr,
+            cp_id=self.cp_id,
+            health=Health.OK if self.state.healthy else Health.KO,
+            supplying=supply is not None,
+            session_id=supply.session_id if supply else None,
+        )
+
+
+class Fleet:
+    """Every simulated CP: started over the ramp-up, ticked by one clock, stopped in order."""
+
+    def __init__(self, settings: FleetSettings, publisher: Publisher, stats: SimStats, rng: random.Random):
+        self.settings = settings
+        self._publisher = publisher
+        self._stats = stats
+        self._rng = rng
+        self.engines: dict[str, SimEngine] = {}
+        self.ready: list[SimEngine] = []  # checked by their monitor: what drivers pick from
+        self._monitor_stops: list[asyncio.Event] = []
+        self.started_at: float | None = None  # monotonic, when the first CP started
+
+    def pick(self) -> str | None:
+        """A random CP whose monitor is up (a CP that central cannot know yet is not worth asking)."""
+        if len(self.ready) < len(self.engines):
+            ready = set(self.ready)
+            self.ready.extend(e for e in self.engines.values() if e.checked and e not in ready)
+        return self._rng.choice(self.ready).cp_id if self.ready else None
+
+    async def on_commands(self, records: list[ConsumerRecord]) -> None:
+        """The one consumer of `cp_commands`: each command goes to the engine its key names."""
+        for record in records:
+            engine = self.engines.get(record.key.decode(errors="replace")) if record.key else None
+            if engine is None:
+                continue  # a CP of another simulator or a real engine on the same broker
+            try:
+                command = decode(record.value, CpCommand)
+            except ProtocolError as exc:
+                self._stats.error(f"undecodable command: {exc}")
+                continue
+            await engine.apply(command)  # type: ignore[arg-type]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the CPs over the ramp-up, run the clock until `stop`, then end supplies and shut down.
+
+        Shutdown order: end any supply still running (so central closes it with
+        a ticket), stop the monitors (central sees them leave), and only then
+        close the health ports, so no monitor ever reports its engine broken.
+        """
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                clock = tasks.create_task(self._clock(stop), name="fleet clock")
+                await self._start_cps(stop, tasks)
+                await stop.wait()
+                await clock
+                for engine in self.engines.values():
+                    if await engine.unplug():
+                        self._stats.unplugged_at_end += 1
+                for monitor_stop in self._monitor_stops:
+                    monitor_stop.set()
+        finally:
+            await asyncio.gather(*(engine.close() for engine in self.engines.values()))
+
+    async def _start_cps(self, stop: asyncio.Event, tasks: asyncio.TaskGroup) -> None:
+        s = self.settings
+        cp_ids = s.cp_ids()
+        step_s = s.ramp_up_s / len(cp_ids)
+        self.started_at = time.monotonic()
+        for n, cp_id in enumerate(cp_ids):
+            due = self.started_at + n * step_s
+            if await sleep_unless(stop, max(0.0, due - time.monotonic())):
+                return
+            price = round(self._rng.uniform(0.25, 0.45), 2)
+            state = EngineState(
+                cp_id=cp_id, power_kw=s.power_kw, price_eur_kwh=price, max_session_s=s.session_s
+            )
+            engine = self.engines[cp_id] = SimEngine(state, self._publisher, self._stats)
+            try:
+                port = await engine.start()
+            except OSError as exc:
+                self._stats.error(f"cannot open a health port: {describe(exc)}")
+                continue
+            monitor = Monitor(
+                MonitorSettings(
+                    cp_id=cp_id,
+                    engine_host="127.0.0.1",
+                    engine_port=port,
+                    central_host=s.central_host,
+                    central_port=s.central_port,
+                    location=f"simulated ({s.cp_prefix})",
+                    price_eur_kwh=price,
+                    max_kw=s.power_kw,
+                )
+            )
+            # One stop per monitor: a monitor refused as a duplicate sets its own stop,
+            # which must not stop the rest of the fleet.
+            monitor_stop = asyncio.Event()
+            self._monitor_stops.append(monitor_stop)
+            if stop.is_set():
+                monitor_stop.set()
+            tasks.create_task(self._run_monitor(monitor, monitor_stop), name=f"monitor {cp_id}")
+            self._stats.cps_started += 1
+
+    async def _run_monitor(self, monitor: Monitor, stop: asyncio.Event) -> None:
+        """A monitor that fails is counted, never allowed to take the fleet down with it."""
+        try:
+            code = await monitor.run(stop)
+        except Exception as exc:
+            self._stats.error(f"monitor crashed: {describe(exc)}")
+            log.warning("%s monitor crashed: %s", monitor.settings.cp_id, describe(exc))
+            return
+        if code:
+            self._stats.error(f"monitor exited with code {code}")
+
+    async def _clock(self, stop: asyncio.Event) -> None:
+        """One task ticks every supplying engine and injects and clears faults.
+
+        A reading can come up to one interval early for a session that began
+        just before the tick: the simulator trades that precision for one timer
+        instead of one per CP.
+        """
+        interval = self.settings.meter_interval_s
+        fault_chance = self.settings.fault_rate_per_min * interval / 60.0
+        next_tick = time.monotonic() + interval
+        while not await sleep_unless(stop, max(0.0, next_tick - time.monotonic())):
+            next_tick += interval
+            now = time.monotonic()
+            for engine in list(self.engines.values()):
+                if engine.fault_ends_at is not None and now >= engine.fault_ends_at:
+                    await engine.clear_fault()
+                elif engine.fault_ends_at is None and fault_chance and self._rng.random() < fault_chance:
+                    await engine.raise_fault(self._rng.uniform(*FAULT_SECONDS))
+                else:
+                    await engine.tick(interval)
+            # Never fall into a burst of catch-up ticks after a stall: skip what was missed.
+            next_tick = max(next_tick, time.monotonic())

@@ -1,0 +1,91 @@
+"""Central against what arrives on Kafka: stale requests, undecodable records, replays."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from evcharge.messages import ChargeRequest, DeadLetter, DriverUpdate, RequestDenied, decode, encode
+from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition, new_producer
+
+pytestmark = [pytest.mark.kafka, pytest.mark.processes]
+
+
+async def read_until(bootstrap: str, topic: str, key: str, predicate, timeout_s: float = 20):
+    """Read `topic`'s partition for `key` from the start until a record satisfies `predicate`."""
+    counts = await ensure_topics(bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = key_partition(counts, topic, key)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    for record in records:
+                        found = predicate(record)
+                        if found:
+                            return found
+    finally:
+        await consumer.stop()
+
+
+async def send(bootstrap: str, topic: str, key: str, payload: bytes) -> None:
+    producer = new_producer(bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, payload, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def test_a_request_that_waited_too_long_is_refused_as_expired(system) -> None:
+    system.central_args = ["--request-ttl", "5"]
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    driver = system.ident("driver-late")
+    stale = ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="stale-1", ts=time.time() - 60)
+    await send(system.kafka, TOPICS.driver_requests, driver, encode(stale))
+
+    def denial(record):
+        update = decode(record.value, DriverUpdate)
+        return update if isinstance(update, RequestDenied) and update.request_id == "stale-1" else None
+
+    found = await read_until(system.kafka, TOPICS.driver_updates, driver, denial)
+    assert found.code.value == "expired" and "waited more than 5 s" in found.reason
+    assert system.status(cp.cp_id) == "ON", "an expired request starts nothing"
+
+
+async def test_a_replayed_request_is_decided_once(system) -> None:
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    driver = system.ident("driver-twice")
+    request = ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="twice-1")
+    for _ in range(3):
+        await send(system.kafka, TOPICS.driver_requests, driver, encode(request))
+    system.wait_status(cp.cp_id, "SUPPLYING", 15)
+    system.wait_status(cp.cp_id, "ON", 30)
+    mine = [s for s in system.sessions() if s["driver_id"] == driver]
+    assert len(mine) == 1, f"one request id, one session: {mine}"
+
+
+async def test_undecodable_records_are_dead_lettered_and_central_carries_on(system) -> None:
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    garbage_key = system.ident("garbage")
+    for payload in (b"\x00\xffnot json", b'{"type": "charge_request"}', b'{"type": "meter", "v": 9}'):
+        await send(system.kafka, TOPICS.driver_requests, garbage_key, payload)
+
+    def letter(record):
+        message = decode(record.value, DeadLetter)
+        return message if message.key == garbage_key and message.payload == b"\x00\xffnot json" else None
+
+    found = await read_until(system.kafka, TOPICS.dead_letters, TOPICS.driver_requests, letter)
+    assert found.consumer == "central" and found.source_topic == TOPICS.driver_requests
+    status, _ = system.post("/request/charge", {"driver_id": system.ident("d"), "cp_id": cp.cp_id})
+    assert status == 201, "central carries on after bad records"
+    assert system.get("/health")["counters"]["dead_letters"] >= 3
