@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import termios
 import threading
@@ -135,57 +134,6 @@ def engine_ports(count: int, taken: set[int]) -> list[int]:
     return ports
 
 
-class ForegroundChild:
-    """Central with its panel on the demo's terminal: same process group, the terminal as stdin
-    and stdout; its log lines (stderr) append to `log_path`."""
-
-    def __init__(self, name: str, args: list[str], log_path: Path, env: dict[str, str], cwd: Path) -> None:
-        self.name, self.args, self.log_path, self.env, self.cwd = name, args, log_path, env, cwd
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ForegroundChild:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "evcharge", *self.args]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start of {self.name} with its panel\n".encode())
-            log.flush()
-            self.process = subprocess.Popen(command, stderr=log, env=env, cwd=self.cwd)
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll() if self.process else None
-
-    def signal(self, signum: int) -> None:
-        if self.alive:
-            assert self.process is not None
-            self.process.send_signal(signum)
-
-    def wait(self, timeout_s: float) -> int | None:
-        try:
-            return self.process.wait(timeout=timeout_s) if self.process else None
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.wait(10)
-
-    def stop(self, timeout_s: float = CHILD_STOP_TIMEOUT_S) -> int | None:
-        self.signal(signal.SIGTERM)
-        if self.wait(timeout_s) is None:
-            self.kill()
-        return self.returncode
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @dataclass(frozen=True)
 class DemoSettings:
     cps: int
@@ -209,7 +157,7 @@ class Demo:
     drivers: dict[str, Child] = field(default_factory=dict)
     monitors: list[Child] = field(default_factory=list)
     engines: list[Child] = field(default_factory=list)
-    central: Child | ForegroundChild | None = None
+    central: Child | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -226,7 +174,7 @@ class Demo:
     @property
     def quiet(self) -> bool:
         """While central's panel owns the screen, progress goes to demo.log only."""
-        return isinstance(self.central, ForegroundChild) and self.central.alive
+        return (self.central is not None and self.central.terminal) and self.central.alive
 
     def say(self, text: str, style: str | None = None) -> None:
         """Progress: to stderr and to logs/demo.log, its only place while the panel is up."""
@@ -343,12 +291,13 @@ class Demo:
                 f"central: starting with its panel (press q there to end the demo; "
                 f"progress goes to {self.logs / 'demo.log'})"
             )
-            self.central = ForegroundChild(
+            self.central = Child(
                 "central",
                 [*args, "--panel"],
                 log_path,
-                {"EVCHARGE_LOG_FILE": str(log_path)},
-                self.run_dir,
+                env={"EVCHARGE_LOG_FILE": str(log_path)},
+                cwd=self.run_dir,
+                terminal=True,
             )
         else:
             self.central = Child("central", [*args, "--no-panel"], log_path, cwd=self.run_dir)
@@ -535,7 +484,7 @@ class Demo:
                     child.signal(signal.SIGKILL)
             if self.broker is not None:
                 self.broker.kill()
-            if isinstance(self.central, ForegroundChild):
+            if self.central is not None and self.central.terminal:
                 _restore_terminal(self.saved_tty, -signal.SIGKILL)
         os._exit(EXIT_INTERRUPTED)
 
@@ -553,11 +502,11 @@ class Demo:
             for group in (list(self.drivers.values()), self.monitors, self.engines):
                 _stop_together(group)
             if self.central is not None:
-                if isinstance(self.central, ForegroundChild) and signal.SIGINT in self.signals:
+                if (self.central is not None and self.central.terminal) and signal.SIGINT in self.signals:
                     self.central.wait(CENTRAL_OWN_STOP_S)  # it got the terminal's Ctrl-C as well
                 self.central.stop(CHILD_STOP_TIMEOUT_S)
         finally:
-            if isinstance(self.central, ForegroundChild):
+            if self.central is not None and self.central.terminal:
                 _restore_terminal(self.saved_tty, self.central.returncode)
         drivers, cps = _count(len(self.drivers), "driver"), _count(len(self.engines), "CP")
         self.say(f"{reason}stopped {drivers}, {cps} and central in {time.monotonic() - began:.1f} s")

@@ -26,7 +26,9 @@ class Child:
     log_path: Path
     env: dict[str, str] | None = None
     cwd: Path | None = None
-    stdin_tty: bool = False
+    # On the caller's terminal (central's panel in the demo): same process group,
+    # stdin and stdout inherited; only stderr goes to the log.
+    terminal: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
@@ -43,14 +45,14 @@ class Child:
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "evcharge", *self.args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdout=None if self.terminal else self._log,
+            stderr=self._log if self.terminal else subprocess.STDOUT,
+            stdin=None if self.terminal else subprocess.DEVNULL,
             env=env,
             cwd=self.cwd,
-            # Its own process group: a Ctrl-C in the demo's terminal reaches the
-            # demo only, which then stops every child in order.
-            start_new_session=True,
+            # Its own process group unless it shares the terminal: a Ctrl-C in the
+            # demo's terminal reaches the demo only, which then stops every child in order.
+            start_new_session=not self.terminal,
         )
         return self
 

@@ -14,17 +14,16 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from evcharge.central.http_api import CentralApi
 from evcharge.central.monitor_server import MonitorServer
 from evcharge.central.service import CentralService
-from evcharge.central.store import CentralStore, Outgoing
+from evcharge.central.store import CentralStore
 from evcharge.errors import ProtocolError
 from evcharge.messages import (
     ChargeRequest,
     CpEvent,
-    DeadLetter,
     DriverRequest,
     StopRequest,
     decode,
 )
-from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.runtime.consumer import ConsumerLoop, dead_letter
 from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics
 from evcharge.runtime.outbox import OutboxRelay
 from evcharge.runtime.waits import sleep_unless
@@ -148,24 +147,8 @@ class _Dispatcher:
             events.clear()
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        log.warning(
-            "dead-lettered record %s[%d]@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-        )
         self._service.counters["dead_letters"] = self._service.counters.get("dead_letters", 0) + 1
-        letter = DeadLetter(
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            consumer="central",
-            reason=reason,
-            key=record.key.decode(errors="replace") if record.key else None,
-            payload=bytes(record.value or b""),
-        )
-        await self._store.commit(messages=[Outgoing(TOPICS.dead_letters, letter.source_topic, letter)])
+        await self._store.dead_letter(dead_letter(record, "central", reason))
         self._relay.wake()
 
 

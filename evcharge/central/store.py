@@ -200,6 +200,10 @@ class CentralStore:
             )
             await SqliteOutbox.add(db, [(m.topic, m.key, encode(m.message)) for m in messages])
 
+    async def dead_letter(self, row: tuple[str, str, bytes]) -> None:
+        async with self._db.transaction() as db:
+            await SqliteOutbox.add(db, [row])
+
     async def _sessions(self, clause: str, args: tuple) -> list[Session]:
         async with self._db.execute(f"SELECT * FROM sessions {clause}", args) as cursor:
             return [_session_from_row(r) for r in await cursor.fetchall()]

@@ -41,7 +41,7 @@ from evcharge.messages import (
     StopSupply,
     decode,
 )
-from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.runtime.consumer import ConsumerLoop, dead_letter
 from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition
 from evcharge.runtime.outbox import OutboxRelay
 from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
@@ -288,12 +288,9 @@ class Engine:
             try:
                 command = decode(record.value, CpCommand)
             except ProtocolError as exc:
-                log.warning(
-                    "%s: ignored an undecodable command at offset %d: %s",
-                    self.settings.cp_id,
-                    record.offset,
-                    exc,
-                )
+                assert self._store is not None and self._relay is not None
+                await self._store.dead_letter(dead_letter(record, f"engine-{self.settings.cp_id}", str(exc)))
+                self._relay.wake()
                 continue
             await self._apply_command(command)  # type: ignore[arg-type]
 

@@ -85,6 +85,10 @@ class EngineStore:
             row = await cursor.fetchone()
         return OpenSession(*row) if row else None
 
+    async def dead_letter(self, row: tuple[str, str, bytes]) -> None:
+        async with self._db.transaction() as db:
+            await SqliteOutbox.add(db, [row])
+
     async def adopt_billed(self, session_id: str, kwh: float, eur: float) -> tuple[float, float] | None:
         """Set an ended session's figures to what central billed; return what was recorded."""
         async with self._db.transaction() as db:

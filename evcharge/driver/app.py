@@ -34,7 +34,7 @@ from evcharge.messages import (
     decode,
     encode,
 )
-from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.runtime.consumer import ConsumerLoop, dead_letter
 from evcharge.runtime.kafka import (
     TOPICS,
     ensure_topics,
@@ -148,6 +148,11 @@ class Driver:
     # ---------------------------------------------------------- sending
 
     async def send(self, message: ChargeRequest | StopRequest) -> None:
+        await self._publish(TOPICS.driver_requests, self.settings.driver_id, encode(message))
+
+    async def _publish(self, topic: str, key: str, payload: bytes) -> None:
+        """Publish one record, waiting out a Kafka outage (one calm line, then retries)."""
+
         async def attempt() -> None:
             if self._producer is None:
                 producer = new_producer(self.settings.kafka)
@@ -157,9 +162,7 @@ class Driver:
                     await producer.stop()
                     raise
                 self._producer = producer
-            await self._producer.send_and_wait(
-                TOPICS.driver_requests, encode(message), key=self.settings.driver_id.encode()
-            )
+            await self._producer.send_and_wait(topic, payload, key=key.encode())
 
         await retry_until_done(attempt, watch=self._kafka_watch)
 
@@ -227,7 +230,7 @@ class Driver:
             try:
                 update = decode(record.value, DriverUpdate)
             except ProtocolError as exc:
-                log.warning("ignored an undecodable update at offset %d: %s", record.offset, exc)
+                await self._publish(*dead_letter(record, f"driver-{self.settings.driver_id}", str(exc)))
                 continue
             await self._show(update)  # type: ignore[arg-type]
 

@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from evcharge.messages import DeadLetter, encode
 from evcharge.runtime.backoff import Backoff
-from evcharge.runtime.kafka import new_consumer
+from evcharge.runtime.kafka import TOPICS, new_consumer
 from evcharge.runtime.reconnect import LinkWatch, is_retriable
 from evcharge.runtime.waits import sleep_unless
 
@@ -143,3 +144,28 @@ class ConsumerLoop:
         for tp, offset in offsets.items():
             if self.commit_pending.get(tp) == offset:
                 del self.commit_pending[tp]
+
+
+def dead_letter(record: ConsumerRecord, consumer: str, reason: str) -> tuple[str, str, bytes]:
+    """The outbox row (topic, key, payload) that keeps an unusable record with why it was refused.
+
+    Logged once here, so every consumer says the same about a record it sets aside.
+    """
+    log.warning(
+        "%s set aside record %s[%d]@%d as a dead letter: %s",
+        consumer,
+        record.topic,
+        record.partition,
+        record.offset,
+        reason,
+    )
+    letter = DeadLetter(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        consumer=consumer,
+        reason=reason,
+        key=record.key.decode(errors="replace") if record.key else None,
+        payload=bytes(record.value or b""),
+    )
+    return TOPICS.dead_letters, record.topic, encode(letter)

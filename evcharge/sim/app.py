@@ -29,7 +29,7 @@ from evcharge.errors import ConfigError
 from evcharge.runtime.backoff import Backoff
 from evcharge.runtime.consumer import ConsumerLoop
 from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics, new_producer
-from evcharge.runtime.reconnect import LinkWatch, describe, is_retriable
+from evcharge.runtime.reconnect import describe, is_retriable
 from evcharge.runtime.shutdown import EXIT_INTERRUPTED
 from evcharge.runtime.waits import sleep_unless, wait_first
 from evcharge.sim.drivers import DriverFleet, DriverSettings
@@ -77,6 +77,10 @@ class SimSettings:
             raise ConfigError("--cps must be at least 1, --request-rate and --meter-interval above 0")
         if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
             raise ConfigError("durations and rates cannot be negative")
+
+
+class _NotStarted(Exception):
+    """A start-up step failed (already counted) or the run was interrupted while starting."""
 
 
 class _WarningCounter(logging.Handler):
@@ -140,21 +144,16 @@ class Simulation:
 
     async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        counts = await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, s.partitions), stop)
-        if counts is None:
-            return
         producer = new_producer(s.kafka)
         try:
-            if await self._startup("the Kafka producer", producer.start, stop, retry=False) is None:
-                return
+            counts = await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, s.partitions), stop)
+            await self._startup("the Kafka producer", producer.start, stop, retry=False)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
-                if (
-                    await self._startup("central's HTTP API", lambda: self._get(http, "/health"), stop)
-                    is None
-                ):
-                    return
+                await self._startup("central's HTTP API", lambda: self._get(http, "/health"), stop)
                 await self._load(counts, Publisher(producer, self.stats), http, stop)
                 await self._final_look(http)
+        except _NotStarted:
+            pass  # counted and said where it happened
         finally:
             try:
                 async with asyncio.timeout(STARTUP_TIMEOUT_S):
@@ -233,25 +232,24 @@ class Simulation:
         return True
 
     async def _startup(self, what: str, step, stop: asyncio.Event, *, retry: bool = True) -> Any:
-        """Run a start-up step with retries until it works or the deadline passes (then: an error)."""
-        watch = LinkWatch(log, what, "")
+        """Run a start-up step, retried until it works or the deadline passes (then: an error)."""
         backoff = Backoff(max_delay_s=2.0)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not stop.is_set():
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                     result = await step()
-                watch.succeeded()
-                return result
             except Exception as exc:
                 retriable = is_retriable(exc) or isinstance(exc, (LookupError, aiohttp.ClientError))
                 if not retry or not retriable or time.monotonic() >= deadline:
                     self.stats.error(f"cannot start: {what}: {describe(exc)}")
                     self.console.print(f"cannot start: {what}: {describe(exc)}", style="red", markup=False)
-                    return None
+                    raise _NotStarted from None
                 log.warning("waiting for %s (%s)", what, describe(exc))
                 await sleep_unless(stop, backoff.next_delay())
-        return None
+            else:
+                return result
+        raise _NotStarted
 
     async def _guard(self, what: str, work: Awaitable[None]) -> None:
         """A part of the run that fails is an error in the report and ends the run, never a traceback."""

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ from evcharge.messages import (
     HealthStatus,
     KafkaMessage,
     ResumeCp,
+    SessionStarted,
     StartSupply,
     StopCp,
     StopSupply,
@@ -45,13 +49,14 @@ from evcharge.messages import (
 from evcharge.runtime.kafka import TOPICS
 from evcharge.runtime.reconnect import describe
 from evcharge.runtime.tcp import FrameReader, OwnedServer, send_frame
-from evcharge.runtime.waits import sleep_unless
+from evcharge.runtime.waits import sleep_unless, wait_first
 from evcharge.sim.report import SimStats
 
 log = logging.getLogger("evcharge.sim")
 
 SEND_TIMEOUT_S = 10.0
 DELIVERY_TIMEOUT_S = 30.0
+BATCH_S = 0.005
 FAULT_SECONDS = (4.0, 8.0)  # long enough for the monitor's 3 failed checks to make central see BROKEN
 
 
@@ -111,8 +116,15 @@ class FleetSettings:
 class SimEngine:
     """One simulated engine: its state machine, its health port, and its events to Kafka."""
 
-    def __init__(self, state: EngineState, publisher: Publisher, stats: SimStats) -> None:
+    def __init__(
+        self,
+        state: EngineState,
+        publisher: Publisher,
+        stats: SimStats,
+        on_supply: Callable[[SimEngine, str], None],
+    ) -> None:
         self.state = state
+        self._on_supply = on_supply
         self._publisher = publisher
         self._stats = stats
         self._lock = asyncio.Lock()
@@ -140,17 +152,19 @@ class SimEngine:
             if await self._publisher.publish(TOPICS.cp_events, self.cp_id, event):
                 self._stats.events_published += 1
 
-    async def _transition(self, change: Callable[[float], list[CpEvent]]) -> int:
+    async def _transition(self, change: Callable[[float], list[CpEvent]]) -> list[CpEvent]:
         """Apply a change and enqueue its events under this CP's lock, so events leave in order."""
         async with self._lock:
             events = change(time.time())
             await self._publish(events)
-            return len(events)
+            return events
 
     async def apply(self, command: StartSupply | StopSupply | StopCp | ResumeCp) -> None:
         self._stats.commands[type(command).__name__] += 1
         if isinstance(command, StartSupply):
-            await self._transition(lambda now: self.state.start(command, now))
+            events = await self._transition(lambda now: self.state.start(command, now))
+            if any(isinstance(event, SessionStarted) for event in events):
+                self._on_supply(self, command.session_id)
         elif isinstance(command, StopSupply):
             billed = None
             if command.billed_kwh is not None and command.billed_eur is not None:
@@ -163,9 +177,15 @@ class SimEngine:
         else:
             await self._transition(lambda now: self.state.resume_cp())
 
-    async def tick(self, seconds: float) -> None:
-        if self.state.supply is not None:
-            await self._transition(lambda now: self.state.tick(seconds, now))
+    def supplying(self, session_id: str) -> bool:
+        return self.state.supply is not None and self.state.supply.session_id == session_id
+
+    async def tick(self, seconds: float, session_id: str) -> bool:
+        """One meter reading of `session_id` if it still runs; True while it goes on."""
+        if not self.supplying(session_id):
+            return False
+        await self._transition(lambda now: self.state.tick(seconds, now))
+        return self.supplying(session_id)
 
     async def raise_fault(self, lasting_s: float) -> None:
         self.fault_ends_at = time.monotonic() + lasting_s
@@ -231,6 +251,10 @@ class Fleet:
         self.ready: list[SimEngine] = []  # checked by their monitor: what drivers pick from
         self._monitor_stops: list[asyncio.Event] = []
         self.started_at: float | None = None  # monotonic, when the first CP started
+        # The meter schedule: (due, order, engine, session_id), earliest first.
+        self._due: list[tuple[float, int, SimEngine, str]] = []
+        self._order = itertools.count()
+        self._new_supply = asyncio.Event()
 
     def pick(self) -> str | None:
         """A random CP whose monitor is up (a CP that central cannot know yet is not worth asking)."""
@@ -286,7 +310,7 @@ class Fleet:
             state = EngineState(
                 cp_id=cp_id, power_kw=s.power_kw, price_eur_kwh=price, max_session_s=s.session_s
             )
-            engine = self.engines[cp_id] = SimEngine(state, self._publisher, self._stats)
+            engine = self.engines[cp_id] = SimEngine(state, self._publisher, self._stats, self._supply_began)
             try:
                 port = await engine.start()
             except OSError as exc:
@@ -324,25 +348,43 @@ class Fleet:
         if code:
             self._stats.error(f"monitor exited with code {code}")
 
-    async def _clock(self, stop: asyncio.Event) -> None:
-        """One task ticks every supplying engine and injects and clears faults.
+    def _supply_began(self, engine: SimEngine, session_id: str) -> None:
+        due = time.monotonic() + self.settings.meter_interval_s
+        heapq.heappush(self._due, (due, next(self._order), engine, session_id))
+        self._new_supply.set()
 
-        A reading can come up to one interval early for a session that began
-        just before the tick: the simulator trades that precision for one timer
-        instead of one per CP.
+    async def _clock(self, stop: asyncio.Event) -> None:
+        """One task for every meter: each session gets a reading one interval after it began, and so on.
+
+        A schedule rather than a tick of every engine at once keeps each
+        session's own cadence, as `evcharge engine` does, so "request → ticket"
+        is the session's length plus what the system added. The same task
+        injects and clears the simulated faults once per interval.
         """
         interval = self.settings.meter_interval_s
         fault_chance = self.settings.fault_rate_per_min * interval / 60.0
-        next_tick = time.monotonic() + interval
-        while not await sleep_unless(stop, max(0.0, next_tick - time.monotonic())):
-            next_tick += interval
+        next_fault_round = time.monotonic() + interval
+        while not stop.is_set():
+            wake_at = min(self._due[0][0] if self._due else math.inf, next_fault_round)
+            self._new_supply.clear()
+            await wait_first(stop, self._new_supply, timeout_s=max(0.0, wake_at - time.monotonic()))
             now = time.monotonic()
-            for engine in list(self.engines.values()):
-                if engine.fault_ends_at is not None and now >= engine.fault_ends_at:
+            # Readings due within a few milliseconds go together: fewer wake-ups, same cadence.
+            while self._due and self._due[0][0] <= now + BATCH_S and not stop.is_set():
+                due, _, engine, session_id = heapq.heappop(self._due)
+                if await engine.tick(interval, session_id):
+                    # After a stall, carry on from now instead of a burst of catch-up readings.
+                    following = due + interval if due + interval > now else now + interval
+                    heapq.heappush(self._due, (following, next(self._order), engine, session_id))
+            if now >= next_fault_round:
+                next_fault_round = now + interval
+                if fault_chance or any(e.fault_ends_at is not None for e in self.engines.values()):
+                    await self._faults(now, fault_chance)
+
+    async def _faults(self, now: float, chance: float) -> None:
+        for engine in list(self.engines.values()):
+            if engine.fault_ends_at is not None:
+                if now >= engine.fault_ends_at:
                     await engine.clear_fault()
-                elif engine.fault_ends_at is None and fault_chance and self._rng.random() < fault_chance:
-                    await engine.raise_fault(self._rng.uniform(*FAULT_SECONDS))
-                else:
-                    await engine.tick(interval)
-            # Never fall into a burst of catch-up ticks after a stall: skip what was missed.
-            next_tick = max(next_tick, time.monotonic())
+            elif chance and self._rng.random() < chance:
+                await engine.raise_fault(self._rng.uniform(*FAULT_SECONDS))

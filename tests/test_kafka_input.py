@@ -1,4 +1,4 @@
-"""Central against what arrives on Kafka: stale requests, undecodable records, replays."""
+"""Every role against what arrives on Kafka: stale requests, replays, undecodable records."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 
 from evcharge.messages import ChargeRequest, DeadLetter, DriverUpdate, RequestDenied, decode, encode
 from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition, new_producer
+from evcharge.supervisor import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -89,3 +90,38 @@ async def test_undecodable_records_are_dead_lettered_and_central_carries_on(syst
     status, _ = system.post("/request/charge", {"driver_id": system.ident("d"), "cp_id": cp.cp_id})
     assert status == 201, "central carries on after bad records"
     assert system.get("/health")["counters"]["dead_letters"] >= 3
+
+
+async def test_an_engine_and_a_driver_set_undecodable_records_aside_and_carry_on(system) -> None:
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    alice = system.ident("driver-alice")
+    await send(system.kafka, TOPICS.cp_commands, cp.cp_id, b'{"type": "start_supply", "cp_id": 42}')
+    system.start_driver(alice, [cp.cp_id, cp.cp_id], interval_s=0.2)
+    wait_until(lambda: "accepted" in system.drivers[alice].output(), 30, "alice's first request accepted")
+    await send(system.kafka, TOPICS.driver_updates, alice, b"\x01 not an update")
+
+    def letter_from(consumer: str, payload: bytes):
+        def match(record):
+            message = decode(record.value, DeadLetter)
+            return message if message.consumer == consumer and message.payload == payload else None
+
+        return match
+
+    engine_letter = await read_until(
+        system.kafka,
+        TOPICS.dead_letters,
+        TOPICS.cp_commands,
+        letter_from(f"engine-{cp.cp_id}", b'{"type": "start_supply", "cp_id": 42}'),
+    )
+    assert "cp_id" in engine_letter.reason
+    driver_letter = await read_until(
+        system.kafka,
+        TOPICS.dead_letters,
+        TOPICS.driver_updates,
+        letter_from(f"driver-{alice}", b"\x01 not an update"),
+    )
+    assert driver_letter.key == alice
+    system.wait_driver_done(alice, 60)
+    assert [t.reason for t in system.tickets(alice)] == ["completed", "completed"]
+    system.assert_invariants()

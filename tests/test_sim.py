@@ -1,0 +1,280 @@
+"""`evcharge sim`: the report's arithmetic, the simulated engines and drivers in memory, and a
+real run of the simulator against a real central on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+
+import pytest
+from rich.console import Console
+
+from evcharge.cp.engine_state import EngineState
+from evcharge.messages import (
+    ChargeRequest,
+    ChargingProgress,
+    DenyCode,
+    EndReason,
+    Health,
+    HealthCheck,
+    HealthStatus,
+    MeterReading,
+    RequestAccepted,
+    RequestDenied,
+    SessionEnded,
+    SessionStarted,
+    StartSupply,
+    StopCp,
+    Ticket,
+)
+from evcharge.runtime.tcp import FramedConnection
+from evcharge.sim.drivers import DriverSettings, SimDriver
+from evcharge.sim.fleet import Fleet, FleetSettings, SimEngine
+from evcharge.sim.report import LatencySummary, SimStats, percentile, render
+from evcharge.supervisor import Child
+
+# ------------------------------------------------------------------ the report, pure
+
+
+def test_percentile_is_nearest_rank_and_every_figure_is_a_real_sample() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    random.Random(3).shuffle(values)
+    assert percentile(values, 50) == 50
+    assert percentile(values, 95) == 95
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile(values, 0) == 1
+    assert percentile([0.25, 0.1, 0.4], 50) == 0.25
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_latency_summary_of_few_and_no_samples() -> None:
+    summary = LatencySummary.of([0.3, 0.1, 0.2, 0.9])
+    assert (summary.count, summary.p50, summary.p95, summary.p99, summary.max) == (4, 0.2, 0.9, 0.9, 0.9)
+    assert LatencySummary.of([]) == LatencySummary(0, None, None, None, None)
+
+
+def test_counters_add_up_and_the_json_and_text_say_the_same() -> None:
+    stats = SimStats(cps=3, drivers=2)
+    stats.cps_started = stats.cps_registered = 3
+    stats.registration_s = 1.5
+    stats.requests_sent = 5
+    stats.accepted = 3
+    stats.denied.update(["busy", "busy", "broken"])
+    stats.tickets.update(["completed", "completed", "fault"])
+    stats.error("no answer to a request within 30 s")
+    stats.error("Kafka delivery failed: [boom]", 2)
+    for seconds in (0.01, 0.02, 0.03):
+        stats.record("accepted", seconds)
+    assert (stats.total_denied, stats.total_tickets, stats.total_errors) == (3, 3, 3)
+    assert stats.registrations_per_s == 2.0
+    report = stats.to_json({"cps": 3})
+    assert report["cps"]["registered"] == 3
+    assert report["requests"]["denied"] == {"busy": 2, "broken": 1}
+    assert report["errors"]["total"] == 3
+    assert report["latency_s"]["accepted"]["p50"] == 0.02
+    assert report["latency_s"]["ticket"]["count"] == 0
+    json.dumps(report)  # serialisable as it is
+    console = Console(record=True, width=160)
+    console.print(render(stats))
+    text = console.export_text()
+    assert "3 of 3" in text and "(2.0 CPs/s)" in text
+    assert "busy 2, broken 1" in text
+    assert "Kafka delivery failed: [boom]" in text  # markup in an error is shown, not parsed
+    assert "errors 3" in stats.progress_line(10)
+
+
+# ------------------------------------------------ simulated engines and drivers, in memory
+
+
+class _Recorder:
+    """Stands in for the shared producer: keeps what was published, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, object]] = []
+        self._published = asyncio.Event()
+
+    async def publish(self, topic: str, key: str, message: object) -> bool:
+        self.sent.append((topic, key, message))
+        self._published.set()
+        return True
+
+    async def wait_for(self, kind: type) -> object:
+        while True:
+            for _, _, message in self.sent:
+                if isinstance(message, kind):
+                    return message
+            self._published.clear()
+            await self._published.wait()
+
+
+def _start(cp_id: str, session_id: str = "s1") -> StartSupply:
+    return StartSupply(
+        cp_id=cp_id,
+        session_id=session_id,
+        driver_id="d1",
+        price_eur_kwh=0.3,
+        expires_at=time.time() + 10,
+    )
+
+
+async def test_simulated_engine_answers_the_real_health_protocol() -> None:
+    stats = SimStats(cps=1, drivers=0)
+    engine = SimEngine(EngineState("SIMT-1", 22.0, 0.3), _Recorder(), stats, lambda e, s: None)  # type: ignore[arg-type]
+    port = await engine.start()
+    try:
+        conn = await FramedConnection.open("127.0.0.1", port, timeout_s=2)
+        reply = await conn.request(HealthCheck(), timeout_s=2)
+        assert isinstance(reply, HealthStatus)
+        assert (reply.cp_id, reply.health, reply.supplying) == ("SIMT-1", Health.OK, False)
+        assert engine.checked
+        await engine.raise_fault(5.0)
+        reply = await conn.request(HealthCheck(), timeout_s=2)
+        assert isinstance(reply, HealthStatus) and reply.health is Health.KO
+        await conn.close()
+    finally:
+        await engine.close()
+    assert stats.faults_injected == 1 and not stats.errors
+
+
+async def test_the_fleet_clock_meters_each_session_on_its_own_cadence_until_it_ends() -> None:
+    stats = SimStats(cps=1, drivers=0)
+    recorder = _Recorder()
+    settings = FleetSettings(
+        1, "SIMT", "127.0.0.1", 1, 0, session_s=0.3, meter_interval_s=0.1, fault_rate_per_min=0
+    )
+    fleet = Fleet(settings, recorder, stats, random.Random(1))  # type: ignore[arg-type]
+    engine = SimEngine(
+        EngineState("SIMT-1", 22.0, 0.3, max_session_s=0.3), recorder, stats, fleet._supply_began
+    )  # type: ignore[arg-type]
+    fleet.engines["SIMT-1"] = engine
+    stop = asyncio.Event()
+    clock = asyncio.create_task(fleet._clock(stop))
+    try:
+        await engine.apply(_start("SIMT-1"))
+        await engine.apply(_start("SIMT-1"))  # delivered twice: still one session, one schedule
+        async with asyncio.timeout(5):
+            await recorder.wait_for(SessionEnded)
+    finally:
+        stop.set()
+        await clock
+    events = [m for _, _, m in recorder.sent]
+    assert [type(e) for e in events] == [
+        SessionStarted,
+        MeterReading,
+        MeterReading,
+        MeterReading,
+        SessionEnded,
+    ]
+    assert [e.seq for e in events] == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
+    assert events[-1].reason is EndReason.COMPLETED  # type: ignore[attr-defined]
+    assert {key for _, key, _ in recorder.sent} == {"SIMT-1"}
+    await engine.apply(StopCp(cp_id="SIMT-1"))
+    assert engine.state.stopped and stats.commands == {"StartSupply": 2, "StopCp": 1}
+
+
+async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_own() -> None:
+    stats = SimStats(cps=1, drivers=1)
+    recorder = _Recorder()
+    settings = DriverSettings(drivers=1, driver_prefix="d", request_rate=1, ramp_up_s=0, session_s=1)
+    driver = SimDriver("d-0001", settings, recorder, lambda: "SIMT-1", stats, random.Random(1))  # type: ignore[arg-type]
+
+    async def central() -> None:
+        request = await recorder.wait_for(ChargeRequest)
+        assert isinstance(request, ChargeRequest)
+        driver.on_update(
+            RequestDenied(
+                driver_id="d-0001", request_id="old", cp_id="SIMT-1", code=DenyCode.BUSY, reason="x"
+            )
+        )
+        driver.on_update(
+            RequestAccepted(
+                driver_id="d-0001",
+                request_id=request.request_id,
+                session_id="s1",
+                cp_id="SIMT-1",
+                price_eur_kwh=0.3,
+            )
+        )
+        progress = dict(driver_id="d-0001", session_id="s1", cp_id="SIMT-1", kw=22, kwh=0, eur=0)
+        driver.on_update(ChargingProgress(seq=0, **progress))
+        driver.on_update(ChargingProgress(seq=1, **progress))
+        driver.on_update(
+            Ticket(
+                driver_id="d-0001",
+                session_id="s1",
+                request_id=request.request_id,
+                cp_id="SIMT-1",
+                started_at=1,
+                ended_at=2,
+                kwh=0.1,
+                eur=0.03,
+                price_eur_kwh=0.3,
+                end_reason=EndReason.COMPLETED,
+            )
+        )
+
+    async with asyncio.timeout(5):
+        await asyncio.gather(driver._request("SIMT-1"), central())
+    assert (stats.requests_sent, stats.accepted, stats.total_denied) == (1, 1, 0)
+    assert stats.tickets == {"completed": 1}
+    assert {k: len(v) for k, v in stats.latencies.items() if v} == {
+        "accepted": 1,
+        "first_reading": 1,
+        "ticket": 1,
+    }
+    assert stats.late_updates == 1 and not stats.errors
+
+
+# ------------------------------------------------------------- real central, real Kafka
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
+def test_the_simulator_registers_its_fleet_and_charges_without_an_error(system) -> None:
+    system.start_central()
+    prefix = system.ident("SIM")
+    report_path = system.root / "sim.json"
+    sim = Child(
+        "sim",
+        [
+            "sim",
+            "--cps", "30",
+            "--drivers", "20",
+            "--duration", "10",
+            "--ramp-up", "3",
+            "--request-rate", "4",
+            "--session-seconds", "2",
+            "--kafka", system.kafka,
+            "--central", f"127.0.0.1:{system.tcp_port}",
+            "--central-url", system.url,
+            "--cp-prefix", prefix,
+            "--driver-prefix", system.ident("sim-driver"),
+            "--seed", "7",
+            "--json", str(report_path),
+        ],
+        system.logs / "sim.log",
+    )  # fmt: skip
+    sim.start()
+    try:
+        code = sim.wait(90)
+    finally:
+        sim.stop()
+    output = sim.output()
+    assert code == 0, f"sim exited with {code}:\n{output[-3000:]}"
+    assert "30 of 30" in output and "errors" in output
+    report = json.loads(report_path.read_text())
+    assert report["cps"]["registered"] == 30
+    assert report["cps"]["listed_at_central"] == 30
+    assert report["errors"] == {"total": 0, "by_kind": {}}
+    assert report["tickets"]["total"] > 0
+    assert report["tickets"]["by_end_reason"].keys() <= {"completed"}
+    assert report["requests"]["accepted"] == report["tickets"]["total"]
+    listed = [cp for cp in system.get("/cp")["charging_points"] if cp["cp_id"].startswith(prefix + "-")]
+    assert len(listed) == 30
+    assert system.unexpected_log_lines() == {}
