@@ -175,7 +175,11 @@ async def read_topic_message_and_offset(bootstrap: str) -> tuple[list[str], byte
     await admin.start()
     try:
         topics = await admin.list_topics()
-        offsets = await admin.list_consumer_group_offsets("central")
+        # Right after a restart the group coordinator may still be loading its offsets
+        # and answer with none: ask again until they are there (or the deadline passes).
+        async with asyncio.timeout(30):
+            while tp not in (offsets := await admin.list_consumer_group_offsets("central")):  # noqa: ASYNC110 - polling the broker, no event to await
+                await asyncio.sleep(0.2)
     finally:
         await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")

@@ -8,15 +8,8 @@ import time
 import pytest
 from rich.console import Console
 
-from evcharge.central.panel import (
-    Action,
-    Command,
-    KeyPad,
-    execute,
-    natural_key,
-    render,
-    resolve_cp,
-)
+from evcharge.central.operator_keys import Action, Command, KeyPad, execute, resolve_cp
+from evcharge.central.panel import natural_key, render
 from evcharge.central.service import CentralService, MonitorLink
 from evcharge.central.status import CpStatus
 from evcharge.central.store import CentralStore

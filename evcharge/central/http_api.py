@@ -6,7 +6,6 @@ bad input is a 4xx, never a 500.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -204,7 +203,7 @@ class CentralApi:
                 raise ValueError
         except ValueError:
             return _error(400, "invalid_query", "limit must be a whole number from 1 to 1000")
-        sessions = await self._service_store_sessions(
+        sessions = await self._service.store.sessions(
             driver_id=request.query.get("driver_id"), cp_id=request.query.get("cp_id"), limit=limit
         )
         return web.json_response({"sessions": [session_json(s) for s in sessions]})
@@ -220,10 +219,3 @@ class CentralApi:
         return web.json_response(
             {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._service.messages]}
         )
-
-    async def _service_store_sessions(self, **query: Any) -> list[Session]:
-        return await self._service.store.sessions(**query)
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2)

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from evcharge.central.ledger import Applied, Session, apply_event, end_session
@@ -473,7 +473,13 @@ class CentralService:
 
     # ---------------------------------------------------------- plumbing
 
-    async def _commit(self, *, sessions=(), requests=(), messages=()) -> None:
+    async def _commit(
+        self,
+        *,
+        sessions: Iterable[Session] = (),
+        requests: Iterable[RequestOutcome] = (),
+        messages: Sequence[KafkaMessage] = (),
+    ) -> None:
         await self._store.commit(
             sessions=sessions, requests=requests, messages=[_outgoing(m) for m in messages]
         )

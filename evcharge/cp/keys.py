@@ -1,19 +1,14 @@
 """The engine's keys in its terminal (F8): p plug in, u unplug, f fault, c clear, q quit,
 under a one-line status that refreshes every second.
 
-`terminal_keys` (single keystrokes from stdin, no Enter) is shared with central's panel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
-import os
 import sys
-import termios
-import tty
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -21,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from evcharge.runtime.terminal import terminal_keys
 from evcharge.runtime.waits import sleep_unless
 
 if TYPE_CHECKING:
@@ -31,45 +27,6 @@ log = logging.getLogger("evcharge.engine")
 ENGINE_KEYS = {"p": "plug", "u": "unplug", "f": "fault", "c": "clear"}
 HELP = "keys: p plug in · u unplug · f fault (answer KO) · c clear fault (answer OK) · q quit"
 STATUS_INTERVAL_S = 1.0
-
-
-@contextlib.contextmanager
-def terminal_keys(on_keys: Callable[[str], None]) -> Iterator[bool]:
-    """While inside, pass what is typed on stdin to `on_keys` key by key, without Enter.
-
-    Yields False (and reads nothing) when stdin is not a terminal. The terminal's
-    settings are restored on the way out, whatever happened inside.
-    """
-    stdin = sys.stdin
-    if stdin is None or not stdin.isatty():
-        yield False
-        return
-    fd = stdin.fileno()
-    loop = asyncio.get_running_loop()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, 256)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:  # the terminal went away: no more keys, the rest keeps running
-            loop.remove_reader(fd)
-            return
-        text = decoder.decode(data)
-        if text:
-            on_keys(text)
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)  # keys arrive one by one, unechoed; Ctrl-C still signals
-        loop.add_reader(fd, readable)
-        try:
-            yield True
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def with_engine_keys(engine: Engine) -> Callable[[asyncio.Event], Awaitable[int]]:

@@ -28,6 +28,7 @@ from evcharge.messages import (
     Ticket,
     decode,
 )
+from evcharge.runtime.consumer import dead_letter
 from evcharge.runtime.kafka import TOPICS
 from evcharge.runtime.waits import sleep_unless
 from evcharge.sim.fleet import Publisher
@@ -198,6 +199,7 @@ class DriverFleet:
             for driver_id in settings.driver_ids()
         }
         self._stats = stats
+        self._publisher = publisher
 
     async def on_updates(self, records: list[ConsumerRecord]) -> None:
         for record in records:
@@ -207,7 +209,8 @@ class DriverFleet:
             try:
                 update = decode(record.value, DriverUpdate)
             except ProtocolError as exc:
-                self._stats.error(f"undecodable driver update: {exc}")
+                # Set aside like a real driver does; its warning is counted as an error of the run.
+                await self._publisher.publish_raw(*dead_letter(record, f"sim-{driver.driver_id}", str(exc)))
                 continue
             driver.on_update(update)  # type: ignore[arg-type]
 

@@ -46,6 +46,7 @@ from evcharge.messages import (
     decode,
     encode,
 )
+from evcharge.runtime.consumer import dead_letter
 from evcharge.runtime.kafka import TOPICS
 from evcharge.runtime.reconnect import describe
 from evcharge.runtime.tcp import FrameReader, OwnedServer, send_frame
@@ -70,9 +71,12 @@ class Publisher:
 
     async def publish(self, topic: str, key: str, message: KafkaMessage) -> bool:
         """Enqueue `message`; callers that need order per key call this in order (under a lock)."""
+        return await self.publish_raw(topic, key, encode(message))
+
+    async def publish_raw(self, topic: str, key: str, payload: bytes) -> bool:
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                delivery = await self._producer.send(topic, encode(message), key=key.encode())
+                delivery = await self._producer.send(topic, payload, key=key.encode())
         except Exception as exc:
             self._stats.error(f"cannot enqueue a message for {topic}: {describe(exc)}")
             return False
@@ -255,6 +259,7 @@ class Fleet:
         self._due: list[tuple[float, int, SimEngine, str]] = []
         self._order = itertools.count()
         self._new_supply = asyncio.Event()
+        self.all_started = asyncio.Event()
 
     def pick(self) -> str | None:
         """A random CP whose monitor is up (a CP that central cannot know yet is not worth asking)."""
@@ -272,7 +277,8 @@ class Fleet:
             try:
                 command = decode(record.value, CpCommand)
             except ProtocolError as exc:
-                self._stats.error(f"undecodable command: {exc}")
+                # Set aside like a real engine does; its warning is counted as an error of the run.
+                await self._publisher.publish_raw(*dead_letter(record, f"sim-{engine.cp_id}", str(exc)))
                 continue
             await engine.apply(command)  # type: ignore[arg-type]
 
@@ -287,6 +293,7 @@ class Fleet:
             async with asyncio.TaskGroup() as tasks:
                 clock = tasks.create_task(self._clock(stop), name="fleet clock")
                 await self._start_cps(stop, tasks)
+                self.all_started.set()
                 await stop.wait()
                 await clock
                 for engine in self.engines.values():

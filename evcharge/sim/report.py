@@ -83,7 +83,9 @@ class SimStats:
     faults_injected: int = 0
     unplugged_at_end: int = 0
     loop_lag_s: list[float] = field(default_factory=list)
-    elapsed_s: float = 0.0
+    loop_lag_worst_at_s: float | None = None  # seconds into the run
+    load_s: float = 0.0  # the ramp-up and the duration: while drivers sent requests
+    elapsed_s: float = 0.0  # the same, and the drivers' last answers and tickets
     interrupted: bool = False
     process: dict[str, float] = field(default_factory=dict)  # the sim's own CPU and memory
     central_counters: dict[str, int] = field(default_factory=dict)
@@ -123,6 +125,7 @@ class SimStats:
     def to_json(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "settings": settings or {},
+            "load_s": round(self.load_s, 3),
             "elapsed_s": round(self.elapsed_s, 3),
             "interrupted": self.interrupted,
             "cps": {
@@ -187,8 +190,10 @@ def render(stats: SimStats) -> RenderableType:
     if stats.cps_listed is not None:
         summary.add_row("CPs listed at central", str(stats.cps_listed))
     summary.add_row("drivers", str(stats.drivers))
-    rate = stats.requests_sent / stats.elapsed_s if stats.elapsed_s else 0.0
-    summary.add_row("requests sent", f"{stats.requests_sent} ({rate:.1f}/s over {stats.elapsed_s:.0f} s)")
+    rate = stats.requests_sent / stats.load_s if stats.load_s else 0.0
+    summary.add_row(
+        "requests sent", f"{stats.requests_sent} ({rate:.1f}/s over the {stats.load_s:.0f} s drivers ran)"
+    )
     summary.add_row("accepted", str(stats.accepted))
     summary.add_row("denied", f"{stats.total_denied} ({_counts(stats.denied)})")
     summary.add_row("tickets", f"{stats.total_tickets} ({_counts(stats.tickets)})")
@@ -204,7 +209,10 @@ def render(stats: SimStats) -> RenderableType:
     errors = Table.grid() if not stats.errors else _error_table(stats.errors)
     summary.add_row("errors", f"[red]{stats.total_errors}[/]" if stats.total_errors else "[green]0[/]")
     lag = LatencySummary.of(stats.loop_lag_s)
-    summary.add_row("sim event-loop lag", f"p50 {_ms(lag.p50)}, p99 {_ms(lag.p99)}, max {_ms(lag.max)}")
+    worst_at = f" at {stats.loop_lag_worst_at_s:.0f} s" if stats.loop_lag_worst_at_s is not None else ""
+    summary.add_row(
+        "sim event-loop lag", f"p50 {_ms(lag.p50)}, p99 {_ms(lag.p99)}, max {_ms(lag.max)}{worst_at}"
+    )
     if stats.process:
         summary.add_row(
             "sim process",

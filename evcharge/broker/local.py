@@ -1,4 +1,4 @@
-"""Fetch, start, stop and inspect a real single-node Apache Kafka broker (KRaft) on loopback.
+"""Start, stop and inspect a real single-node Apache Kafka broker (KRaft) on loopback.
 
 Kafka itself comes from Maven Central as plain jars (fetched once per machine into a
 cache dir) and runs as a detached JVM, so it outlives the command that started it.
@@ -16,62 +16,43 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evcharge.broker.fetch import (
+    KAFKA_VERSION,
+    Progress,
+    cached_libs,
+    fetch_kafka,
+    file_lock,
+    kafka_home,
+    last_lines,
+    require_java,
+    say,
+)
 from evcharge.errors import BrokerError
 
-KAFKA_VERSION = "4.1.1"
-SCALA_VERSION = "2.13"
-# kafka_2.13 brings slf4j-api 1.7, which does not bind to log4j2: without slf4j-api 2 and
-# the slf4j2 bridge the broker would log nothing at all.
-MAVEN_ARTIFACTS: tuple[tuple[str, str, str], ...] = (
-    ("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION),
-    ("org.apache.logging.log4j", "log4j-core", "2.25.3"),
-    ("org.apache.logging.log4j", "log4j-slf4j2-impl", "2.25.3"),
-    ("org.slf4j", "slf4j-api", "2.0.17"),
-)
-MIN_JAVA = 17
 JVM_FLAGS: tuple[str, ...] = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 
-JAVA_MISSING = (
-    f"Java {MIN_JAVA} or newer is needed to run Kafka: "
-    f"install it (Debian: apt-get install openjdk-{MIN_JAVA}-jre-headless)"
-)
-MAVEN_MISSING = (
-    "Maven is needed to fetch Kafka from Maven Central: install it (Debian: apt-get install maven)"
-)
-
-_COMPLETE_MARKER = ".complete"
 _LOG_TAIL_LINES = 40
 # broker.log is appended to across runs; past this size the old content is moved aside.
 _LOG_ROTATE_BYTES = 50 * 1024 * 1024
 
-Progress = Callable[[str], None]
 _T = TypeVar("_T")
-
-
-def cache_dir() -> Path:
-    """Where fetched jars are kept: `$EVCHARGE_CACHE_DIR` or `~/.cache/evcharge`."""
-    env = os.environ.get("EVCHARGE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "evcharge"
 
 
 def default_data_dir() -> Path:
@@ -80,151 +61,9 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path("evcharge-state") / "kafka"
 
 
-def kafka_home(cache: Path | None = None) -> Path:
-    return (cache if cache is not None else cache_dir()) / f"kafka-{KAFKA_VERSION}"
-
-
 def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def _say(progress: Progress | None, message: str) -> None:
-    if progress is not None:
-        progress(message)
-
-
-def _require_java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerError(JAVA_MISSING)
-    major = _java_major_version(java)
-    if major is not None and major < MIN_JAVA:
-        raise BrokerError(f"{JAVA_MISSING} (found Java {major} at {java})")
-    return java
-
-
-def _java_major_version(java: str) -> int | None:
-    """Major version from `java -version`, or None when it cannot be told (then just try)."""
-    try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BrokerError(f"cannot run {java}: {exc}") from exc
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if match is None:
-        return None
-    major = int(match.group(1))
-    # Java 8 and older call themselves "1.8.0_…".
-    return int(match.group(2) or 0) if major == 1 else major
-
-
-def _require_maven() -> str:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerError(MAVEN_MISSING)
-    return mvn
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock, so two processes never fetch or start the same thing at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _cached_libs(home: Path) -> Path | None:
-    marker = home / _COMPLETE_MARKER
-    libs = home / "libs"
-    if not marker.is_file():
-        return None
-    names = marker.read_text().split()
-    # A marker whose jars were deleted by hand is as good as no marker.
-    if not names or not all((libs / name).is_file() for name in names):
-        return None
-    return libs
-
-
-def _pom_xml() -> str:
-    deps = "\n".join(
-        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId>"
-        f"<version>{v}</version></dependency>"
-        for g, a, v in MAVEN_ARTIFACTS
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>evcharge</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>{KAFKA_VERSION}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{deps}
-  </dependencies>
-</project>
-"""
-
-
-def fetch_kafka(cache: Path | None = None, progress: Progress | None = None) -> Path:
-    """Make sure the Kafka jars are in the cache and return their folder. Idempotent.
-
-    The jars are fetched into a temp folder next to the final one and renamed into place
-    only after Maven succeeded and the marker is written, so an interrupted fetch is never
-    mistaken for a complete one.
-    """
-    home = kafka_home(cache)
-    libs = _cached_libs(home)
-    if libs is not None:
-        return libs
-    # Maven runs on the JVM, so a missing java is the first thing to report.
-    _require_java()
-    mvn = _require_maven()
-    with _file_lock(home.parent / f"kafka-{KAFKA_VERSION}.lock"):
-        libs = _cached_libs(home)
-        if libs is not None:  # someone else fetched while we waited for the lock
-            return libs
-        _say(progress, f"Fetching Apache Kafka {KAFKA_VERSION} from Maven Central (first run only)…")
-        started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix=f"kafka-{KAFKA_VERSION}.tmp-", dir=home.parent))
-        try:
-            (tmp / "pom.xml").write_text(_pom_xml())
-            cmd = [
-                mvn, "-B", "-q", "dependency:copy-dependencies",
-                "-DoutputDirectory=libs", "-DincludeScope=runtime",
-            ]  # fmt: skip
-            try:
-                result = subprocess.run(
-                    cmd, cwd=tmp, capture_output=True, text=True, timeout=900, check=False
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise BrokerError("Maven did not finish fetching Kafka within 15 minutes") from exc
-            jars = sorted(p.name for p in (tmp / "libs").glob("*.jar"))
-            if result.returncode != 0 or not jars:
-                tail = _last_lines(result.stdout + result.stderr, 25)
-                raise BrokerError(
-                    f"Maven could not fetch Kafka {KAFKA_VERSION} (exit code {result.returncode}):\n{tail}"
-                )
-            (tmp / _COMPLETE_MARKER).write_text("\n".join(jars) + "\n")
-            (tmp / "pom.xml").unlink()
-            if home.exists():  # a stale incomplete folder (no marker or missing jars)
-                shutil.rmtree(home)
-            # mkdtemp makes folders private (0700); the cache gets ordinary permissions.
-            tmp.chmod(0o755)
-            tmp.rename(home)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        _say(progress, f"Fetched {len(jars)} jars in {time.monotonic() - started:.1f} s")
-    return home / "libs"
-
-
-def _last_lines(text: str, n: int) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(lines[-n:]) if lines else "(no output)"
 
 
 def _task_state(task: Path) -> str | None:
@@ -432,7 +271,7 @@ class LocalBroker:
         killed again so no half-working broker is left behind.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.data_dir / ".lock"):
+        with file_lock(self.data_dir / ".lock"):
             existing = self.status()
             if existing.running:
                 if existing.bootstrap != self.bootstrap:
@@ -442,9 +281,9 @@ class LocalBroker:
                     )
                 return StartResult(existing, already_running=True, fetch_s=None, start_s=0.0)
             self.pid_path.unlink(missing_ok=True)  # stale: its process is gone
-            java = _require_java()
+            java = require_java()
             fetch_started = time.monotonic()
-            fetched = _cached_libs(kafka_home(self.cache)) is None
+            fetched = cached_libs(kafka_home(self.cache)) is None
             libs = self.fetch(progress)
             fetch_s = time.monotonic() - fetch_started if fetched else None
             for port, role in ((self.port, ""), (self._cport, " (the KRaft controller port)")):
@@ -456,9 +295,9 @@ class LocalBroker:
             self._write_config()
             started = time.monotonic()
             if not (self.kafka_log_dir / "meta.properties").is_file():
-                _say(progress, "Formatting KRaft storage…")
+                say(progress, "Formatting KRaft storage…")
                 self._format(java, libs)
-            _say(progress, "Starting broker…")
+            say(progress, "Starting broker…")
             log_offset = self._spawn(java, libs)
             try:
                 self._wait_ready(started + timeout_s, log_offset)
@@ -468,7 +307,7 @@ class LocalBroker:
                 self.pid_path.unlink(missing_ok=True)
                 raise
             start_s = time.monotonic() - started
-            _say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
+            say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
             return StartResult(self.status(), already_running=False, fetch_s=fetch_s, start_s=start_s)
 
     def stop(self, timeout_s: float = 30) -> bool:
@@ -478,7 +317,7 @@ class LocalBroker:
         """
         if not self.data_dir.is_dir():
             return False
-        with _file_lock(self.data_dir / ".lock"):
+        with file_lock(self.data_dir / ".lock"):
             stopped = self._terminate(grace_s=timeout_s)
             self.pid_path.unlink(missing_ok=True)
             return stopped
@@ -574,7 +413,7 @@ class LocalBroker:
     def _format(self, java: str, libs: Path) -> None:
         cmd = self._java_cmd(
             java, libs, "kafka.tools.StorageTool",
-            "format", "-t", new_cluster_id(), "-c", str(self.properties_path), "--standalone",
+            "format", f"--cluster-id={new_cluster_id()}", "-c", str(self.properties_path), "--standalone",
         )  # fmt: skip
         try:
             result = subprocess.run(
@@ -588,7 +427,7 @@ class LocalBroker:
         if result.returncode != 0:
             raise BrokerError(
                 f"formatting the KRaft storage in {self.kafka_log_dir} failed "
-                f"(exit code {result.returncode}):\n" + _last_lines(result.stdout + result.stderr, 25)
+                f"(exit code {result.returncode}):\n" + last_lines(result.stdout + result.stderr, 25)
             )
 
     def _spawn(self, java: str, libs: Path) -> int:
@@ -662,7 +501,7 @@ class LocalBroker:
             return "(no log)"
         if not text.strip():
             return "(nothing logged by this run yet)"
-        return _last_lines(text, _LOG_TAIL_LINES)
+        return last_lines(text, _LOG_TAIL_LINES)
 
     def _terminate(self, grace_s: float) -> bool:
         """SIGTERM, then SIGKILL after `grace_s`; True when there was a broker to stop."""
