@@ -141,6 +141,9 @@ class StartSupply(KafkaMessage, tag="start_supply"):
     # An engine that reads this after the deadline (it was down) refuses it
     # rather than start a charge nobody is waiting for any more.
     expires_at: float
+    # The engine instance the CP's monitor vouches for: a second engine running
+    # with the same CP id (another host or state dir) must not supply it too.
+    engine: str | None = None
 
 
 class StopSupply(KafkaMessage, tag="stop_supply"):
@@ -219,6 +222,7 @@ class Register(Frame, tag="register"):
     max_kw: Power
     health: Health
     instance: Ident  # one per monitor process: tells a crash-restart from a second live monitor
+    engine: str | None = None  # the engine instance this monitor checks
 
 
 class Registered(Frame, tag="registered"):
@@ -228,6 +232,7 @@ class Registered(Frame, tag="registered"):
 class Heartbeat(Frame, tag="heartbeat"):
     cp_id: CpId
     health: Health
+    engine: str | None = None
 
 
 class Ack(Frame, tag="ack"):
@@ -248,6 +253,7 @@ class HealthStatus(Frame, tag="health_status"):
     health: Health
     supplying: bool
     session_id: str | None = None
+    engine: str | None = None  # the engine process's instance id
 
 
 class EngineControl(Frame, tag="control"):

@@ -3,6 +3,7 @@ with real processes on a real broker."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -92,6 +93,16 @@ def test_duplicate_ids_are_refused_and_the_live_instance_keeps_working(system) -
     assert second_engine.wait(30) == 2
     assert "another engine is already running" in second_engine.output()
 
+    # A second engine with the same id elsewhere (another state dir, another port) is
+    # not the one the CP's monitor vouches for: it must stay out of the CP's sessions.
+    stray = Child(
+        "engine stray",
+        ["engine", "--cp-id", cp.cp_id, "--port", "0", "--kafka", system.kafka,
+         "--state-dir", str(system.root / "elsewhere"), "--no-keys"],
+        system.logs / "engine-stray.log",
+    ).start()  # fmt: skip
+    wait_until(lambda: "engine ready" in stray.output(), 30, "the stray engine to read its commands")
+
     second_monitor = Child(
         "monitor twin",
         [
@@ -139,6 +150,11 @@ def test_duplicate_ids_are_refused_and_the_live_instance_keeps_working(system) -
     assert cp.engine.alive and cp.monitor.alive
     assert [s["state"] for s in system.sessions()] == ["ended"] * 3
     system.assert_invariants()
+    assert "authorised for another engine of this CP" in stray.output()
+    stray_db = sqlite3.connect(system.root / "elsewhere" / f"engine-{cp.cp_id}.sqlite")
+    assert stray_db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,), "it supplied nothing"
+    stray_db.close()
+    stray.stop()
 
     # A crashed instance restarting with its id is welcome.
     cp.monitor.kill()

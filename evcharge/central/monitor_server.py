@@ -86,7 +86,7 @@ class MonitorServer:
                 if frame is None:
                     break
                 if isinstance(frame, Heartbeat) and frame.cp_id == first.cp_id:
-                    await self._service.heartbeat(first.cp_id, link, frame.health)
+                    await self._service.heartbeat(first.cp_id, link, frame.health, frame.engine)
                     await send_frame(writer, Ack(corr=frame.corr))
                 else:
                     log.warning(

@@ -58,6 +58,7 @@ class LiveCp:
     record: CpRecord
     monitor: MonitorLink | None = None
     health: Health | None = None
+    engine: str | None = None  # the engine instance its monitor vouches for
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class CentralService:
             if live.monitor is not None:
                 live.monitor.close("replaced by a reconnect of the same monitor")
             live.monitor = link
+            live.engine = frame.engine
             self._monitor_joined.set()
             self._count("registrations")
             self._say(
@@ -190,11 +192,14 @@ class CentralService:
             await self._set_health(live, frame.health)
             return is_new
 
-    async def heartbeat(self, cp_id: str, link: MonitorLink, health: Health) -> None:
+    async def heartbeat(
+        self, cp_id: str, link: MonitorLink, health: Health, engine: str | None = None
+    ) -> None:
         link.last_heartbeat = time.monotonic()
         live = self.cps.get(cp_id)
         if live is None or live.monitor is not link:
             return
+        live.engine = engine
         if live.health is not health:
             async with self._lock:
                 await self._set_health(live, health)
@@ -270,6 +275,7 @@ class CentralService:
                         driver_id=request.driver_id,
                         price_eur_kwh=record.price_eur_kwh,
                         expires_at=session.created_at + self.start_timeout_s,
+                        engine=self.cps[request.cp_id].engine,
                     ),
                     RequestAccepted(
                         driver_id=request.driver_id,
@@ -345,7 +351,7 @@ class CentralService:
             ],
         )
         self._count("requests_denied")
-        self._say(f"{request.driver_id} → {request.cp_id}: denied ({reason})", "warning")
+        self._say(f"{request.driver_id} → {request.cp_id}: denied ({reason})")
         return outcome
 
     # ------------------------------------------------------------ events

@@ -9,11 +9,10 @@ before anyone is told about it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
-import ipaddress
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,17 +20,12 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from evcharge.cp.engine_state import EngineState
 from evcharge.cp.engine_store import EngineStore
+from evcharge.cp.health_port import serve_health_port
 from evcharge.errors import ConfigError, ProtocolError
 from evcharge.messages import (
-    ControlResult,
     CpCommand,
     CpEvent,
     EndReason,
-    EngineControl,
-    ErrorReply,
-    Health,
-    HealthCheck,
-    HealthStatus,
     MeterReading,
     ResumeCp,
     SessionEnded,
@@ -44,12 +38,10 @@ from evcharge.messages import (
 from evcharge.runtime.consumer import ConsumerLoop, dead_letter
 from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition
 from evcharge.runtime.outbox import OutboxRelay
-from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
+from evcharge.runtime.tcp import OwnedServer
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.engine")
-
-IDLE_CONNECTION_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +103,7 @@ class Engine:
         self._lock = asyncio.Lock()
         self._supply_changed = asyncio.Event()
         self.port = settings.port
+        self.instance = uuid.uuid4().hex
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
@@ -298,6 +291,17 @@ class Engine:
         now = time.time()
         async with self._lock:
             if isinstance(command, StartSupply):
+                if command.engine is not None and command.engine != self.instance:
+                    log.warning(
+                        "%s: session %s was authorised for another engine of this CP (%s), not this one "
+                        "(%s): is a second engine running with id %s? This one stays out of it.",
+                        self.settings.cp_id,
+                        command.session_id[:8],
+                        command.engine[:8],
+                        self.instance[:8],
+                        self.settings.cp_id,
+                    )
+                    return
                 await self._change(self.state.start(command, now))
             elif isinstance(command, StopSupply):
                 billed = None
@@ -337,56 +341,14 @@ class Engine:
     # ------------------------------------------------------- health port
 
     async def _serve_monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = peer_name(writer)
-        frames = FrameReader(reader)
-        try:
-            while True:
-                frame = await frames.read(timeout_s=IDLE_CONNECTION_S)
-                if frame is None:
-                    break
-                if isinstance(frame, HealthCheck):
-                    await send_frame(writer, self._health(frame.corr))
-                elif isinstance(frame, EngineControl):
-                    if not _is_loopback(writer):
-                        await send_frame(
-                            writer,
-                            ErrorReply(corr=frame.corr, code="forbidden", reason="controls are local only"),
-                        )
-                        continue
-                    detail = await self.act(frame.action)
-                    await send_frame(writer, ControlResult(corr=frame.corr, ok=True, detail=detail))
-                else:
-                    await send_frame(
-                        writer,
-                        ErrorReply(
-                            corr=frame.corr,
-                            code="unexpected",
-                            reason=f"{type(frame).__name__} is not served here",
-                        ),
-                    )
-        except TimeoutError:
-            pass  # an idle peer: it reconnects when it needs us
-        except ProtocolError as exc:
-            log.warning("%s health port: %s sent %s: closed", self.settings.cp_id, peer, exc)
-            with contextlib.suppress(ConnectionError, OSError):
-                await send_frame(writer, ErrorReply(code="protocol_error", reason=str(exc)))
-        except (ConnectionError, OSError):
-            pass
-
-    def _health(self, corr: int) -> HealthStatus:
-        supply = self.state.supply
-        return HealthStatus(
-            corr=corr,
-            cp_id=self.settings.cp_id,
-            health=Health.OK if self.state.healthy else Health.KO,
-            supplying=supply is not None,
-            session_id=supply.session_id if supply else None,
+        await serve_health_port(
+            reader,
+            writer,
+            self.state,
+            control=self.act,
+            on_protocol_error=self._protocol_error,
+            instance=self.instance,
         )
 
-
-def _is_loopback(writer: asyncio.StreamWriter) -> bool:
-    peer = writer.get_extra_info("peername")
-    try:
-        return ipaddress.ip_address(peer[0]).is_loopback
-    except (TypeError, ValueError, IndexError):
-        return False
+    def _protocol_error(self, peer: str, exc: ProtocolError) -> None:
+        log.warning("%s health port: %s sent %s: closed", self.settings.cp_id, peer, exc)

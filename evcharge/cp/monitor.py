@@ -56,6 +56,7 @@ class Monitor:
         )
         self.exit_code = 0
         self._seen_ko = False
+        self.engine_instance: str | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
@@ -118,6 +119,10 @@ class Monitor:
             self._engine_watch.failed(exc)
             return False, False
         self._engine_watch.succeeded()
+        if isinstance(reply, HealthStatus) and reply.engine != self.engine_instance:
+            # A restarted engine is a new instance: central must address it at once.
+            self.engine_instance = reply.engine
+            self._health_changed.set()
         return isinstance(reply, HealthStatus) and reply.health is Health.OK, False
 
     async def _drop_engine(self) -> None:
@@ -174,6 +179,7 @@ class Monitor:
                     max_kw=s.max_kw,
                     health=health,
                     instance=self.instance,
+                    engine=self.engine_instance,
                 ),
                 timeout_s=timeout,
             )
@@ -194,7 +200,9 @@ class Monitor:
                 if stop.is_set():
                     return
                 await conn.request(
-                    Heartbeat(cp_id=s.cp_id, health=self.tracker.health or Health.KO),
+                    Heartbeat(
+                        cp_id=s.cp_id, health=self.tracker.health or Health.KO, engine=self.engine_instance
+                    ),
                     timeout_s=timeout,
                 )
         finally:

@@ -120,6 +120,7 @@ class Simulation:
             fault_rate_per_min=settings.fault_rate_per_min,
         )
         self._abort = asyncio.Event()
+        self._crashed = False
         self._started = (0.0, 0.0)  # wall clock and CPU seconds when the run began
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -138,7 +139,7 @@ class Simulation:
         finally:
             evcharge_log.removeHandler(counter)
             monitor_log.setLevel(monitor_level)
-        self.stats.interrupted = stop.is_set()
+        self.stats.interrupted = stop.is_set() and not self._crashed
         self._finish()
         if self.stats.total_errors:
             return 1
@@ -264,7 +265,8 @@ class Simulation:
         except Exception as exc:
             self.stats.error(f"{what} failed: {describe(exc)}")
             log.error("%s failed: %s", what, describe(exc), exc_info=exc)
-            self._abort.set()
+            self._crashed = True
+            self._abort.set()  # the run's own stop: the rest winds down in order
 
     async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
         async with http.get(self.settings.central_url.rstrip("/") + path) as response:

@@ -13,7 +13,6 @@ in order per CP (a CP's lock is held while its events are enqueued).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -25,18 +24,14 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from evcharge.cp.engine import IDLE_CONNECTION_S
 from evcharge.cp.engine_state import EngineState
+from evcharge.cp.health_port import serve_health_port
 from evcharge.cp.monitor import Monitor, MonitorSettings
 from evcharge.errors import ProtocolError
 from evcharge.messages import (
     CpCommand,
     CpEvent,
     EndReason,
-    ErrorReply,
-    Health,
-    HealthCheck,
-    HealthStatus,
     KafkaMessage,
     ResumeCp,
     SessionStarted,
@@ -49,7 +44,7 @@ from evcharge.messages import (
 from evcharge.runtime.consumer import dead_letter
 from evcharge.runtime.kafka import TOPICS
 from evcharge.runtime.reconnect import describe
-from evcharge.runtime.tcp import FrameReader, OwnedServer, send_frame
+from evcharge.runtime.tcp import OwnedServer
 from evcharge.runtime.waits import sleep_unless, wait_first
 from evcharge.sim.report import SimStats
 
@@ -204,43 +199,16 @@ class SimEngine:
         return bool(await self._transition(lambda now: self.state.end(EndReason.UNPLUGGED, now)))
 
     async def _serve_monitor(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """The real health protocol, as `Engine._serve_monitor` serves it (no local controls here)."""
-        frames = FrameReader(reader)
-        try:
-            while True:
-                frame = await frames.read(timeout_s=IDLE_CONNECTION_S)
-                if frame is None:
-                    break
-                if isinstance(frame, HealthCheck):
-                    self.checked = True
-                    await send_frame(writer, self._health(frame.corr))
-                else:
-                    await send_frame(
-                        writer,
-                        ErrorReply(
-                            corr=frame.corr,
-                            code="unexpected",
-                            reason=f"{type(frame).__name__} is not served by a simulated engine",
-                        ),
-                    )
-        except TimeoutError:
-            pass  # an idle peer: it reconnects when it needs us
-        except ProtocolError as exc:
-            self._stats.error(f"health port: protocol error: {exc}")
-            with contextlib.suppress(ConnectionError, OSError):
-                await send_frame(writer, ErrorReply(code="protocol_error", reason=str(exc)))
-        except (ConnectionError, OSError):
-            pass
-
-    def _health(self, corr: int) -> HealthStatus:
-        supply = self.state.supply
-        return HealthStatus(
-            corr=corr,
-            cp_id=self.cp_id,
-            health=Health.OK if self.state.healthy else Health.KO,
-            supplying=supply is not None,
-            session_id=supply.session_id if supply else None,
+        """The real health protocol, as the real engine serves it (no local controls here)."""
+        await serve_health_port(
+            reader, writer, self.state, on_check=self._checked, on_protocol_error=self._protocol_error
         )
+
+    def _checked(self) -> None:
+        self.checked = True
+
+    def _protocol_error(self, peer: str, exc: ProtocolError) -> None:
+        self._stats.error(f"health port: protocol error from {peer}: {exc}")
 
 
 class Fleet:
