@@ -29,6 +29,7 @@ from rich.console import Console
 
 from evcharge.errors import BrokerError, ConfigError, EvchargeError, RequestTimeout
 from evcharge.options import DEFAULT_KAFKA, Kafka, host_port
+from evcharge.runtime.ports import port_answers, port_free
 from evcharge.runtime.shutdown import EXIT_INTERRUPTED
 from evcharge.supervisor import Child
 
@@ -100,24 +101,6 @@ def driver_summary(log_text: str, driver_id: str, tail: int = 5) -> list[str]:
         i for i in range(end) if lines[i].strip().startswith(title) and lines[i].strip().endswith("requests")
     ]
     return lines[starts[-1] if starts else end : end + 1]
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def port_answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def engine_ports(count: int, taken: set[int]) -> list[int]:

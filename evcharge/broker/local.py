@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -42,6 +41,7 @@ from evcharge.broker.fetch import (
     say,
 )
 from evcharge.errors import BrokerError
+from evcharge.runtime.ports import port_answers, port_free
 
 JVM_FLAGS: tuple[str, ...] = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 
@@ -107,25 +107,6 @@ def _cmdline(pid: int) -> str | None:
     if out.returncode != 0 or not stat or stat.startswith("Z"):
         return None
     return command
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Same as the JVM's server sockets: lingering TIME_WAIT connections do not block a bind.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _port_open(host: str, port: int, timeout_s: float) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
@@ -287,7 +268,7 @@ class LocalBroker:
             libs = self.fetch(progress)
             fetch_s = time.monotonic() - fetch_started if fetched else None
             for port, role in ((self.port, ""), (self._cport, " (the KRaft controller port)")):
-                if _port_taken(self.host, port):
+                if not port_free(self.host, port):
                     raise BrokerError(
                         f"{self.host}:{port}{role} is already in use by another process "
                         f"(not the Kafka of {self.data_dir}): pick another port"
@@ -486,7 +467,7 @@ class LocalBroker:
                 )
             # A plain connect first: it is cheap, and aiokafka logs every refused connection.
             attempt = min(3.0, remaining)
-            if _port_open(self.host, self.port, attempt) and _run_blocking(
+            if port_answers(self.host, self.port, attempt) and _run_blocking(
                 lambda t=attempt: _answers_kafka(self.bootstrap, t)
             ):
                 return
