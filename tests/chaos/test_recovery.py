@@ -67,6 +67,8 @@ def finish(system: System, report, scenario: str, **measured) -> None:
     lost = [
         s["session_id"] for s in sessions if s["driver_id"] in system.drivers and s["session_id"] not in shown
     ]
+    # The guide's "total downtime": the time to notice plus the time to serve again after the restart.
+    measured["downtime_s"] = (measured.get("detection_s") or 0.0) + (measured.get("recovery_s") or 0.0)
     report(
         {
             "scenario": scenario,

@@ -1,0 +1,206 @@
+"""Failure detection and recovery, repeated: how long central takes to show a failure, and to serve again.
+
+Detection: the signal (SIGKILL, or SIGSTOP for a hung process) → central's API
+shows the status. Recovery: the restart → serving again, which is the same
+criterion for every component: a fresh request is accepted and its supply starts
+(for the driver, its own request is accepted on its screen). What central's API
+says on the way (CP back ON, /health up) is kept alongside.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.loop import LoopThread
+from bench.probe import ProbeFailed, Prober
+from bench.stats import summary
+from bench.system import BenchSystem, log_count, wait_for
+from evcharge.broker import LocalBroker
+from evcharge.supervisor import Child
+
+SERVE_TIMEOUT_S = 30.0
+KAFKA_START_TIMEOUT_S = 120.0
+ENGINE_READY = "engine ready"
+ACCEPTED = "✔ accepted"
+TICKET = "🎫 ticket"
+
+Trial = Callable[[], dict[str, float]]
+
+
+class Chaos:
+    def __init__(
+        self,
+        system: BenchSystem,
+        loop: LoopThread,
+        prober: Prober,
+        broker: LocalBroker,
+        target: str,
+        spare: str,
+    ) -> None:
+        self.system = system
+        self.loop = loop
+        self.prober = prober
+        self.broker = broker
+        self.target = target  # the CP whose engine and monitor fail
+        self.spare = spare  # the CP used to show the system serves while the target is down
+
+    def run(self, trials: int, say: Callable[[str], None]) -> dict[str, Any]:
+        cases: dict[str, Trial] = {
+            "engine_killed": self.engine_killed,
+            "engine_hung": self.engine_hung,
+            "monitor_killed": self.monitor_killed,
+            "monitor_hung": self.monitor_hung,
+            "driver_killed": self._driver_trials(trials),
+            "central_killed": self.central_killed,
+            "kafka_killed": self.kafka_killed,
+        }
+        results: dict[str, Any] = {}
+        for name, trial in cases.items():
+            rows: list[dict[str, float]] = []
+            error = None
+            for n in range(trials):
+                say(f"{name} {n + 1}/{trials}")
+                try:
+                    rows.append(trial())
+                except (TimeoutError, ProbeFailed, AssertionError) as exc:
+                    error = f"trial {n + 1}: {exc}"
+                    say(f"{name}: {error}")
+                    break
+            results[name] = {
+                "trials": rows,
+                "error": error,
+                **{key: summary([r[key] for r in rows if key in r]) for key in (rows[0] if rows else {})},
+            }
+        return results
+
+    def _cp(self):
+        return self.system.cps[self.target]
+
+    def _serve(self, cp_id: str, since: float) -> float:
+        charge = self.loop.run(self.prober.serve(cp_id, since, SERVE_TIMEOUT_S), SERVE_TIMEOUT_S + 20)
+        assert charge.started_s is not None
+        return charge.started_s
+
+    def _settle(self) -> None:
+        """Every CP ON and every engine reading its commands before the next trial."""
+        for cp in self.system.cps.values():
+            self.system.wait_cp(cp.cp_id, "ON")
+            wait_for(lambda cp=cp: log_count(cp.engine, ENGINE_READY) >= cp.engine.starts, "engine ready")
+
+    # ------------------------------------------------------------- engine
+
+    def engine_killed(self) -> dict[str, float]:
+        self._settle()
+        cp = self._cp()
+        failed = time.monotonic()
+        cp.engine.kill()
+        detection = self.system.wait_cp(cp.cp_id, "BROKEN") - failed
+        restarted = time.monotonic()
+        cp.engine.start()
+        on = self.system.wait_cp(cp.cp_id, "ON") - restarted
+        return {"detection_s": detection, "on_s": on, "recovery_s": self._serve(cp.cp_id, restarted)}
+
+    def engine_hung(self) -> dict[str, float]:
+        self._settle()
+        cp = self._cp()
+        failed = time.monotonic()
+        cp.engine.freeze()
+        try:
+            detection = self.system.wait_cp(cp.cp_id, "BROKEN") - failed
+        finally:
+            thawed = time.monotonic()
+            cp.engine.thaw()
+        return {"detection_s": detection, "on_after_wake_s": self.system.wait_cp(cp.cp_id, "ON") - thawed}
+
+    # ------------------------------------------------------------ monitor
+
+    def monitor_killed(self) -> dict[str, float]:
+        self._settle()
+        cp = self._cp()
+        failed = time.monotonic()
+        cp.monitor.kill()
+        detection = self.system.wait_cp(cp.cp_id, "DISCONNECTED") - failed
+        restarted = time.monotonic()
+        cp.monitor.start()
+        on = self.system.wait_cp(cp.cp_id, "ON") - restarted
+        return {"detection_s": detection, "on_s": on, "recovery_s": self._serve(cp.cp_id, restarted)}
+
+    def monitor_hung(self) -> dict[str, float]:
+        self._settle()
+        cp = self._cp()
+        failed = time.monotonic()
+        cp.monitor.freeze()
+        try:
+            detection = self.system.wait_cp(cp.cp_id, "DISCONNECTED") - failed
+        finally:
+            thawed = time.monotonic()
+            cp.monitor.thaw()
+        return {"detection_s": detection, "on_after_wake_s": self.system.wait_cp(cp.cp_id, "ON") - thawed}
+
+    # ------------------------------------------------------------- driver
+
+    def _driver_trials(self, trials: int) -> Trial:
+        """A driver with one request per trial and a long pause between them, killed during the pause.
+
+        Restarted, it resumes its requests file at the next line: the time until
+        that request shows as accepted on its screen is its recovery.
+        """
+        driver_id = self.system.ident("bench-driver")
+        state: dict[str, Child] = {}
+
+        def trial() -> dict[str, float]:
+            self._settle()
+            driver = state.get("driver")
+            if driver is None:
+                driver = state["driver"] = self.system.start_driver(
+                    driver_id, [self.spare] * (trials + 1), interval_s=3600
+                )
+                wait_for(lambda: log_count(driver, TICKET) >= 1, f"{driver_id}'s first ticket", 60)
+            done = log_count(driver, ACCEPTED)
+            # Killed while it waits out its interval: the last request is answered and recorded.
+            wait_for(lambda: log_count(driver, TICKET) >= done, f"{driver_id}'s ticket", 60)
+            time.sleep(0.2)
+            driver.kill()
+            restarted = time.monotonic()
+            driver.start()
+            ready = wait_for(lambda: driver.output().count(" ready (Kafka ") >= driver.starts, "driver ready")
+            accepted = wait_for(lambda: log_count(driver, ACCEPTED) > done, f"{driver_id}'s next request", 60)
+            return {"ready_s": ready - restarted, "recovery_s": accepted - restarted}
+
+        return trial
+
+    # ------------------------------------------------------------ central
+
+    def central_killed(self) -> dict[str, float]:
+        self._settle()
+        central = self.system.central
+        assert central is not None
+        central.kill()
+        restarted = time.monotonic()
+        central.start()
+        api = self.system.wait_central() - restarted
+        on = max(self.system.wait_cp(cp_id, "ON") for cp_id in self.system.cps) - restarted
+        return {"api_s": api, "on_s": on, "recovery_s": self._serve(self.spare, restarted)}
+
+    # -------------------------------------------------------------- Kafka
+
+    def kafka_killed(self) -> dict[str, float]:
+        self._settle()
+        self.broker.kill(signal.SIGKILL)
+        # A killed JVM holds its ports for a moment: start() would find it "running".
+        wait_for(lambda: not self.broker.status().running, "the killed broker to be gone")
+        restarted = time.monotonic()
+        started = self.broker.start(timeout_s=KAFKA_START_TIMEOUT_S)
+        broker_s = time.monotonic() - restarted
+        health = (
+            wait_for(lambda: self.system.view.health()["kafka"] == "up", "central to see Kafka") - restarted
+        )
+        return {
+            "broker_start_s": broker_s,
+            "broker_own_start_s": started.start_s,
+            "health_up_s": health,
+            "recovery_s": self._serve(self.spare, restarted),
+        }

@@ -1,0 +1,258 @@
+"""The benchmark's table: each figure beside its goal and the guide's promise. Pure: results in, rows out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.table import Table
+
+GUIDE_DETECTION_S = 20.0  # the guide: failures seen within 15-20 s
+GUIDE_RECOVERY_S = 30.0  # the guide: back in < 30 s
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    metric: str
+    goal: str
+    measured: str
+    verdict: str
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _at_most(value: float | None, goal: float, guide: float | None = None) -> str:
+    if value is None:
+        return "not measured"
+    verdict = "meets goal" if value <= goal else f"misses goal ({value / goal:.1f}x)"
+    if guide is not None and value > 0:
+        verdict += f"; {guide / value:.0f}x inside the guide's {guide:g} s"
+    return verdict
+
+
+def _at_least(value: float | None, goal: float) -> str:
+    if value is None:
+        return "not measured"
+    return "meets goal" if value >= goal else f"misses goal ({value / goal:.0%} of it)"
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    chaos = results.get("chaos", {})
+    detection = (
+        ("engine_killed", "engine killed → BROKEN", 1.0),
+        ("engine_hung", "engine hung (SIGSTOP) → BROKEN", 3.5),
+        ("monitor_killed", "monitor killed → DISCONNECTED", 1.0),
+        ("monitor_hung", "monitor hung (SIGSTOP) → DISCONNECTED", 3.5),
+    )
+    for key, label, goal in detection:
+        figure = chaos.get(key, {}).get("detection_s", {})
+        out.append(
+            Row(
+                "detection",
+                f"{label} (median / max of {figure.get('count', 0)})",
+                f"≤ {goal:g} s median (guide 15-20 s)",
+                f"{_s(figure.get('median'))} / {_s(figure.get('max'))}" + _error(chaos.get(key)),
+                _at_most(figure.get("median"), goal, GUIDE_DETECTION_S),
+            )
+        )
+    for key, label in (
+        ("engine_killed", "engine"),
+        ("monitor_killed", "monitor"),
+        ("driver_killed", "driver"),
+        ("central_killed", "central"),
+        ("kafka_killed", "Kafka"),
+    ):
+        figure = chaos.get(key, {}).get("recovery_s", {})
+        out.append(
+            Row(
+                "recovery",
+                f"{label} restarted → serving again (median / max of {figure.get('count', 0)})",
+                "≤ 5 s median (guide < 30 s)",
+                f"{_s(figure.get('median'))} / {_s(figure.get('max'))}" + _error(chaos.get(key)),
+                _at_most(figure.get("median"), 5.0, GUIDE_RECOVERY_S),
+            )
+        )
+    out += _latency_rows(results)
+    out += _load_rows(results)
+    for role, figure in results.get("footprint", {}).items():
+        out.append(
+            Row(
+                "footprint",
+                f"{role}: start → ready, RSS at ready",
+                "-",
+                f"{_s(figure.get('startup_median_s'))}, {figure.get('rss_median_mb') or 0:.0f} MB",
+                "reported",
+            )
+        )
+    return out
+
+
+def _error(case: dict[str, Any] | None) -> str:
+    return f" (stopped: {case['error']})" if case and case.get("error") else ""
+
+
+def _latency_rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    low = results.get("latency", {}).get("low_load", {})
+    floor = results.get("latency", {}).get("floor_s", {})
+    multiples = results.get("latency", {}).get("hop_multiples", {})
+    accepted = low.get("accepted_s", {})
+    out.append(
+        Row(
+            "latency",
+            f"request → accepted, low load (p50 / p95 / p99 of {accepted.get('count', 0)})",
+            "p50 ≤ 20 ms, p99 ≤ 100 ms",
+            f"{_ms(accepted.get('p50'))} / {_ms(accepted.get('p95'))} / {_ms(accepted.get('p99'))}",
+            _both(accepted.get("p50"), 0.020, accepted.get("p99"), 0.100),
+        )
+    )
+    for key, label, hops in (
+        ("supply_started_s", "request → supply started (seq 0), low load", "supply_started_vs_4_hops"),
+        (
+            "first_reading_s",
+            "request → first meter reading, low load",
+            "first_reading_minus_interval_vs_4_hops",
+        ),
+    ):
+        figure = low.get(key, {})
+        note = f"{multiples.get(hops)}x 4 hops" if multiples.get(hops) is not None else "-"
+        if key == "first_reading_s":
+            note += f" after the {low.get('meter_interval_s', 1):g} s meter interval"
+        out.append(
+            Row(
+                "latency",
+                f"{label} (p50 / p95 / p99 of {figure.get('count', 0)})",
+                "-",
+                f"{_ms(figure.get('p50'))} / {_ms(figure.get('p95'))} / {_ms(figure.get('p99'))}",
+                note,
+            )
+        )
+    out.append(
+        Row(
+            "latency",
+            f"bare aiokafka produce → consume, one hop (p50 / p99 of {floor.get('count', 0)})",
+            "the floor",
+            f"{_ms(floor.get('p50'))} / {_ms(floor.get('p99'))}",
+            f"accepted p50 = {multiples.get('accepted_vs_2_hops', '-')}x (2 hops x floor)",
+        )
+    )
+    sustained = results.get("latency", {}).get("sustained", {})
+    if sustained:
+        figure = sustained.get("latency_s", {}).get("accepted", {})
+        first = sustained.get("latency_s", {}).get("first_reading", {})
+        out.append(
+            Row(
+                "latency",
+                f"request → accepted at {sustained.get('request_rate_per_s')} requests/s "
+                f"(sim, p50 / p95 / p99 of {figure.get('count', 0)})",
+                "-",
+                f"{_ms(figure.get('p50'))} / {_ms(figure.get('p95'))} / {_ms(figure.get('p99'))}",
+                f"supply started p50 {_ms(first.get('p50'))}, p99 {_ms(first.get('p99'))}; "
+                f"errors {sustained.get('errors', {}).get('total', '-')}",
+            )
+        )
+    return out
+
+
+def _both(p50: float | None, p50_goal: float, p99: float | None, p99_goal: float) -> str:
+    if p50 is None or p99 is None:
+        return "not measured"
+    misses = [
+        f"{name} {v / g:.1f}x goal"
+        for name, v, g in (("p50", p50, p50_goal), ("p99", p99, p99_goal))
+        if v > g
+    ]
+    return "meets goal" if not misses else "misses goal: " + ", ".join(misses)
+
+
+def _load_rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    tput = results.get("throughput", {})
+    if tput:
+        best = max(
+            (s for s in tput.get("steps", []) if s.get("keeping_up")),
+            key=lambda s: s.get("applied_per_s", 0),
+            default={},
+        )
+        sustained = tput.get("max_sustained_applied_per_s")
+        out.append(
+            Row(
+                "throughput",
+                "meter readings central applies per second, backlog steady (with SQLite writes)",
+                "≥ 5,000/s on 2 cores",
+                f"{sustained or 0:,.0f}/s (peak {tput.get('peak_applied_per_s') or 0:,.0f}/s)",
+                _at_least(sustained, 5000) + f"; limit: {tput.get('limited_by')}",
+            )
+        )
+        out.append(
+            Row(
+                "throughput",
+                "central at that rate: CPU, RSS (simulator's CPU)",
+                "-",
+                f"{best.get('central_cpu_percent', '-')} % of a core, {best.get('central_rss_mb', '-')} MB",
+                f"sim {best.get('sim_cpu_percent', '-')} %, broker {best.get('broker_cpu_percent', '-')} %",
+            )
+        )
+    for run in results.get("scale", {}).get("runs", []):
+        goal = "≤ 10 s, zero errors" if run["cps"] == 1000 else "zero errors"
+        seconds = run.get("registration_s")
+        verdict = "reported"
+        if run["cps"] == 1000:
+            verdict = (
+                _at_most(seconds, 10.0)
+                if run.get("errors") == 0
+                else f"misses goal: {run.get('errors')} errors"
+            )
+        elif run.get("errors"):
+            verdict = f"{run['errors']} errors"
+        out.append(
+            Row(
+                "scale",
+                f"{run['cps']:,} CPs join at once: all ON at central",
+                goal,
+                f"{run.get('registered')} in {_s(seconds)} "
+                f"({run.get('registrations_per_s') or 0:.0f} CPs/s), "
+                f"errors {run.get('errors')}, central {run.get('central_cpu_percent', '-')} % CPU",
+                verdict,
+            )
+        )
+    scale = results.get("scale", {})
+    if scale.get("runs"):
+        biggest = scale["runs"][-1]
+        out.append(
+            Row(
+                "scale",
+                "simulator memory per simulated CP (engine + monitor)",
+                "-",
+                f"{(scale.get('marginal_rss_per_cp_mb') or 0) * 1024:.0f} KB marginal; "
+                f"{biggest.get('rss_per_cp_mb') or 0:.3f} MB at {biggest['cps']:,}",
+                "reported",
+            )
+        )
+    return out
+
+
+def table(results: dict[str, Any]) -> Table:
+    machine = results.get("machine", {})
+    out = Table(
+        title=f"evcharge bench — {machine.get('cpus')} x {machine.get('cpu_model')}, "
+        f"Python {machine.get('python')}, {machine.get('date')}",
+        title_justify="left",
+    )
+    for column in ("", "measure", "goal", "measured", "vs goal / guide"):
+        out.add_column(column, overflow="fold")
+    previous = None
+    for row in rows(results):
+        out.add_row(
+            row.section if row.section != previous else "", row.metric, row.goal, row.measured, row.verdict
+        )
+        previous = row.section
+    return out

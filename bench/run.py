@@ -1,0 +1,270 @@
+"""`python -m bench.run [--quick] [--trials N] [--out FILE]`: measure, print the table, save the JSON.
+
+Everything runs on this machine in one go: its own Kafka on free ports in a temp
+dir, its own central, CPs, drivers and simulators as real processes, all
+stopped at the end whatever happens. Order of the phases: footprint, the Kafka
+floor, low-load latency, detection and recovery (Kafka last among them), then
+the simulator's runs: sustained latency, throughput steps, scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from bench import chaos, footprint, latency, load, profile, report
+from bench.loop import LoopThread
+from bench.probe import Prober
+from bench.procs import machine, rss_mb
+from bench.system import BenchSystem, new_system
+from evcharge.broker import KAFKA_VERSION, LocalBroker
+from tests.kafka_fixture import free_ports
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: int
+    footprint_reps: int
+    floor_samples: int
+    accepted_samples: int
+    reading_samples: int
+    steps: list[load.Step] = field(default_factory=list)
+    scale_sizes: list[int] = field(default_factory=list)
+    quick: bool = False
+
+    @classmethod
+    def make(cls, quick: bool, trials: int | None) -> Plan:
+        if quick:
+            return cls(
+                trials=trials or 3,
+                footprint_reps=1,
+                floor_samples=100,
+                accepted_samples=40,
+                reading_samples=6,
+                steps=[load.Step(100, 0.1), load.Step(200, 0.05)],
+                scale_sizes=[100, 1000],
+                quick=True,
+            )
+        return cls(
+            trials=trials or 5,
+            footprint_reps=3,
+            floor_samples=300,
+            accepted_samples=100,
+            reading_samples=20,
+            steps=[load.Step(100, 0.1), load.Step(100, 0.05), load.Step(200, 0.05), load.Step(400, 0.05)],
+            scale_sizes=[100, 1000, 5000],
+        )
+
+
+class Bench:
+    def __init__(self, plan: Plan, root: Path, console: Console, profile_central: bool) -> None:
+        self.plan = plan
+        self.root = root
+        self.console = console
+        self.profile_central = profile_central
+        self.started = time.monotonic()
+        self.results: dict[str, Any] = {
+            "machine": machine(),
+            "kafka_version": KAFKA_VERSION,
+            "mode": "quick" if plan.quick else "full",
+            "plan": {
+                "trials": plan.trials,
+                "steps": [[s.drivers, s.meter_interval_s] for s in plan.steps],
+                "scale_sizes": plan.scale_sizes,
+            },
+            "phases_s": {},
+        }
+        self.loop = LoopThread()
+        self.broker: LocalBroker | None = None
+        self.systems: list[BenchSystem] = []
+        self.prober: Prober | None = None
+        self.runner: load.LoadRunner | None = None
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{time.monotonic() - self.started:6.1f} s[/]  {text}", highlight=False)
+
+    def phase(self, name: str, work: Callable[[], _T]) -> _T:
+        self.say(f"[bold]{name}[/]")
+        started = time.monotonic()
+        try:
+            return work()
+        finally:
+            self.results["phases_s"][name] = round(time.monotonic() - started, 1)
+
+    def run(self) -> None:
+        plan = self.plan
+        port, controller_port = free_ports(2)
+        self.broker = LocalBroker(data_dir=self.root / "kafka", port=port, controller_port=controller_port)
+        started = self.phase("kafka", lambda: self.broker.start(timeout_s=180, progress=self.say))  # type: ignore[union-attr]
+        kafka = self.broker.bootstrap
+        broker = {
+            "start_s": started.start_s,
+            "rss_mb": rss_mb(started.status.pid),
+            "fetch_s": started.fetch_s,
+        }
+
+        roles = self.phase(
+            "footprint", lambda: footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker)
+        )
+        self.results["footprint"] = {
+            role: {
+                "startup_median_s": round(statistics.median(f["startup_s"]), 3) if f["startup_s"] else None,
+                "rss_median_mb": round(statistics.median(f["rss_mb"]), 1) if f["rss_mb"] else None,
+                **f,
+            }
+            for role, f in roles.items()
+        }
+        lat: dict[str, Any] = self.results.setdefault("latency", {})
+        lat["floor_s"] = self.phase(
+            "kafka floor", lambda: latency.measure_floor(self.loop, kafka, plan.floor_samples)
+        )
+
+        system = new_system(self.root, kafka, "main", max_session_s=2.0)
+        self.systems.append(system)
+        system.start_central()
+        target, spare = system.ident("BENCH-1"), system.ident("BENCH-2")
+        for cp_id in (target, spare):
+            system.add_cp(cp_id)
+        self.prober = Prober(kafka, system.ident("bench-probe"))
+        self.loop.run(self.prober.start(), 60)
+        lat["low_load"] = self.phase(
+            "low-load latency",
+            lambda: latency.measure_low_load(
+                self.loop,
+                self.prober,
+                [target, spare],
+                plan.accepted_samples,
+                plan.reading_samples,  # type: ignore[arg-type]
+            ),
+        )
+        lat["hop_multiples"] = latency.hop_multiples(lat["low_load"], lat["floor_s"])
+        self.results["chaos"] = self.phase(
+            "detection and recovery",
+            lambda: chaos.Chaos(system, self.loop, self.prober, self.broker, target, spare).run(  # type: ignore[arg-type]
+                plan.trials, self.say
+            ),
+        )
+        self._stop_main()
+
+        self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
+        lat["sustained"] = self.phase(
+            "sustained latency",
+            lambda: load.sustained_latency(self.runner, plan.quick, self.say),  # type: ignore[arg-type]
+        )
+        raw_profile = self.root / "central-profile.txt" if self.profile_central else None
+        self.results["throughput"] = self.phase(
+            "throughput",
+            lambda: load.throughput(self.runner, plan.steps, self.say, raw_profile),  # type: ignore[arg-type]
+        )
+        if raw_profile is not None and raw_profile.exists():
+            self.results["profile_central"] = profile.summarise(raw_profile)
+        self.results["scale"] = self.phase(
+            "scale", lambda: load.scale(self.runner, plan.scale_sizes, self.say)
+        )  # type: ignore[arg-type]
+
+    def _stop_main(self) -> None:
+        if self.prober is not None:
+            prober, self.prober = self.prober, None
+            self.loop.run(prober.close(), 30)
+        for system in self.systems:
+            system.stop_all()
+        self.systems.clear()
+
+    def close(self) -> None:
+        """Stop everything this run started, each step on its own so one failure does not skip the rest."""
+        steps: list[Callable[[], object]] = [self._stop_main]
+        if self.runner is not None:
+            steps.append(self.runner.close)
+        steps.append(self.loop.close)
+        if self.broker is not None:
+            steps.append(self.broker.stop)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                self.say(f"[red]cleanup: {exc!r}[/]")
+        self.results["total_s"] = round(time.monotonic() - self.started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer trials and samples, no 5,000-CP run (~3 min)"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=None, help="trials per detection/recovery case (5; 3 quick)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
+    parser.add_argument("--no-profile", action="store_true", help="do not profile central with py-spy")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
+    args = parser.parse_args(argv)
+
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    plan = Plan.make(args.quick, args.trials)
+    root = Path(tempfile.mkdtemp(prefix="evcharge-bench-"))
+    use_profiler = not args.no_profile and load.profiler_path() is not None
+    bench = Bench(plan, root, console, use_profiler)
+    if not use_profiler and not args.no_profile:
+        bench.say("py-spy not found: central is not profiled (pip install py-spy into .venv to profile)")
+    # SIGTERM (make interrupted, CI cancelled) goes down the same path as Ctrl-C: everything is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    failed: BaseException | None = None
+    try:
+        bench.run()
+    except BaseException as exc:
+        failed = exc
+        bench.results["error"] = repr(exc)
+    finally:
+        bench.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(bench.results, indent=2, ensure_ascii=False) + "\n")
+    console.print(report.table(bench.results))
+    if "profile_central" in bench.results:
+        console.print(_profile_lines(bench.results["profile_central"]))
+    console.print(f"results written to {args.out} in {bench.results['total_s']:.0f} s")
+    if failed is not None or args.keep:
+        console.print(f"logs kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    if failed is not None:
+        if isinstance(failed, KeyboardInterrupt):
+            return 130
+        console.print(f"[red]bench failed: {failed!r}[/]")
+        return 1
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _profile_lines(p: dict[str, Any]) -> str:
+    def fmt(pairs: list[list[Any]], n: int = 6) -> str:
+        return "; ".join(f"{name} {pct} %" for name, pct in pairs[:n])
+
+    return (
+        f"central profiled (py-spy, {p['samples']} samples, {p['busy_cores']} cores busy):\n"
+        f"  by library: {fmt(p['by_area_percent'])}\n"
+        f"  self time: {fmt(p['self_percent'])}\n"
+        f"  evcharge (inclusive): {fmt(p['evcharge_inclusive_percent'])}"
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
