@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -116,6 +118,28 @@ def central(
             help="After a restart, seconds to wait for known CPs' monitors before judging queued requests.",
         ),
     ] = 5.0,
+    require_auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-auth/--no-require-auth",
+            envvar="EVCHARGE_REQUIRE_AUTH",
+            help="CPs register with the join token, then their own secret; CP changes over HTTP need the "
+            "operator token (default: on when listening on a non-loopback address).",
+        ),
+    ] = None,
+    join_token: Annotated[
+        str | None, typer.Option(envvar="EVCHARGE_JOIN_TOKEN", help="Token a new CP shows to join.")
+    ] = None,
+    operator_token: Annotated[
+        str | None,
+        typer.Option(envvar="EVCHARGE_OPERATOR_TOKEN", help="Bearer token for stop/resume/forget over HTTP."),
+    ] = None,
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="EVCHARGE_AUDIT_LOG", help="Append-only audit log (default: audit.log beside --db)."
+        ),
+    ] = None,
     partitions: Partitions = 8,
     log_level: LogLevel = "info",
     log_json: LogJson = False,
@@ -124,6 +148,15 @@ def central(
     from evcharge.central.app import CentralApp, CentralSettings
 
     show_panel = sys.stdout.isatty() if panel is None else panel
+    auth = not ipaddress.ip_address(_resolve(host)).is_loopback if require_auth is None else require_auth
+    if auth and not (join_token and operator_token):
+        typer.secho(
+            "error: with auth on (--require-auth, or listening beyond loopback) central needs "
+            "--join-token and --operator-token (or EVCHARGE_JOIN_TOKEN / EVCHARGE_OPERATOR_TOKEN)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
     settings = CentralSettings(
         kafka=kafka,
         db_path=db,
@@ -136,6 +169,10 @@ def central(
         heartbeat_timeout_s=heartbeat_timeout,
         startup_grace_s=startup_grace,
         panel=show_panel,
+        require_auth=auth,
+        join_token=join_token,
+        operator_token=operator_token,
+        audit_path=audit_log or db.parent / "audit.log",
     )
     if show_panel:
         from evcharge.central.panel import panel_logging
@@ -257,6 +294,13 @@ def monitor(
             help="How long to retry when central says this CP id already has a live monitor.",
         ),
     ] = 10.0,
+    join_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EVCHARGE_JOIN_TOKEN", help="The operator's join token, when central requires one."
+        ),
+    ] = None,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
     log_level: LogLevel = "info",
     log_json: LogJson = False,
 ) -> None:
@@ -280,6 +324,8 @@ def monitor(
         check_interval_s=check_interval,
         failure_threshold=failures,
         claim_timeout_s=claim_timeout,
+        join_token=join_token,
+        secret_path=state_dir / f"monitor-{cp_id}.secret",
     )
     _start(Monitor(settings).run, log_level, log_json)
 
@@ -337,6 +383,13 @@ def driver(
     role = Driver(settings)
     plan = str(requests.resolve()) if requests else "interactive"
     _start(lambda stop: role.run(stop, lines, plan), log_level, log_json)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host if host.replace(".", "").isdigit() else "0.0.0.0"
 
 
 def _not_built(name: str) -> None:

@@ -19,13 +19,21 @@ cp_app = typer.Typer(no_args_is_help=True, help="List, stop, resume or forget ch
 app.add_typer(cp_app, name="cp")
 
 
-def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+OperatorToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar="EVCHARGE_OPERATOR_TOKEN", help="Operator token, when central requires one."
+    ),
+]
+
+
+def _call(method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None) -> Any:
     import aiohttp
 
     async def go() -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
-            http.request(method, url, json=body) as response,
+            http.request(method, url, json=body, headers=_bearer(token)) as response,
         ):
             return response.status, await response.json(content_type=None)
 
@@ -39,6 +47,10 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
         typer.secho(f"error {status}: {message}", fg="red", err=True)
         raise typer.Exit(1)
     return data
+
+
+def _bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _show(data: Any) -> None:
@@ -66,10 +78,11 @@ def cp_show(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
 def cp_stop(
     cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
     central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+    token: OperatorToken = None,
 ) -> None:
     """Stop a CP (ends its supply with a ticket; it shows 'Out of order')."""
     path = "/cp/stop-all" if cp_id == "all" else f"/cp/{cp_id}/stop"
-    _call("POST", central_url + path)
+    _call("POST", central_url + path, token=token)
     typer.echo(f"stopped {cp_id}")
 
 
@@ -77,17 +90,18 @@ def cp_stop(
 def cp_resume(
     cp_id: Annotated[str, typer.Argument(help="A CP id, or 'all'.")],
     central_url: CentralUrl = DEFAULT_CENTRAL_URL,
+    token: OperatorToken = None,
 ) -> None:
     """Put a stopped CP back in service."""
     path = "/cp/resume-all" if cp_id == "all" else f"/cp/{cp_id}/resume"
-    _call("POST", central_url + path)
+    _call("POST", central_url + path, token=token)
     typer.echo(f"resumed {cp_id}")
 
 
 @cp_app.command("forget")
-def cp_forget(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
+def cp_forget(cp_id: str, central_url: CentralUrl = DEFAULT_CENTRAL_URL, token: OperatorToken = None) -> None:
     """Remove a disconnected CP from the registry."""
-    _call("DELETE", f"{central_url}/cp/{cp_id}")
+    _call("DELETE", f"{central_url}/cp/{cp_id}", token=token)
     typer.echo(f"forgot {cp_id}")
 
 

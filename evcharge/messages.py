@@ -223,10 +223,15 @@ class Register(Frame, tag="register"):
     health: Health
     instance: Ident  # one per monitor process: tells a crash-restart from a second live monitor
     engine: str | None = None  # the engine instance this monitor checks
+    # Credentials when central requires them: the operator's join token the first
+    # time, the secret central handed out ever after.
+    token: str | None = None
+    secret: str | None = None
 
 
 class Registered(Frame, tag="registered"):
     cp_id: CpId
+    secret: str | None = None  # issued when the CP joined with the join token: keep it
 
 
 class Heartbeat(Frame, tag="heartbeat"):

@@ -59,6 +59,7 @@ class System:
     kafka: str
     max_session_s: float = 4.0
     central_args: list[str] = field(default_factory=list)
+    monitor_args: list[str] = field(default_factory=list)
     cps: dict[str, ChargePoint] = field(default_factory=dict)
     drivers: dict[str, Child] = field(default_factory=dict)
     central: Child | None = None
@@ -134,6 +135,9 @@ class System:
                 location,
                 "--price",
                 str(price),
+                "--state-dir",
+                str(self.state_dir),
+                *self.monitor_args,
             ],
             self.logs / f"monitor-{cp_id}.log",
         ).start()

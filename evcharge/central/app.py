@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from evcharge.central.audit import AuditLog
 from evcharge.central.http_api import CentralApi
 from evcharge.central.monitor_server import MonitorServer
 from evcharge.central.service import CentralService
@@ -47,6 +48,10 @@ class CentralSettings:
     # known CPs' monitors are back (or this much time passed), not against a
     # registry that still shows everything DISCONNECTED.
     startup_grace_s: float = 5.0
+    require_auth: bool = False
+    join_token: str | None = None
+    operator_token: str | None = None
+    audit_path: Path | None = None
 
 
 class CentralApp:
@@ -64,12 +69,19 @@ class CentralApp:
             start_timeout_s=s.start_timeout_s,
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             on_outbox=relay.wake,
+            join_token=s.join_token if s.require_auth else None,
+            audit=AuditLog(s.audit_path),
         )
         self.service = service
         await service.load()
         monitors = MonitorServer(service, s.host, s.tcp_port)
         consumer = ConsumerLoop(s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle)
-        api = CentralApi(service, started, lambda: relay.kafka_up and consumer.kafka_up)
+        api = CentralApi(
+            service,
+            started,
+            lambda: relay.kafka_up and consumer.kafka_up,
+            operator_token=s.operator_token if s.require_auth else None,
+        )
         runner = web.AppRunner(api.app, access_log=None)
         try:
             await monitors.start()
@@ -99,6 +111,7 @@ class CentralApp:
             await monitors.close()
             await runner.cleanup()
             await store.close()
+            service.audit.close()
         log.info("central stopped")
         return 0
 

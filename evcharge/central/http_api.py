@@ -6,6 +6,7 @@ bad input is a 4xx, never a 500.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -66,11 +67,20 @@ def session_json(s: Session) -> dict[str, Any]:
 
 
 class CentralApi:
-    def __init__(self, service: CentralService, started_at: float, kafka_up: Any) -> None:
+    def __init__(
+        self,
+        service: CentralService,
+        started_at: float,
+        kafka_up: Any,
+        operator_token: str | None = None,
+    ) -> None:
         self._service = service
         self._started_at = started_at
         self._kafka_up = kafka_up
-        self.app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+        self._operator_token = operator_token
+        self.app = web.Application(
+            middlewares=[json_errors, self._operator_only], client_max_size=MAX_BODY_BYTES
+        )
         self.app.add_routes(
             [
                 web.get("/health", self.health),
@@ -87,6 +97,19 @@ class CentralApi:
                 web.get("/messages", self.list_messages),
             ]
         )
+
+    @web.middleware
+    async def _operator_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """With auth on, changing a CP (stop, resume, forget) needs the operator's bearer token."""
+        if self._operator_token is None or request.method == "GET" or not request.path.startswith("/cp"):
+            return await handler(request)
+        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), self._operator_token.encode()):
+            self._service.audit.record(
+                request.path, who="unknown", peer=str(request.remote), result="refused: no operator token"
+            )
+            return _error(401, "unauthorized", "this needs the operator token: Authorization: Bearer <token>")
+        return await handler(request)
 
     def cp_json(self, cp_id: str) -> dict[str, Any]:
         live = self._service.cps[cp_id]
@@ -129,27 +152,27 @@ class CentralApi:
         return web.json_response(self.cp_json(cp_id))
 
     async def stop_cp(self, request: web.Request) -> web.Response:
-        return await self._operate(request.match_info["cp_id"], stop=True)
+        return await self._operate(request.match_info["cp_id"], stop=True, by=_actor(request))
 
     async def resume_cp(self, request: web.Request) -> web.Response:
-        return await self._operate(request.match_info["cp_id"], stop=False)
+        return await self._operate(request.match_info["cp_id"], stop=False, by=_actor(request))
 
-    async def _operate(self, cp_id: str, *, stop: bool) -> web.Response:
+    async def _operate(self, cp_id: str, *, stop: bool, by: str) -> web.Response:
         try:
-            await (self._service.stop_cp(cp_id) if stop else self._service.resume_cp(cp_id))
+            await (self._service.stop_cp(cp_id, by) if stop else self._service.resume_cp(cp_id, by))
         except KeyError:
             return _error(404, "unknown_cp", f"{cp_id} is not a known charging point")
         return web.json_response(self.cp_json(cp_id))
 
     async def stop_all(self, request: web.Request) -> web.Response:
-        return await self._operate_all(stop=True)
+        return await self._operate_all(stop=True, by=_actor(request))
 
     async def resume_all(self, request: web.Request) -> web.Response:
-        return await self._operate_all(stop=False)
+        return await self._operate_all(stop=False, by=_actor(request))
 
-    async def _operate_all(self, *, stop: bool) -> web.Response:
+    async def _operate_all(self, *, stop: bool, by: str) -> web.Response:
         for cp_id in sorted(self._service.cps):
-            await (self._service.stop_cp(cp_id) if stop else self._service.resume_cp(cp_id))
+            await (self._service.stop_cp(cp_id, by) if stop else self._service.resume_cp(cp_id, by))
         return web.json_response(
             {"charging_points": [self.cp_json(cp_id) for cp_id in sorted(self._service.cps)]}
         )
@@ -157,7 +180,7 @@ class CentralApi:
     async def forget_cp(self, request: web.Request) -> web.Response:
         cp_id = request.match_info["cp_id"]
         try:
-            await self._service.forget_cp(cp_id)
+            await self._service.forget_cp(cp_id, _actor(request))
         except KeyError:
             return _error(404, "unknown_cp", f"{cp_id} is not a known charging point")
         except Refused as exc:
@@ -219,3 +242,7 @@ class CentralApi:
         return web.json_response(
             {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._service.messages]}
         )
+
+
+def _actor(request: web.Request) -> str:
+    return f"http {request.remote}"

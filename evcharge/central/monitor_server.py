@@ -73,13 +73,13 @@ class MonitorServer:
 
         link = MonitorLink(instance=first.instance, peer=peer, close=close)
         try:
-            await self._service.register(first, link)
+            issued = await self._service.register(first, link)
         except Refused as exc:
             await _reply_error(writer, first.corr, exc.code, exc.reason)
             return
         why = "connection closed"
         try:
-            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id))
+            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id, secret=issued))
             while True:
                 timeout = self._service.heartbeat_timeout_s * 2
                 frame = await frames.read(timeout_s=timeout)

@@ -106,7 +106,7 @@ async def execute(service: CentralService, command: Command) -> Notice:
             if live is None or live.record.stopped is stop:
                 continue
             try:
-                await (service.stop_cp if stop else service.resume_cp)(cp_id)
+                await (service.stop_cp if stop else service.resume_cp)(cp_id, "panel")
             except KeyError:
                 continue  # forgotten meanwhile
             changed += 1
@@ -119,7 +119,7 @@ async def execute(service: CentralService, command: Command) -> Notice:
         return Notice(f"no charging point matches {command.target!r}", "error")
     stop = command.action is Action.STOP
     try:
-        await (service.stop_cp if stop else service.resume_cp)(cp_id)
+        await (service.stop_cp if stop else service.resume_cp)(cp_id, "panel")
     except KeyError:
         return Notice(f"{cp_id} is no longer known", "error")
     return Notice(f"{cp_id} {'stopped (out of order)' if stop else 'resumed'}", "warning" if stop else "info")

@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from evcharge.central.audit import AuditLog
+from evcharge.central.credentials import Deny, check_registration, hash_secret
 from evcharge.central.ledger import Applied, Session, apply_event, end_session
 from evcharge.central.status import CpStatus, cp_status, denial_for
 from evcharge.central.store import CentralStore, CpRecord, Outgoing, RequestOutcome
@@ -77,12 +79,16 @@ class CentralService:
         start_timeout_s: float = 10.0,
         heartbeat_timeout_s: float = 3.0,
         on_outbox: Callable[[], None] = lambda: None,
+        join_token: str | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self.request_ttl_s = request_ttl_s
         self.start_timeout_s = start_timeout_s
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._on_outbox = on_outbox
+        self._join_token = join_token  # None: registrations need no credential (loopback)
+        self.audit = audit or AuditLog(None)
         self._lock = asyncio.Lock()
         self._monitor_joined = asyncio.Event()
         self.cps: dict[str, LiveCp] = {}
@@ -145,12 +151,11 @@ class CentralService:
                 async with asyncio.timeout(remaining):
                     await self._monitor_joined.wait()
 
-    async def register(self, frame: Register, link: MonitorLink) -> bool:
-        """Accept a monitor for `frame.cp_id`; Refused if another live monitor holds it.
-
-        Returns True when the CP was unknown until now.
-        """
+    async def register(self, frame: Register, link: MonitorLink) -> str | None:
+        """Accept a monitor for `frame.cp_id`; Refused if another live monitor holds it or
+        its credential does not hold. Returns the secret issued to a CP that just joined."""
         async with self._lock:
+            issued = await self._check_credential(frame, link)
             live = self.cps.get(frame.cp_id)
             if live and live.monitor and live.monitor.instance != frame.instance:
                 self._count("registrations_refused")
@@ -159,6 +164,7 @@ class CentralService:
                     f"(already connected from {live.monitor.peer})",
                     "warning",
                 )
+                self.audit.record("register", who=frame.cp_id, peer=link.peer, result="refused: duplicate_cp")
                 raise Refused(
                     "duplicate_cp",
                     f"{frame.cp_id} already has a live monitor connected from "
@@ -190,7 +196,27 @@ class CentralService:
                 else f"{frame.cp_id} connected"
             )
             await self._set_health(live, frame.health)
-            return is_new
+            self.audit.record("register", who=frame.cp_id, peer=link.peer, new=is_new)
+            return issued
+
+    async def _check_credential(self, frame: Register, link: MonitorLink) -> str | None:
+        if self._join_token is None:
+            return None
+        decision = check_registration(
+            frame.cp_id,
+            join_token=self._join_token,
+            presented_token=frame.token,
+            presented_secret=frame.secret,
+            stored_hash=await self._store.secret_hash(frame.cp_id),
+        )
+        if isinstance(decision, Deny):
+            self._count("registrations_refused")
+            self.audit.record("register", who=frame.cp_id, peer=link.peer, result=f"refused: {decision.code}")
+            self._say(f"{frame.cp_id}: refused a registration from {link.peer} ({decision.code})", "warning")
+            raise Refused(decision.code, decision.reason)
+        if decision.issue is not None:
+            await self._store.save_secret_hash(frame.cp_id, hash_secret(decision.issue))
+        return decision.issue
 
     async def heartbeat(
         self, cp_id: str, link: MonitorLink, health: Health, engine: str | None = None
@@ -288,6 +314,7 @@ class CentralService:
             )
             self._track(session)
             self._count("requests_accepted")
+            self.audit.record("charge", who=request.driver_id, cp=request.cp_id, session=session.session_id)
             self._say(f"{request.driver_id} → {request.cp_id}: authorised (session {session.session_id[:8]})")
             return outcome
 
@@ -351,6 +378,7 @@ class CentralService:
             ],
         )
         self._count("requests_denied")
+        self.audit.record("charge", who=request.driver_id, cp=request.cp_id, result=f"denied: {code.value}")
         self._say(f"{request.driver_id} → {request.cp_id}: denied ({reason})")
         return outcome
 
@@ -391,6 +419,7 @@ class CentralService:
                     self._track(session)
                 elif self._untrack(session):
                     self._count("sessions_ended")
+                    self._audit_end(session)
                     self._say(
                         f"{session.cp_id}: session {session.session_id[:8]} of {session.driver_id} ended "
                         f"({session.end_reason.value if session.end_reason else '?'}): "
@@ -435,6 +464,7 @@ class CentralService:
         )
         self._untrack(session)
         self._count("sessions_ended")
+        self._audit_end(session)
         self._say(
             f"{session.cp_id}: session {session.session_id[:8]} of {session.driver_id} closed by central "
             f"({reason.value}): {session.kwh:.3f} kWh, {session.eur:.2f} EUR",
@@ -443,13 +473,13 @@ class CentralService:
 
     # ---------------------------------------------------------- operator
 
-    async def stop_cp(self, cp_id: str) -> None:
-        await self._set_stopped(cp_id, True)
+    async def stop_cp(self, cp_id: str, by: str = "operator") -> None:
+        await self._set_stopped(cp_id, True, by)
 
-    async def resume_cp(self, cp_id: str) -> None:
-        await self._set_stopped(cp_id, False)
+    async def resume_cp(self, cp_id: str, by: str = "operator") -> None:
+        await self._set_stopped(cp_id, False, by)
 
-    async def _set_stopped(self, cp_id: str, stopped: bool) -> None:
+    async def _set_stopped(self, cp_id: str, stopped: bool, by: str) -> None:
         async with self._lock:
             live = self.cps.get(cp_id)
             if live is None:
@@ -459,12 +489,13 @@ class CentralService:
             await self._store.commit(cps=[record], messages=[_outgoing(command)])
             self._on_outbox()
             live.record = record
+            self.audit.record("stop_cp" if stopped else "resume_cp", who=by, cp=cp_id)
             self._say(
                 f"{cp_id} {'stopped by the operator' if stopped else 'resumed by the operator'}",
                 "warning" if stopped else "info",
             )
 
-    async def forget_cp(self, cp_id: str) -> None:
+    async def forget_cp(self, cp_id: str, by: str = "operator") -> None:
         async with self._lock:
             live = self.cps.get(cp_id)
             if live is None:
@@ -475,9 +506,21 @@ class CentralService:
                 raise Refused("cp_busy", f"{cp_id} has a session in progress")
             await self._store.commit(forget_cps=[cp_id])
             del self.cps[cp_id]
+            self.audit.record("forget_cp", who=by, cp=cp_id)
             self._say(f"{cp_id} forgotten by the operator")
 
     # ---------------------------------------------------------- plumbing
+
+    def _audit_end(self, session: Session) -> None:
+        self.audit.record(
+            "session_end",
+            who=session.driver_id,
+            cp=session.cp_id,
+            session=session.session_id,
+            reason=session.end_reason.value if session.end_reason else None,
+            kwh=session.kwh,
+            eur=session.eur,
+        )
 
     async def _commit(
         self,

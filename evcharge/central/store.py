@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS cps (
     stopped INTEGER NOT NULL DEFAULT 0,
     registered_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cp_credentials (
+    cp_id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     request_id TEXT NOT NULL,
@@ -118,6 +122,17 @@ class CentralStore:
                 for r in await cursor.fetchall()
             ]
 
+    async def secret_hash(self, cp_id: str) -> str | None:
+        async with self._db.execute(
+            "SELECT secret_hash FROM cp_credentials WHERE cp_id = ?", (cp_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
+    async def save_secret_hash(self, cp_id: str, secret_hash: str) -> None:
+        async with self._db.transaction() as db:
+            await db.execute("INSERT OR REPLACE INTO cp_credentials VALUES (?, ?)", (cp_id, secret_hash))
+
     async def load_active_sessions(self) -> list[Session]:
         return await self._sessions("WHERE state != 'ended' ORDER BY created_at", ())
 
@@ -178,6 +193,8 @@ class CentralStore:
                 ],
             )
             await db.executemany("DELETE FROM cps WHERE cp_id = ?", [(c,) for c in forget_cps])
+            # A forgotten CP id may join again, as a new CP, with the join token.
+            await db.executemany("DELETE FROM cp_credentials WHERE cp_id = ?", [(c,) for c in forget_cps])
             await db.executemany(
                 "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_session_row(s) for s in sessions],

@@ -13,10 +13,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from evcharge.cp.health import HealthTracker
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
-from evcharge.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register
+from evcharge.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register, Registered
 from evcharge.runtime.backoff import Backoff
 from evcharge.runtime.reconnect import LinkWatch, is_retriable
 from evcharge.runtime.tcp import FramedConnection
@@ -41,6 +42,9 @@ class MonitorSettings:
     failure_threshold: int = 3
     heartbeat_interval_s: float = 1.0
     claim_timeout_s: float = 10.0
+    join_token: str | None = None
+    # Where the secret central hands out at the first registration is kept.
+    secret_path: Path | None = None
 
 
 class Monitor:
@@ -143,6 +147,11 @@ class Monitor:
                 await self._serve_central(stop, watch, backoff)
                 return
             except Refused as exc:
+                if exc.code in ("bad_token", "bad_secret"):
+                    log.error("central refused %s: %s", s.cp_id, exc.reason)
+                    self.exit_code = EXIT_REFUSED
+                    stop.set()
+                    return
                 if exc.code != "duplicate_cp":
                     raise
                 refused_since = refused_since or time.monotonic()
@@ -165,13 +174,34 @@ class Monitor:
                 watch.failed(exc, delay)
                 await sleep_unless(stop, delay)
 
+    def _stored_secret(self) -> str | None:
+        path = self.settings.secret_path
+        if path is None or not path.exists():
+            return None
+        return path.read_text().strip() or None
+
+    def _keep_secret(self, secret: str) -> None:
+        """Written before use, readable by this user only: without it the CP cannot register again."""
+        path = self.settings.secret_path
+        if path is None:
+            log.warning(
+                "%s: central issued a secret but this monitor has nowhere to keep it", self.settings.cp_id
+            )
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.touch(mode=0o600)
+        temporary.write_text(secret + "\n")
+        temporary.replace(path)
+        log.info("%s joined central; its secret is kept in %s", self.settings.cp_id, path)
+
     async def _serve_central(self, stop: asyncio.Event, watch: LinkWatch, backoff: Backoff) -> None:
         s = self.settings
         timeout = s.heartbeat_interval_s * 2
         conn = await FramedConnection.open(s.central_host, s.central_port, timeout_s=timeout)
         try:
             health = self.tracker.health or Health.KO
-            await conn.request(
+            registered = await conn.request(
                 Register(
                     cp_id=s.cp_id,
                     location=s.location,
@@ -180,9 +210,13 @@ class Monitor:
                     health=health,
                     instance=self.instance,
                     engine=self.engine_instance,
+                    token=s.join_token,
+                    secret=self._stored_secret(),
                 ),
                 timeout_s=timeout,
             )
+            if isinstance(registered, Registered) and registered.secret:
+                self._keep_secret(registered.secret)
             watch.succeeded()
             backoff.reset()
             log.info(
