@@ -8,7 +8,15 @@ import time
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from evcharge.messages import ChargeRequest, DeadLetter, DriverUpdate, RequestDenied, decode, encode
+from evcharge.messages import (
+    ChargeRequest,
+    DeadLetter,
+    DriverUpdate,
+    MeterReading,
+    RequestDenied,
+    decode,
+    encode,
+)
 from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition, new_producer
 from evcharge.supervisor import wait_until
 
@@ -74,22 +82,40 @@ async def test_a_replayed_request_is_decided_once(system) -> None:
     assert len(mine) == 1, f"one request id, one session: {mine}"
 
 
-async def test_undecodable_records_are_dead_lettered_and_central_carries_on(system) -> None:
+async def test_unusable_records_are_dead_lettered_with_the_reason_and_central_carries_on(system) -> None:
     system.start_central()
     cp = system.add_cp(system.ident("CP-001"))
-    garbage_key = system.ident("garbage")
-    for payload in (b"\x00\xffnot json", b'{"type": "charge_request"}', b'{"type": "meter", "v": 9}'):
-        await send(system.kafka, TOPICS.driver_requests, garbage_key, payload)
+    driver, ghost = system.ident("garbage"), system.ident("CP-ghost")
+    future = encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="future-1", v=2))
+    negative = (
+        b'{"type": "meter", "cp_id": "%s", "session_id": "s1", "seq": 1, "kw": 1, "kwh": -1, "eur": 0}'
+        % cp.cp_id.encode()
+    )
+    unknown_cp = encode(MeterReading(cp_id=ghost, session_id="s2", seq=1, kw=1, kwh=1, eur=1))
+    unknown_session = encode(MeterReading(cp_id=cp.cp_id, session_id="nobody", seq=1, kw=1, kwh=1, eur=1))
+    cases = {
+        (TOPICS.driver_requests, driver, b"\x00\xffnot json"): "JSON",
+        (TOPICS.driver_requests, driver, b'{"type": "charge_request"}'): "missing required field",
+        (TOPICS.driver_requests, driver, future): "schema version 2",
+        (TOPICS.cp_events, cp.cp_id, negative): ">= 0",
+        (TOPICS.cp_events, ghost, unknown_cp): "not a known charging point",
+        (TOPICS.cp_events, cp.cp_id, unknown_session): "is not known here",
+    }
+    for topic, key, payload in cases:
+        await send(system.kafka, topic, key, payload)
 
-    def letter(record):
-        message = decode(record.value, DeadLetter)
-        return message if message.key == garbage_key and message.payload == b"\x00\xffnot json" else None
+    for (topic, key, payload), reason in cases.items():
 
-    found = await read_until(system.kafka, TOPICS.dead_letters, TOPICS.driver_requests, letter)
-    assert found.consumer == "central" and found.source_topic == TOPICS.driver_requests
+        def letter(record, payload=payload):
+            message = decode(record.value, DeadLetter)
+            return message if message.payload == payload else None
+
+        found = await read_until(system.kafka, TOPICS.dead_letters, topic, letter)
+        assert found.consumer == "central" and found.source_topic == topic and found.key == key
+        assert reason in found.reason, (reason, found.reason)
     status, _ = system.post("/request/charge", {"driver_id": system.ident("d"), "cp_id": cp.cp_id})
     assert status == 201, "central carries on after bad records"
-    assert system.get("/health")["counters"]["dead_letters"] >= 3
+    assert system.get("/health")["counters"]["dead_letters"] == len(cases)
 
 
 async def test_an_engine_and_a_driver_set_undecodable_records_aside_and_carry_on(system) -> None:

@@ -136,7 +136,7 @@ class _Dispatcher:
         # its requests, so a request is judged on the freshest state (after an
         # outage, a CP's session may have ended in the same backlog).
         records = sorted(records, key=lambda r: r.topic == TOPICS.driver_requests)
-        events: list[CpEvent] = []
+        events: list[tuple[ConsumerRecord, CpEvent]] = []
         for record in records:
             kind = DriverRequest if record.topic == TOPICS.driver_requests else CpEvent
             try:
@@ -151,13 +151,16 @@ class _Dispatcher:
                 else:
                     await self._service.stop_request(message)
             else:
-                events.append(message)  # type: ignore[arg-type]
+                events.append((record, message))  # type: ignore[arg-type]
         await self._flush(events)
 
-    async def _flush(self, events: list[CpEvent]) -> None:
-        if events:
-            await self._service.apply_events(list(events))
-            events.clear()
+    async def _flush(self, events: list[tuple[ConsumerRecord, CpEvent]]) -> None:
+        if not events:
+            return
+        rejected = await self._service.apply_events([event for _, event in events])
+        for position, reason in rejected.items():
+            await self._dead_letter(events[position][0], reason)
+        events.clear()
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
         self._service.counters["dead_letters"] = self._service.counters.get("dead_letters", 0) + 1

@@ -384,12 +384,20 @@ class CentralService:
 
     # ------------------------------------------------------------ events
 
-    async def apply_events(self, events: list[CpEvent]) -> None:
-        """Apply a batch of engine events exactly once, in one transaction."""
+    async def apply_events(self, events: list[CpEvent]) -> dict[int, str]:
+        """Apply a batch of engine events exactly once, in one transaction.
+
+        Returns the events it could not place (by position in `events`) with why:
+        an unknown CP, or a session nobody started. Duplicates are not in it.
+        """
+        rejected: dict[int, str] = {}
         async with self._lock:
             changed: dict[str, Session] = {}
             messages: list[KafkaMessage] = []
-            for event in events:
+            for position, event in enumerate(events):
+                if event.cp_id not in self.cps:
+                    rejected[position] = f"{event.cp_id} is not a known charging point"
+                    continue
                 session = self.active.get(event.session_id) or changed.get(event.session_id)
                 if session is None:
                     session = await self._store.session(event.session_id)
@@ -397,11 +405,7 @@ class CentralService:
                     session = self._local_session(event)
                 if session is None:
                     self._count("events_unknown_session")
-                    log.warning(
-                        "%s: event for unknown session %s ignored",
-                        event.cp_id,
-                        event.session_id[:8],
-                    )
+                    rejected[position] = f"session {event.session_id} of {event.cp_id} is not known here"
                     continue
                 result = apply_event(session, event)
                 if not isinstance(result, Applied):
@@ -412,7 +416,7 @@ class CentralService:
                 changed[session.session_id] = session
                 messages.extend(result.updates)
             if not changed:
-                return
+                return rejected
             await self._commit(sessions=changed.values(), messages=messages)
             for session in changed.values():
                 if session.active:
@@ -425,6 +429,7 @@ class CentralService:
                         f"({session.end_reason.value if session.end_reason else '?'}): "
                         f"{session.kwh:.3f} kWh, {session.eur:.2f} EUR"
                     )
+        return rejected
 
     def _local_session(self, event: SessionStarted) -> Session:
         """A supply started at the CP itself (plug-in without the app) is billed like any other."""
