@@ -25,8 +25,8 @@ test-fast: $(STAMP)
 	$(PYTEST) -q -p no:cacheprovider tests/test_unit_*.py tests/test_panel.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check evcharge tests
-	$(BIN)/ruff format --check evcharge tests
+	$(BIN)/ruff check evcharge tests bench
+	$(BIN)/ruff format --check evcharge tests bench
 
 demo: $(STAMP)
 	$(BIN)/evcharge demo

@@ -9,6 +9,7 @@ says on the way (CP back ON, /health up) is kept alongside.
 
 from __future__ import annotations
 
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from evcharge.supervisor import Child
 
 SERVE_TIMEOUT_S = 30.0
 KAFKA_START_TIMEOUT_S = 120.0
+CHECK_CYCLE_S = 1.0  # the monitor's default check interval and heartbeat interval
 ENGINE_READY = "engine ready"
 ACCEPTED = "✔ accepted"
 TICKET = "🎫 ticket"
@@ -46,6 +48,7 @@ class Chaos:
         self.broker = broker
         self.target = target  # the CP whose engine and monitor fail
         self.spare = spare  # the CP used to show the system serves while the target is down
+        self._rng = random.Random(7)
 
     def run(self, trials: int, say: Callable[[str], None]) -> dict[str, Any]:
         cases: dict[str, Trial] = {
@@ -79,6 +82,14 @@ class Chaos:
     def _cp(self):
         return self.system.cps[self.target]
 
+    def _random_moment(self) -> None:
+        """Fail at a random point of the monitor's 1 s check and heartbeat cycle.
+
+        Right after `_settle` the cycle has just ticked (central flipped to ON after a
+        check), so failing at once would always land at the same, worst, phase.
+        """
+        time.sleep(self._rng.uniform(0.0, CHECK_CYCLE_S))
+
     def _serve(self, cp_id: str, since: float) -> float:
         charge = self.loop.run(self.prober.serve(cp_id, since, SERVE_TIMEOUT_S), SERVE_TIMEOUT_S + 20)
         assert charge.started_s is not None
@@ -95,6 +106,7 @@ class Chaos:
     def engine_killed(self) -> dict[str, float]:
         self._settle()
         cp = self._cp()
+        self._random_moment()
         failed = time.monotonic()
         cp.engine.kill()
         detection = self.system.wait_cp(cp.cp_id, "BROKEN") - failed
@@ -106,6 +118,7 @@ class Chaos:
     def engine_hung(self) -> dict[str, float]:
         self._settle()
         cp = self._cp()
+        self._random_moment()
         failed = time.monotonic()
         cp.engine.freeze()
         try:
@@ -120,6 +133,7 @@ class Chaos:
     def monitor_killed(self) -> dict[str, float]:
         self._settle()
         cp = self._cp()
+        self._random_moment()
         failed = time.monotonic()
         cp.monitor.kill()
         detection = self.system.wait_cp(cp.cp_id, "DISCONNECTED") - failed
@@ -131,6 +145,7 @@ class Chaos:
     def monitor_hung(self) -> dict[str, float]:
         self._settle()
         cp = self._cp()
+        self._random_moment()
         failed = time.monotonic()
         cp.monitor.freeze()
         try:

@@ -32,8 +32,13 @@ def measure_low_load(
     started: list[float] = []
     reading: list[float] = []
     denied: list[str] = []
+    early = 0
     for n in range(accepted_samples + reading_samples):
         want_reading = n >= accepted_samples
+        if n == accepted_samples:
+            # An engine's meter keeps the cadence of a session that ended less than an
+            # interval ago: let it fall idle, so each reading below is one fresh interval.
+            time.sleep(ENGINE_METER_INTERVAL_S + 0.2)
         charge = loop.run(prober.charge(cp_ids[n % len(cp_ids)], reading=want_reading), timeout_s=60)
         if charge.denied:
             denied.append(charge.denied)
@@ -43,12 +48,15 @@ def measure_low_load(
         started.append(charge.started_s)
         if charge.reading_s is not None:
             reading.append(charge.reading_s)
+            early += charge.reading_s - charge.started_s < 0.9 * ENGINE_METER_INTERVAL_S
         time.sleep(GAP_S)
     return {
         "accepted_s": summary(accepted),
         "supply_started_s": summary(started),
         "first_reading_s": summary(reading),
         "meter_interval_s": ENGINE_METER_INTERVAL_S,
+        # First readings that came sooner than one meter interval after the supply began.
+        "early_readings": early,
         "denied": denied,
     }
 
@@ -60,7 +68,9 @@ def hop_multiples(low_load: dict[str, Any], floor: dict[str, Any]) -> dict[str, 
         return {}
 
     def multiple(figure: float | None, hops: int, minus_s: float = 0.0) -> float | None:
-        return None if figure is None else round((figure - minus_s) / (hops * one_hop), 1)
+        if figure is None or figure <= minus_s:
+            return None
+        return round((figure - minus_s) / (hops * one_hop), 1)
 
     return {
         "accepted_vs_2_hops": multiple(low_load["accepted_s"].get("p50"), 2),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,10 +23,13 @@ from typing import Any
 from bench.loop import LoopThread
 from bench.probe import LagProbe
 from bench.procs import cpu_s, rss_mb
-from bench.system import BenchSystem, new_system
+from bench.series import drain_rate, drained, rates, whole_run
+from bench.system import BenchSystem, new_system, wait_for
 from evcharge.supervisor import Child
 
 SAMPLE_S = 0.5
+DRAIN_SAMPLE_S = 0.1
+PROFILE_RATE_HZ = 100
 SIM_GRACE_S = 90.0  # start-up, the drivers' last tickets and the report, beyond the planned load
 
 
@@ -57,59 +61,122 @@ class LoadRunner:
         if self._lag_started:
             self.loop.run(self.lag.close(), 15)
 
-    def run_sim(
-        self, name: str, sim_args: list[str], planned_s: float, profile: Path | None = None
-    ) -> dict[str, Any]:
-        """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
+    def _sim(self, system: BenchSystem, name: str, sim_args: list[str]) -> tuple[Child, Path]:
         if not self._lag_started:
             self.loop.run(self.lag.start(), 60)
             self._lag_started = True
         self._runs += 1
-        system = new_system(self.root, self.kafka, name)
         report_path = system.root / "sim.json"
+        sim = Child(
+            f"sim {name}",
+            [
+                "sim",
+                "--kafka",
+                self.kafka,
+                "--central",
+                f"127.0.0.1:{system.tcp_port}",
+                "--central-url",
+                system.url,
+                "--json",
+                str(report_path),
+                "--cp-prefix",
+                f"{name.upper()}-{self._runs}",
+                "--driver-prefix",
+                f"{name}-{self._runs}-driver",
+                "--seed",
+                "7",
+                *sim_args,
+            ],
+            system.logs / "sim.log",
+        ).start()
+        return sim, report_path
+
+    def run_sim(self, name: str, sim_args: list[str], planned_s: float) -> dict[str, Any]:
+        """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
+        system = new_system(self.root, self.kafka, name)
         samples: list[dict[str, float]] = []
-        profiler: subprocess.Popen[bytes] | None = None
         try:
             system.start_central()
-            sim = Child(
-                f"sim {name}",
-                [
-                    "sim",
-                    "--kafka",
-                    self.kafka,
-                    "--central",
-                    f"127.0.0.1:{system.tcp_port}",
-                    "--central-url",
-                    system.url,
-                    "--json",
-                    str(report_path),
-                    "--cp-prefix",
-                    f"{name.upper()}-{self._runs}",
-                    "--driver-prefix",
-                    f"{name}-{self._runs}-driver",
-                    "--seed",
-                    "7",
-                    *sim_args,
-                ],
-                system.logs / "sim.log",
-            ).start()
+            sim, report_path = self._sim(system, name, sim_args)
             try:
                 meters = _Meters(system.central.pid if system.central else None, sim.pid, self.broker_pid)
                 deadline = time.monotonic() + planned_s + SIM_GRACE_S
                 started = time.monotonic()
                 while sim.alive and time.monotonic() < deadline:
                     samples.append(self._sample(system, meters, started))
-                    if profile is not None and profiler is None and _steady(samples):
-                        profiler = _start_profiler(system.central.pid, profile)  # type: ignore[union-attr]
                     time.sleep(SAMPLE_S)
                 code = sim.wait(0) if not sim.alive else None
             finally:
                 sim.stop()
-            if profiler is not None:
-                profiler.wait(30)
-                profiler = None
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
             return {"exit_code": code, "report": report, "samples": samples, "log": str(system.logs)}
+        finally:
+            system.stop_all()
+
+    def drain(self, step: Step, backlog_s: float, say: Say, profile: Path | None) -> dict[str, Any]:
+        """Central's own capacity: the rate at which it works off a backlog with the machine to itself.
+
+        The simulator starts sessions at central, then central is stopped while the
+        engines go on metering for `backlog_s`; the simulator is killed and central
+        restarted alone. What it applies per second until it has caught up is what
+        it can apply at most: no load generator shares the two cores meanwhile.
+        """
+        system = new_system(self.root, self.kafka, "drain")
+        # Restarted, central need not wait for monitors that are gone for good.
+        system.central_args = ["--startup-grace", "0"]
+        samples: list[dict[str, float]] = []
+        profiler: subprocess.Popen[bytes] | None = None
+        try:
+            system.start_central()
+            long_s = 120  # sessions and load far longer than the measurement: nothing ends meanwhile
+            sim, _ = self._sim(
+                system,
+                "drain",
+                ["--cps", str(step.cps), "--drivers", str(step.drivers), "--request-rate", str(step.drivers),
+                 "--ramp-up", "1", "--duration", str(long_s), "--session-seconds", str(long_s),
+                 "--meter-interval", str(step.meter_interval_s)],
+            )  # fmt: skip
+            try:
+                wait_for(
+                    lambda: system.view.health()["sessions_in_progress"] >= 0.8 * step.drivers,
+                    "the simulator's sessions to start",
+                    60,
+                )
+                assert system.central is not None
+                system.central.stop()
+                say(f"central stopped; the simulator's engines meter on for {backlog_s:g} s")
+                time.sleep(backlog_s)
+            finally:
+                sim.kill()
+            before = self.loop.run(self.lag.sample(), 10)
+            backlog = before["written"] - before["committed"]
+            say(f"backlog of {backlog:,} records; central restarted alone")
+            restarted = time.monotonic()
+            system.central.start()
+            meters = _Meters(system.central.pid, None, self.broker_pid)
+            system.wait_central()  # py-spy attaches to a running interpreter, not to one starting up
+            profiled_from = time.monotonic()
+            if profile is not None:
+                profiler = _start_profiler(system.central.pid, profile)  # type: ignore[arg-type]
+            while time.monotonic() - restarted < 120:
+                row = self._sample(system, meters, restarted)
+                samples.append(row)
+                if drained(samples):
+                    break
+                time.sleep(DRAIN_SAMPLE_S)
+            profiled_s = time.monotonic() - profiled_from
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes what it has on Ctrl-C
+                profiler.wait(30)
+                profiler = None
+            return {
+                "drivers": step.drivers,
+                "meter_interval_s": step.meter_interval_s,
+                "backlog_s": backlog_s,
+                "backlog_records": backlog,
+                "profiled_s": round(profiled_s, 2),
+                **drain_rate(samples),
+            }
         finally:
             if profiler is not None:
                 profiler.kill()
@@ -126,7 +193,7 @@ class LoadRunner:
             pass
         # A missed lag sample is a gap in the series, not a failed run.
         with contextlib.suppress(Exception):
-            row["written"], row["committed"] = self.loop.run(self.lag.sample(), 5)
+            row.update(self.loop.run(self.lag.sample(), 5))
         row.update(meters.read())
         return row
 
@@ -148,19 +215,13 @@ class _Meters:
         return row
 
 
-def _steady(samples: list[dict[str, float]]) -> bool:
-    """Sessions have stopped growing: the load is at its plateau (profile that, not the ramp)."""
-    sessions = [s.get("sessions", 0) for s in samples[-4:]]
-    return len(sessions) == 4 and sessions[0] > 0 and max(sessions) - min(sessions) <= 0.05 * max(sessions)
-
-
 def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
     py_spy = profiler_path()
     if py_spy is None:
         return None
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", "8", "--rate", "100", "--nonblocking",
-         "--format", "raw", "--output", str(out)],
+        [py_spy, "record", "--pid", str(pid), "--duration", "120", "--rate", str(PROFILE_RATE_HZ),
+         "--nonblocking", "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -174,65 +235,6 @@ def profiler_path() -> str | None:
 
 
 # ------------------------------------------------------------------ analysis
-
-
-def plateau(samples: list[dict[str, float]]) -> list[dict[str, float]]:
-    """The samples while at least 80 % of the run's peak sessions were in progress."""
-    have = [s for s in samples if "sessions" in s and "written" in s and "applied" in s]
-    if not have:
-        return []
-    peak = max(s["sessions"] for s in have)
-    window = [s for s in have if peak and s["sessions"] >= 0.8 * peak]
-    return window if len(window) >= 3 else have
-
-
-def rates(samples: list[dict[str, float]]) -> dict[str, Any]:
-    """Offered and applied rates, lag and CPU over the plateau of one run."""
-    window = plateau(samples)
-    if len(window) < 2:
-        return {"error": "too few samples to compute rates"}
-    first, last = window[0], window[-1]
-    dt = last["t"] - first["t"]
-    lag = [s["written"] - s["committed"] for s in window]
-    written = (last["written"] - first["written"]) / dt
-    applied = (last["applied"] - first["applied"]) / dt
-    lag_growth = (lag[-1] - lag[0]) / dt
-    out: dict[str, Any] = {
-        "window_s": round(dt, 2),
-        "sessions": round(sum(s["sessions"] for s in window) / len(window), 1),
-        "offered_per_s": round(written, 1),
-        "applied_per_s": round(applied, 1),
-        "lag_start": lag[0],
-        "lag_end": lag[-1],
-        "lag_max": max(lag),
-        "lag_growth_per_s": round(lag_growth, 1),
-        # Keeping up: the backlog does not grow and stays under a second's worth of readings.
-        "keeping_up": lag_growth <= 0.05 * max(written, 1) and lag[-1] <= max(written, 100),
-    }
-    for name in ("central", "sim", "broker"):
-        key = f"{name}_cpu_s"
-        if key in first and key in last:
-            out[f"{name}_cpu_percent"] = round(100 * (last[key] - first[key]) / dt, 1)
-        rss = [s[f"{name}_rss_mb"] for s in window if f"{name}_rss_mb" in s]
-        if rss:
-            out[f"{name}_rss_mb"] = max(rss)
-    return out
-
-
-def whole_run(samples: list[dict[str, float]], names: tuple[str, ...] = ("central", "sim")) -> dict[str, Any]:
-    """CPU % averaged over the whole run and peak RSS, per process."""
-    out: dict[str, Any] = {}
-    for name in names:
-        have = [s for s in samples if f"{name}_cpu_s" in s]
-        if len(have) >= 2 and have[-1]["t"] > have[0]["t"]:
-            dt = have[-1]["t"] - have[0]["t"]
-            out[f"{name}_cpu_percent"] = round(
-                100 * (have[-1][f"{name}_cpu_s"] - have[0][f"{name}_cpu_s"]) / dt, 1
-            )
-        rss = [s[f"{name}_rss_mb"] for s in samples if f"{name}_rss_mb" in s]
-        if rss:
-            out[f"{name}_rss_mb"] = max(rss)
-    return out
 
 
 Say = Callable[[str], None]
@@ -259,17 +261,17 @@ def sustained_latency(runner: LoadRunner, quick: bool, say: Say) -> dict[str, An
     }
 
 
-def throughput(runner: LoadRunner, steps: list[Step], say: Say, profile: Path | None) -> dict[str, Any]:
-    """Offered meter readings raised step by step until central's backlog grows (or the sim tops out)."""
+def throughput(
+    runner: LoadRunner, steps: list[Step], drain: Step, backlog_s: float, say: Say, profile: Path | None
+) -> dict[str, Any]:
+    """Live: offered readings raised step by step while central keeps up. Then its capacity, alone."""
     rows: list[dict[str, Any]] = []
     for n, step in enumerate(steps):
-        args = _step_args(step)
         say(
             f"step {n + 1}: {step.drivers} sessions, a reading every {step.meter_interval_s:g} s "
             f"(≈ {step.target_per_s:.0f}/s)"
         )
-        last = n == len(steps) - 1
-        run = runner.run_sim(f"tput{n + 1}", args, planned_s=STEP_PLANNED_S)
+        run = runner.run_sim(f"tput{n + 1}", _step_args(step), planned_s=STEP_PLANNED_S)
         row = {
             "drivers": step.drivers,
             "cps": step.cps,
@@ -279,36 +281,28 @@ def throughput(runner: LoadRunner, steps: list[Step], say: Say, profile: Path | 
             "sim_errors": run["report"].get("errors", {}).get("total"),
             "sim_loop_lag_p99_s": run["report"].get("sim_loop_lag_s", {}).get("p99"),
         }
-        row["sim_bound"] = (
-            row.get("sim_cpu_percent", 0) >= 90 and row.get("offered_per_s", 0) < 0.8 * step.target_per_s
-        )
+        # The simulator's one meter clock awaits every send: past some rate it cannot offer more.
+        row["sim_bound"] = row.get("offered_per_s", 0) < 0.8 * step.target_per_s
         rows.append(row)
         say(
             f"  offered {row.get('offered_per_s')}/s, applied {row.get('applied_per_s')}/s, "
             f"lag {row.get('lag_start')}→{row.get('lag_end')}, "
-            f"central CPU {row.get('central_cpu_percent')} %, "
-            f"sim CPU {row.get('sim_cpu_percent')} %"
+            f"central CPU {row.get('central_cpu_percent')} %, sim CPU {row.get('sim_cpu_percent')} %"
         )
-        if not row.get("keeping_up", False) or row["sim_bound"] or last:
+        if not row.get("keeping_up", False) or row["sim_bound"]:
             break
     sustained = [r["applied_per_s"] for r in rows if r.get("keeping_up")]
-    result: dict[str, Any] = {
+    say(f"capacity: {drain.drivers} sessions metering while central is stopped for {backlog_s:g} s")
+    return {
         "steps": rows,
         "max_sustained_applied_per_s": max(sustained) if sustained else None,
-        "peak_applied_per_s": max((r.get("applied_per_s", 0) for r in rows), default=None),
         "limited_by": _limit(rows),
+        "drain": runner.drain(drain, backlog_s, say, profile),
     }
-    if profile is not None and rows:
-        top = max(rows, key=lambda r: r.get("applied_per_s", 0))
-        step = Step(top["drivers"], top["meter_interval_s"])
-        say(f"profiling central with py-spy at {step.target_per_s:.0f}/s offered")
-        run = runner.run_sim("profile", _step_args(step), planned_s=STEP_PLANNED_S, profile=profile)
-        result["profile_run"] = rates(run["samples"])
-    return result
 
 
-# Sessions outlast the drivers' sending (10 s): every driver asks once, and the plateau
-# holds from when the last first request was answered until the first sessions end.
+# Sessions outlast the drivers' sending (10 s), so the plateau holds from when the
+# last first request was answered until the first sessions end.
 STEP_SESSION_S = 12
 STEP_PLANNED_S = 1 + 10 + STEP_SESSION_S
 
@@ -326,8 +320,9 @@ def _limit(rows: list[dict[str, Any]]) -> str:
     if not last.get("keeping_up", False):
         return "central (its backlog grew)"
     if last.get("sim_bound"):
-        return "the simulator (near 100 % CPU, below the offered target)"
-    return "not reached: the highest step was kept up with"
+        offered = last.get("offered_per_s")
+        return f"the simulator (it offered {offered} of the {last['target_per_s']:.0f}/s asked)"
+    return "not reached: central kept up with the highest step"
 
 
 def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
@@ -348,6 +343,7 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
         rows.append(
             {
                 "cps": size,
+                "started": cps.get("started"),
                 "registered": cps.get("registered"),
                 "registration_s": cps.get("registration_s"),
                 "registrations_per_s": cps.get("registrations_per_s"),
@@ -355,9 +351,14 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
                 "errors_by_kind": report.get("errors", {}).get("by_kind"),
                 "sim_exit_code": run["exit_code"],
                 "sim_max_rss_mb": rss,
-                "rss_per_cp_mb": round(rss / size, 3) if rss else None,
+                "rss_per_cp_mb": round(rss / (cps.get("started") or size), 3) if rss else None,
                 **whole_run(run["samples"]),
             }
+        )
+        # One Python process runs every simulated monitor and engine: past about a core's
+        # worth, its own checks and heartbeats run late and the errors are the simulator's.
+        rows[-1]["sim_saturated"] = (
+            rows[-1].get("sim_cpu_percent", 0) >= 90 or (cps.get("started") or 0) < size
         )
         say(
             f"  {cps.get('registered')} registered in {cps.get('registration_s')} s, "
@@ -367,5 +368,7 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
     with_rss = [r for r in rows if r.get("sim_max_rss_mb")]
     if len(with_rss) >= 2:
         small, big = with_rss[0], with_rss[-1]
-        marginal = round((big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / (big["cps"] - small["cps"]), 3)
+        started = (big.get("started") or big["cps"]) - (small.get("started") or small["cps"])
+        if started > 0:
+            marginal = round((big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / started, 3)
     return {"runs": rows, "marginal_rss_per_cp_mb": marginal}

@@ -187,7 +187,7 @@ class Prober:
                 if session.ticket.done():
                     return
                 await asyncio.sleep(0.1)
-        raise ProbeFailed(f"session {session_id[:8]} at was not closed within {timeout_s:g} s")
+        raise ProbeFailed(f"session {session_id[:8]} was not closed within {timeout_s:g} s")
 
     # ------------------------------------------------------------ measurements
 
@@ -346,7 +346,7 @@ async def floor_round_trips(bootstrap: str, samples: int, warmup: int = 20) -> l
 
 
 class LagProbe:
-    """How far central's consumer group is behind the end of `evcharge.cp.events`."""
+    """How far central's consumer group is behind the end of `evcharge.cp.events`, and what it published."""
 
     def __init__(self, bootstrap: str, partitions: int = 8) -> None:
         self.bootstrap = bootstrap
@@ -354,10 +354,12 @@ class LagProbe:
         self._admin: AIOKafkaAdminClient | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
+        self._updates: list[TopicPartition] = []
 
     async def start(self) -> None:
         counts = await ensure_topics(self.bootstrap, self.partitions)
         self._tps = all_partitions(counts, TOPICS.cp_events)
+        self._updates = all_partitions(counts, TOPICS.driver_updates)
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS
         )
@@ -367,13 +369,17 @@ class LagProbe:
         )
         await self._consumer.start()
 
-    async def sample(self, group: str = "central") -> tuple[int, int]:
-        """(records ever written to cp events, records central has committed as handled)."""
+    async def sample(self, group: str = "central") -> dict[str, int]:
+        """Records ever written to cp events, those central has committed as handled, and
+        records ever written to driver updates (what central's outbox relay published)."""
         assert self._admin is not None and self._consumer is not None
-        ends = await self._consumer.end_offsets(self._tps)
+        ends = await self._consumer.end_offsets([*self._tps, *self._updates])
         committed = await self._admin.list_consumer_group_offsets(group, partitions=self._tps)
-        done = sum(max(0, meta.offset) for tp, meta in committed.items() if meta is not None)
-        return sum(ends.values()), done
+        return {
+            "written": sum(ends[tp] for tp in self._tps),
+            "committed": sum(max(0, meta.offset) for meta in committed.values() if meta is not None),
+            "updates": sum(ends[tp] for tp in self._updates),
+        }
 
     async def close(self) -> None:
         if self._consumer is not None:

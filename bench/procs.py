@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -35,27 +34,6 @@ def rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
-
-
-@dataclass
-class CpuMeter:
-    """CPU % of one process between two readings (100 % = one full core)."""
-
-    pid: int | None
-    _cpu: float | None = None
-    _at: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._cpu, self._at = cpu_s(self.pid), time.monotonic()
-
-    def percent(self) -> float | None:
-        now_cpu, now = cpu_s(self.pid), time.monotonic()
-        if now_cpu is None or self._cpu is None or now <= self._at:
-            return None
-        return 100 * (now_cpu - self._cpu) / (now - self._at)
 
 
 def machine() -> dict[str, object]:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import linecache
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 # py-spy raw frames look like "apply_events (evcharge/central/service.py:373)".
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
+# Where a thread waits rather than works (py-spy --nonblocking cannot tell idle threads apart):
+# the event loop in select(), aiosqlite's worker thread blocked on its queue.
+_IDLE = (("select", "selectors.py", None), ("_connection_worker_thread", "aiosqlite/core.py", "tx.get("))
+# Frames every sample passes through on its way to the event loop: not worth listing.
+_ENTRY_FILES = ("evcharge/__main__.py", "evcharge/cli.py", "runtime/shutdown.py")
 _AREAS = (
     ("sqlite (aiosqlite thread)", ("aiosqlite", "sqlite3")),
     ("aiokafka", ("aiokafka",)),
@@ -19,11 +26,29 @@ _AREAS = (
 )
 
 
-def _frame(raw: str) -> tuple[str, str]:
+def _frame(raw: str) -> tuple[str, str, int | None]:
     match = _FRAME.match(raw.strip())
     if not match:
-        return raw.strip(), ""
-    return match["func"], match["file"]
+        return raw.strip(), "", None
+    return match["func"], match["file"], int(match["line"]) if match["line"] else None
+
+
+def _idle(func: str, file: str, line: int | None) -> bool:
+    for idle_func, idle_file, text in _IDLE:
+        if func.rsplit(".", 1)[-1] == idle_func and file.endswith(idle_file):
+            return text is None or text in _source_line(idle_file, line)
+    return False
+
+
+def _source_line(file: str, line: int | None) -> str:
+    """The text of `line` in an installed module, found by its path's tail (e.g. aiosqlite/core.py)."""
+    if line is None:
+        return ""
+    for folder in map(Path, sys.path):
+        path = folder / file
+        if path.is_file():
+            return linecache.getline(str(path), line)
+    return ""
 
 
 def _short(func: str, file: str) -> str:
@@ -38,12 +63,12 @@ def _area(file: str) -> str:
     return "other"
 
 
-def summarise(path: Path, rate_hz: int = 100, duration_s: float = 8.0, top: int = 12) -> dict[str, Any]:
+def summarise(path: Path, duration_s: float | None, rate_hz: int = 100, top: int = 12) -> dict[str, Any]:
     """Self time by function, inclusive time of central's own functions, and time by library."""
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     areas: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -52,12 +77,16 @@ def summarise(path: Path, rate_hz: int = 100, duration_s: float = 8.0, top: int 
         frames = [_frame(f) for f in stack.split(";") if f.strip()]
         if not frames:
             continue
+        if _idle(*frames[-1]):
+            idle += count
+            continue
         total += count
-        leaf_func, leaf_file = frames[-1]
+        leaf_func, leaf_file, _ = frames[-1]
         self_time[_short(leaf_func, leaf_file)] += count
         # The innermost frame of a known library names where the time is spent.
-        areas[next((_area(f) for _, f in reversed(frames) if _area(f) != "other"), "other")] += count
-        for name in {_short(fn, fl) for fn, fl in frames if "evcharge" in fl}:
+        areas[next((_area(f) for _, f, _ in reversed(frames) if _area(f) != "other"), "other")] += count
+        own = {_short(fn, fl) for fn, fl, _ in frames if "evcharge" in fl and not fl.endswith(_ENTRY_FILES)}
+        for name in own:
             inclusive[name] += count
 
     def share(counter: Counter[str]) -> list[list[Any]]:
@@ -65,8 +94,9 @@ def summarise(path: Path, rate_hz: int = 100, duration_s: float = 8.0, top: int 
 
     return {
         "samples": total,
-        # Samples of busy threads over the wall time: how many cores central kept busy.
-        "busy_cores": round(total / (rate_hz * duration_s), 2),
+        "idle_samples": idle,
+        "profiled_s": duration_s,
+        "rate_hz": rate_hz,
         "by_area_percent": share(areas),
         "self_percent": share(self_time),
         "evcharge_inclusive_percent": share(inclusive),

@@ -254,18 +254,24 @@ class Engine:
     async def _meter(self, stop: asyncio.Event) -> None:
         interval = self.settings.meter_interval_s
         while not stop.is_set():
-            if self.state.supply is None:
+            supply = self.state.supply
+            if supply is None:
                 self._supply_changed.clear()
                 await wait_first(stop, self._supply_changed)
                 continue
+            # Each session is metered on its own cadence from its start: a session that
+            # begins while another's interval runs must not be billed for that interval.
+            session_id = supply.session_id
             next_tick = time.monotonic() + interval
-            if await sleep_unless(stop, interval):
-                return
-            async with self._lock:
-                if self.state.supply is not None:
+            while True:
+                if await sleep_unless(stop, max(0.0, next_tick - time.monotonic())):
+                    return
+                async with self._lock:
+                    current = self.state.supply
+                    if current is None or current.session_id != session_id:
+                        break
                     await self._change(self.state.tick(interval, time.time()))
-            # Keep the cadence even when recording took a while.
-            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+                next_tick += interval
 
     # ------------------------------------------------------------ Kafka
 

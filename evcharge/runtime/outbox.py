@@ -72,6 +72,9 @@ class OutboxRelay:
         producer: AIOKafkaProducer | None = None
         try:
             while not stop.is_set():
+                # Cleared before reading, not after: a wake() while the batch is read
+                # must not be lost, or new rows would wait for the idle poll.
+                self._wake.clear()
                 try:
                     if producer is None:
                         producer = new_producer(self._bootstrap)
@@ -93,7 +96,6 @@ class OutboxRelay:
                         producer = None
                     await sleep_unless(stop, delay)
                     continue
-                self._wake.clear()
                 await wait_first(stop, self._wake, timeout_s=IDLE_POLL_S)
         finally:
             if producer is not None:
