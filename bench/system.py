@@ -89,23 +89,7 @@ class BenchSystem(System):
 
     def start_central(self) -> Child:
         started = time.monotonic()
-        self.central = Child(
-            "central",
-            [
-                "central",
-                "--no-panel",
-                "--kafka",
-                self.kafka,
-                "--db",
-                str(self.state_dir / "central.sqlite"),
-                "--tcp-port",
-                str(self.tcp_port),
-                "--http-port",
-                str(self.http_port),
-                *self.central_args,
-            ],
-            self.logs / "central.log",
-        ).start()
+        self.central = self.central_child().start()
         self.central_ready_s = self.wait_central() - started
         return self.central
 

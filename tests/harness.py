@@ -79,7 +79,13 @@ class System:
     # ------------------------------------------------------------ start
 
     def start_central(self) -> Child:
-        self.central = Child(
+        self.central = self.central_child().start()
+        wait_until(lambda: self.get("/health")["status"] == "ok", 30, "central's HTTP API")
+        return self.central
+
+    def central_child(self) -> Child:
+        """Central as this system runs it, not started yet."""
+        return Child(
             "central",
             [
                 "central",
@@ -95,9 +101,7 @@ class System:
                 *self.central_args,
             ],
             self.logs / "central.log",
-        ).start()
-        wait_until(lambda: self.get("/health")["status"] == "ok", 30, "central's HTTP API")
-        return self.central
+        )
 
     def add_cp(
         self, cp_id: str, *, location: str = "Test street", price: float = 0.30, wait: bool = True

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from evcharge.broker import LocalBroker
-from evcharge.supervisor import Child, wait_until
+from evcharge.supervisor import wait_until
 from tests.harness import System
 from tests.kafka_fixture import free_ports
 
@@ -25,12 +25,7 @@ def test_monitor_engine_and_central_started_before_kafka_and_each_other(tmp_path
         wait_until(
             lambda: "cannot reach central" in cp.monitor.output(), 20, "the monitor to say central is away"
         )
-        central = Child(
-            "central",
-            ["central", "--no-panel", "--kafka", broker.bootstrap, "--db", str(system.state_dir / "c.sqlite"),
-             "--tcp-port", str(system.tcp_port), "--http-port", str(system.http_port)],
-            system.logs / "central.log",
-        ).start()  # fmt: skip
+        central = system.central_child().start()
         system.central = central
         wait_until(lambda: system.get("/health")["kafka"] == "unreachable", 30, "central up, without Kafka")
         # The monitor registers once central is up; the engine cannot serve without Kafka: not ON.
