@@ -12,13 +12,17 @@ from typing import Annotated, Any
 
 import typer
 
-from evcharge.options import DEFAULT_CENTRAL_URL, CentralUrl
+from evcharge.config import DEFAULT_CENTRAL_URL
+from evcharge.protocol.units import kwh_text, price_text
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
 cp_app = typer.Typer(no_args_is_help=True, help="List, stop, resume or forget charging points.")
 app.add_typer(cp_app, name="cp")
 
 
+CentralUrl = Annotated[
+    str, typer.Option("--central-url", envvar="EVCHARGE_CENTRAL_URL", help="Central's HTTP API.")
+]
 OperatorToken = Annotated[
     str | None,
     typer.Option(
@@ -62,10 +66,9 @@ def cp_list(central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
     """Every CP with its status."""
     for cp in _call("GET", f"{central_url}/cp")["charging_points"]:
         session = cp["session"]
-        extra = f"  {session['driver_id']} {session['kwh']:.4f} kWh" if session else ""
+        extra = f"  {session['driver_id']} {kwh_text(session['wh'])} kWh" if session else ""
         typer.echo(
-            f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
-            f"{cp['price_eur_kwh']:.2f} EUR/kWh{extra}"
+            f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price_text(cp['price'])} EUR/kWh{extra}"
         )
 
 
@@ -130,19 +133,21 @@ def engine(
     port: Annotated[int | None, typer.Option(help="The engine's port (default 5000 + CP number).")] = None,
 ) -> None:
     """Act at a CP's engine: plug in, unplug, raise a fault (KO) or clear it."""
-    from evcharge.cp.engine import default_engine_port
+    from evcharge.cp.settings import default_engine_port
     from evcharge.errors import EvchargeError
-    from evcharge.messages import ControlResult, EngineControl
+    from evcharge.protocol.messages import ControlResult, EngineAction, EngineControl
     from evcharge.runtime.tcp import FramedConnection
 
-    if action not in ("plug", "unplug", "fault", "clear", "status"):
-        raise typer.BadParameter("action must be plug, unplug, fault, clear or status")
+    try:
+        chosen = EngineAction(action)
+    except ValueError:
+        raise typer.BadParameter("action must be plug, unplug, fault, clear or status") from None
     target_port = port if port is not None else default_engine_port(cp_id)
 
     async def go() -> str:
         conn = await FramedConnection.open(host, target_port, timeout_s=5)
         try:
-            reply = await conn.request(EngineControl(action=action), timeout_s=5)  # type: ignore[arg-type]
+            reply = await conn.request(EngineControl(action=chosen), timeout_s=5)
         finally:
             await conn.close()
         assert isinstance(reply, ControlResult)

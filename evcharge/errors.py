@@ -2,12 +2,17 @@
 
 EvchargeError
 ├── ConfigError          a flag or environment value that cannot work
-├── BrokerError          the local Kafka broker cannot be fetched, started or stopped
+├── BrokerError          a local Kafka broker or PostgreSQL server cannot be fetched, started or stopped
 ├── ProtocolError        a peer sent bytes that are not a valid frame or message
 │   └── FrameTooLarge    a frame header announces more than the limit
 ├── ConnectionLost       a TCP peer went away; carries why
 ├── RequestTimeout       a peer did not answer within the deadline
-└── Refused              a peer answered with an error (duplicate id, not registered, ...)
+├── Refused              a peer answered with an error (duplicate id, not registered, ...)
+└── StoreUnavailable     a durable store cannot take a write now (disk full, database down)
+    └── StorageFull      ... because its filesystem is full
+
+`retriable` says whether waiting and trying again is the right answer; the
+retry policy (`evcharge.runtime.retry`) reads it instead of guessing.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 class EvchargeError(Exception):
     """Root of every error evcharge raises on purpose."""
+
+    retriable = False
 
 
 class ConfigError(EvchargeError):
@@ -37,15 +44,33 @@ class FrameTooLarge(ProtocolError):
 
 
 class ConnectionLost(EvchargeError):
-    pass
+    retriable = True
 
 
 class RequestTimeout(EvchargeError):
-    pass
+    retriable = True
 
 
 class Refused(EvchargeError):
-    def __init__(self, code: str, reason: str) -> None:
+    # Codes a peer uses for "not now": a retry later may be accepted.
+    TRANSIENT = frozenset({"unavailable", "not_leader"})
+
+    def __init__(self, code: str, reason: str, *, leader: str | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.leader = leader  # where to go instead, when the peer knows
+
+    @property
+    def retriable(self) -> bool:  # type: ignore[override]
+        return self.code in self.TRANSIENT
+
+
+class StoreUnavailable(EvchargeError):
+    """The store refused a write it may take later: nothing of that write was kept."""
+
+    retriable = True
+
+
+class StorageFull(StoreUnavailable):
+    pass

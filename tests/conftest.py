@@ -1,6 +1,6 @@
 import pytest
 
-pytest_plugins = ["tests.kafka_fixture"]
+pytest_plugins = ["tests.kafka_fixture", "tests.postgres_fixture"]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from evcharge.broker import LocalBroker
+from evcharge.devtools.kafka import LocalBroker
 
 LOOPBACK = "127.0.0.1"
 

@@ -13,7 +13,7 @@ from evcharge.central.panel import natural_key, render
 from evcharge.central.service import CentralService, MonitorLink
 from evcharge.central.status import CpStatus
 from evcharge.central.store import CentralStore
-from evcharge.messages import ChargeRequest, Health, Register
+from evcharge.protocol.messages import ChargeRequest, Health, Register
 
 
 def _text(renderable, width: int = 120) -> str:

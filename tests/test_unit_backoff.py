@@ -1,4 +1,4 @@
-"""Unit tests for evcharge.runtime.backoff: exponential, capped, jittered retry delays."""
+"""Unit tests for evcharge.runtime.retry: exponential, capped, jittered retry delays."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evcharge.runtime.backoff import Backoff, scaled
+from evcharge.runtime.retry import Backoff, scaled
 
 NO_JITTER = 0.5  # rng() == 0.5 makes the spread exactly 1.0
 # initial 0.2, factor 1.6, cap 5.0 (the defaults)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evcharge.central.credentials import Admit, Deny, check_registration, hash_secret
+from evcharge.central.credentials import Admit, Deny, check_registration, hash_secret, new_secret
 
 
 def check(token=None, secret=None, stored=None):
@@ -11,16 +11,25 @@ def check(token=None, secret=None, stored=None):
     )
 
 
-def test_a_new_cp_with_the_join_token_is_admitted_and_given_a_fresh_secret() -> None:
-    first, second = check(token="join"), check(token="join")
-    assert isinstance(first, Admit) and isinstance(second, Admit)
-    assert first.issue and second.issue and first.issue != second.issue
-    assert len(first.issue) >= 40
+SECRET = new_secret()
+
+
+def test_a_new_cp_with_the_join_token_is_admitted_and_only_its_secret_s_hash_is_kept() -> None:
+    decision = check(token="join", secret=SECRET)
+    assert decision == Admit(store_hash=hash_secret(SECRET))
+    assert SECRET not in decision.store_hash
+
+
+def test_a_joining_monitor_must_bring_a_strong_secret() -> None:
+    for secret in (None, "", "short"):
+        decision = check(token="join", secret=secret)
+        assert isinstance(decision, Deny) and decision.code == "weak_secret"
+    assert len(new_secret()) >= 40 and new_secret() != new_secret()
 
 
 def test_a_new_cp_without_or_with_a_wrong_token_is_refused() -> None:
     for token in (None, "", "joi", "join "):
-        decision = check(token=token)
+        decision = check(token=token, secret=SECRET)
         assert isinstance(decision, Deny) and decision.code == "bad_token"
         assert "CP-1" in decision.reason and "join token" in decision.reason
 

@@ -1,363 +1,194 @@
-"""Unit tests for evcharge.cp.engine_state (the engine's state machine) and evcharge.cp.meter."""
+"""Unit tests for the engine's pure parts: the meter and the units it bills in, the state machine,
+and the command dispatch the real engine and the simulator share."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from evcharge.cp.engine_state import EngineState
-from evcharge.cp.meter import EUR_DECIMALS, KWH_DECIMALS, Meter
-from evcharge.messages import (
-    CpEvent,
+from evcharge.cp import engine_commands
+from evcharge.cp.engine_state import CpEvent, EngineState
+from evcharge.cp.meter import Meter
+from evcharge.protocol.messages import (
     EndReason,
     MeterReading,
+    ResumeCp,
     SessionEnded,
     SessionRefused,
     SessionStarted,
     StartSupply,
+    StopCp,
+    StopSupply,
+)
+from evcharge.protocol.units import (
+    cost_micro_eur,
+    energy_wh,
+    eur_text,
+    kw_text,
+    kwh_text,
+    parse_power,
+    parse_price,
+    price_text,
 )
 
 CP = "CP-1"
 NOW = 10_000.0
-KW = 36.0  # 0.01 kWh per second: exact figures
-CP_PRICE = 0.30
-DRIVER_PRICE = 0.25
+POWER_W = 36_000  # 10 Wh per second: exact figures
+CP_PRICE = 300_000
+DRIVER_PRICE = 250_000
 
 
-def engine(max_session_s: float = 0.0, kw: float = KW) -> EngineState:
-    return EngineState(cp_id=CP, power_kw=kw, price_eur_kwh=CP_PRICE, max_session_s=max_session_s)
+def engine(max_session_ms: int = 0, power_w: int = POWER_W) -> EngineState:
+    return EngineState(cp_id=CP, power_w=power_w, price=CP_PRICE, max_session_ms=max_session_ms)
 
 
-def command(
-    session_id: str = "s-1",
-    expires_at: float = NOW + 30,
-    driver: str = "alice",
-    price: float = DRIVER_PRICE,
-) -> StartSupply:
-    return StartSupply(
-        cp_id=CP,
-        session_id=session_id,
-        driver_id=driver,
-        price_eur_kwh=price,
-        expires_at=expires_at,
-    )
+def command(session_id: str = "s-1", engine_id: str | None = None) -> StartSupply:
+    return StartSupply(cp_id=CP, session_id=session_id, driver_id="alice", price=DRIVER_PRICE, engine=engine_id)
 
 
-def supplying(max_session_s: float = 0.0, kw: float = KW) -> EngineState:
-    state = engine(max_session_s, kw)
+def supplying(max_session_ms: int = 0) -> EngineState:
+    state = engine(max_session_ms)
     state.start(command(), NOW)
     return state
 
 
 def only(events: list[CpEvent], kind: type) -> CpEvent:
-    assert len(events) == 1, events
-    assert isinstance(events[0], kind), events
+    assert len(events) == 1 and isinstance(events[0], kind), events
     return events[0]
 
 
-# ----------------------------------------------------------------- meter ----
+# ------------------------------------------------------------ units and meter ----
 
 
-def test_meter_starts_at_zero() -> None:
-    meter = Meter(kw=11.0, price_eur_kwh=0.3)
-    assert (meter.kwh, meter.eur) == (0.0, 0.0)
+def test_prices_and_powers_typed_by_people_become_exact_integers() -> None:
+    assert parse_price("0.32") == 320_000 and parse_price(0.3) == 300_000 and parse_price("1.234567") == 1_234_567
+    assert parse_power("22") == 22_000 and parse_power("7.4") == 7_400
+    for bad in ("abc", "0.1234567", "-1", "101", "nan"):
+        with pytest.raises(ValueError):
+            parse_price(bad)
+    for bad in ("0", "-3", "0.0001"):
+        with pytest.raises(ValueError):
+            parse_power(bad)
 
 
-def test_meter_advance_adds_kw_times_hours() -> None:
-    meter = Meter(kw=KW, price_eur_kwh=DRIVER_PRICE)
-    meter.advance(1.0)
-    assert meter.kwh == 0.01
-    meter.advance(359.0)
-    assert meter.kwh == pytest.approx(3.6)
-    assert meter.eur == round(3.6 * DRIVER_PRICE, EUR_DECIMALS)
+def test_figures_are_shown_exactly_as_integers_say() -> None:
+    assert (kwh_text(48), kwh_text(12_345), kwh_text(0)) == ("0.048", "12.345", "0.000")
+    assert (eur_text(15_360), eur_text(15_360, 2), eur_text(5_000, 2)) == ("0.0154", "0.02", "0.01")
+    assert (price_text(320_000), price_text(300_000), price_text(1_234_567)) == ("0.32", "0.30", "1.234567")
+    assert kw_text(22_000) == "22.0"
 
 
-def test_meter_rounds_kwh_and_eur() -> None:
-    meter = Meter(kw=11.0, price_eur_kwh=0.33)
-    meter.advance(1.0)
-    assert meter.kwh == round(11.0 / 3600, KWH_DECIMALS) == 0.00306
-    assert meter.eur == round(0.00306 * 0.33, EUR_DECIMALS) == 0.001
+@given(st.integers(1, 10**6), st.integers(0, 10**9), st.integers(0, 10**8))
+def test_energy_is_truncated_to_the_wh_and_cost_rounded_half_up(power_w: int, ms: int, price: int) -> None:
+    wh = energy_wh(power_w, ms)
+    assert wh * 3_600_000 <= power_w * ms < (wh + 1) * 3_600_000
+    micro = cost_micro_eur(wh, price)
+    assert abs(micro * 1000 - wh * price) <= 500
 
 
-def test_meter_at_zero_power_stays_at_zero() -> None:
-    meter = Meter(kw=0.0, price_eur_kwh=0.3)
-    for _ in range(10):
-        meter.advance(1.0)
-    assert (meter.kwh, meter.eur) == (0.0, 0.0)
+def test_the_meter_bills_from_the_total_time_not_from_rounded_steps() -> None:
+    meter = Meter(power_w=22_000, price=320_000)
+    for _ in range(8):
+        meter.advance(1000)
+    assert meter.wh == 48  # 22 kW for 8 s = 48.9 Wh, truncated once, not 8 x 6
+    assert meter.micro_eur == cost_micro_eur(48, 320_000) == 15_360
 
 
-@pytest.mark.parametrize("ticks", [2, 3600])
-def test_meter_total_does_not_drift_with_many_ticks(ticks: int) -> None:
-    meter = Meter(kw=7.4, price_eur_kwh=0.3)
-    for _ in range(ticks):
-        meter.advance(1.0)
-    assert meter.kwh == pytest.approx(round(7.4 * ticks / 3600, KWH_DECIMALS), abs=1e-5)
+# ------------------------------------------------------------ state machine ----
 
 
-# ----------------------------------------------------------- start/tick ----
-
-
-def test_start_supply_produces_session_started_seq_0() -> None:
+def test_a_start_supplies_at_the_drivers_price_from_seq_0() -> None:
     state = engine()
     started = only(state.start(command(), NOW), SessionStarted)
-    assert started.seq == 0
-    assert (started.cp_id, started.session_id, started.driver_id) == (CP, "s-1", "alice")
-    assert started.started_at == NOW
-    assert started.price_eur_kwh == DRIVER_PRICE
-    assert state.supply is not None
-    assert state.supply.session_id == "s-1"
-    assert "s-1" in state.known_sessions
+    assert (started.seq, started.price, started.driver_id, started.started_at) == (0, DRIVER_PRICE, "alice", NOW)
+    assert state.supply is not None and state.supply.meter.price == DRIVER_PRICE
 
 
-def test_each_tick_produces_a_cumulative_reading_with_the_next_seq() -> None:
+def test_the_same_start_delivered_twice_starts_once() -> None:
     state = supplying()
-    for n in range(1, 11):
-        reading = only(state.tick(1.0, NOW + n), MeterReading)
-        assert reading.seq == n
-        assert reading.session_id == "s-1"
-        assert reading.kw == KW
-        expected_kwh = round(KW * n / 3600, KWH_DECIMALS)
-        assert reading.kwh == pytest.approx(expected_kwh, abs=1e-12)
-        assert reading.eur == pytest.approx(round(expected_kwh * DRIVER_PRICE, EUR_DECIMALS), abs=1e-12)
-
-
-def test_readings_use_the_price_of_the_command_not_the_cp() -> None:
-    state = engine()
-    state.start(command(price=0.5), NOW)
-    reading = only(state.tick(100.0, NOW + 100), MeterReading)
-    assert reading.kwh == 1.0
-    assert reading.eur == 0.5
-
-
-def test_readings_never_decrease() -> None:
-    state = supplying(kw=7.4)
-    figures = [only(state.tick(1.0, NOW + n), MeterReading) for n in range(1, 50)]
-    kwh = [r.kwh for r in figures]
-    assert kwh == sorted(kwh)
-    assert [r.seq for r in figures] == list(range(1, 50))
-
-
-def test_tick_while_idle_does_nothing() -> None:
-    assert engine().tick(1.0, NOW) == []
-
-
-def test_session_ends_by_itself_at_max_session_s() -> None:
-    state = supplying(max_session_s=5.0)
-    for n in range(1, 5):
-        only(state.tick(1.0, NOW + n), MeterReading)
-    last, end = state.tick(1.0, NOW + 5)
-    assert isinstance(last, MeterReading) and last.seq == 5
-    assert isinstance(end, SessionEnded)
-    assert end.seq == 6
-    assert end.reason is EndReason.COMPLETED
-    assert (end.kwh, end.eur) == (last.kwh, last.eur)
-    assert end.kwh == pytest.approx(0.05)
-    assert end.ended_at == NOW + 5
-    assert state.supply is None
-    assert state.tick(1.0, NOW + 6) == []
-
-
-def test_max_session_s_with_fractional_ticks() -> None:
-    state = supplying(max_session_s=1.0)
-    events: list[CpEvent] = []
-    for n in range(10):
-        events += state.tick(0.1, NOW + n / 10)
-    assert isinstance(events[-1], SessionEnded)
-    assert events[-1].reason is EndReason.COMPLETED
-    assert sum(isinstance(e, MeterReading) for e in events) == 10
-
-
-def test_no_max_session_runs_until_stopped() -> None:
-    state = supplying()
-    for n in range(1, 500):
-        only(state.tick(1.0, NOW + n), MeterReading)
-    assert state.supply is not None
-
-
-def test_the_same_start_supply_twice_is_ignored() -> None:
-    state = supplying()
-    state.tick(1.0, NOW + 1)
-    assert state.start(command(), NOW + 2) == []
-    assert state.supply is not None and state.supply.seq == 1
-
-
-def test_a_refused_start_delivered_again_is_ignored() -> None:
-    state = engine()
-    state.raise_fault(NOW)
-    only(state.start(command(), NOW), SessionRefused)
-    state.clear_fault()
     assert state.start(command(), NOW + 1) == []
+
+
+def test_a_start_is_refused_when_busy_stopped_faulty_or_unable_to_record() -> None:
+    cases = {
+        "busy with session": supplying(),
+        "stopped by the operator": engine(),
+        "engine fault": engine(),
+        "cannot record": engine(),
+    }
+    cases["stopped by the operator"].stopped = True
+    cases["engine fault"].fault = True
+    cases["cannot record"].recording = False
+    for why, state in cases.items():
+        refused = only(state.start(command("s-9"), NOW), SessionRefused)
+        assert why in refused.reason
+
+
+def test_each_tick_is_a_cumulative_reading_and_the_configured_length_completes_it() -> None:
+    state = supplying(max_session_ms=3000)
+    first = only(state.tick(1000, NOW + 1), MeterReading)
+    second = only(state.tick(1000, NOW + 2), MeterReading)
+    assert (first.seq, first.wh, second.seq, second.wh) == (1, 10, 2, 20)
+    reading, ended = state.tick(1000, NOW + 3)
+    assert isinstance(reading, MeterReading) and isinstance(ended, SessionEnded)
+    assert (ended.seq, ended.wh, ended.micro_eur, ended.reason) == (4, 30, cost_micro_eur(30, DRIVER_PRICE), EndReason.COMPLETED)
     assert state.supply is None
 
 
-# -------------------------------------------------------------- refusals ----
-
-
-def test_start_while_busy_is_refused() -> None:
+def test_ending_bills_the_meter_and_a_stop_for_another_session_does_nothing() -> None:
     state = supplying()
-    refused = only(state.start(command("s-2"), NOW + 1), SessionRefused)
-    assert refused.session_id == "s-2"
-    assert refused.cp_id == CP
-    assert "busy" in refused.reason
-    assert state.supply is not None and state.supply.session_id == "s-1"
+    state.tick(2500, NOW + 2.5)
+    assert state.end(EndReason.DRIVER, NOW, "someone-else") == []
+    ended = only(state.end(EndReason.DRIVER, NOW + 3, "s-1"), SessionEnded)
+    assert (ended.wh, ended.reason) == (25, EndReason.DRIVER)
 
 
-def test_start_while_stopped_is_refused() -> None:
-    state = engine()
-    assert state.stop_cp(NOW) == []
-    refused = only(state.start(command(), NOW), SessionRefused)
-    assert "stopped" in refused.reason
-    assert state.supply is None
-
-
-def test_start_while_in_fault_is_refused() -> None:
-    state = engine()
-    assert state.raise_fault(NOW) == []
-    assert not state.healthy
-    refused = only(state.start(command(), NOW), SessionRefused)
-    assert "fault" in refused.reason
-    assert state.supply is None
-
-
-def test_start_after_expires_at_is_refused() -> None:
-    state = engine()
-    refused = only(state.start(command(expires_at=NOW - 0.001), NOW), SessionRefused)
-    assert "expired" in refused.reason
-    assert state.supply is None
-
-
-def test_start_exactly_at_expires_at_is_accepted() -> None:
-    only(engine().start(command(expires_at=NOW), NOW), SessionStarted)
-
-
-def test_every_refusal_has_a_reason() -> None:
-    for prepare in (
-        lambda s: s.raise_fault(NOW),
-        lambda s: s.stop_cp(NOW),
-        lambda s: s.start(command("other"), NOW),
+def test_operator_stop_fault_and_a_full_disk_end_the_supply_with_their_reason() -> None:
+    for act, reason in (
+        (lambda s: s.stop_cp(NOW), EndReason.OPERATOR),
+        (lambda s: s.raise_fault(NOW), EndReason.FAULT),
+        (lambda s: s.cannot_record(NOW), EndReason.CANNOT_RECORD),
     ):
-        state = engine()
-        prepare(state)
-        refused = only(state.start(command(), NOW), SessionRefused)
-        assert refused.reason
-
-
-# ------------------------------------------------------- stop/fault/end ----
-
-
-def test_raise_fault_while_supplying_ends_with_fault() -> None:
-    state = supplying()
-    reading = only(state.tick(1.0, NOW + 1), MeterReading)
-    end = only(state.raise_fault(NOW + 1.5), SessionEnded)
-    assert end.reason is EndReason.FAULT
-    assert end.seq == 2
-    assert (end.kwh, end.eur) == (reading.kwh, reading.eur)
-    assert end.ended_at == NOW + 1.5
-    assert state.supply is None
-    assert not state.healthy
-
-
-def test_clear_fault_allows_new_sessions() -> None:
+        state = supplying()
+        ended = only(act(state), SessionEnded)
+        assert ended.reason is reason and state.supply is None
     state = engine()
-    state.raise_fault(NOW)
-    assert state.clear_fault() == []
-    assert state.healthy
-    only(state.start(command(), NOW), SessionStarted)
+    state.cannot_record(NOW)
+    assert not state.healthy and "disk full" in state.detail
 
 
-def test_stop_cp_ends_with_operator_and_refuses_until_resume() -> None:
-    state = supplying()
-    state.tick(1.0, NOW + 1)
-    end = only(state.stop_cp(NOW + 2), SessionEnded)
-    assert end.reason is EndReason.OPERATOR
-    assert end.session_id == "s-1"
-    assert state.stopped
-    assert state.supply is None
-    only(state.start(command("s-2"), NOW + 3), SessionRefused)
-    assert state.plug_in(NOW + 3) == []
-    assert state.resume_cp() == []
-    assert not state.stopped
-    started = only(state.start(command("s-3"), NOW + 4), SessionStarted)
-    assert started.session_id == "s-3"
-
-
-def test_end_with_another_session_id_does_nothing() -> None:
-    state = supplying()
-    assert state.end(EndReason.DRIVER, NOW + 1, session_id="someone-else") == []
-    assert state.supply is not None and state.supply.session_id == "s-1"
-
-
-def test_end_with_the_session_id_ends_it() -> None:
-    state = supplying()
-    state.tick(1.0, NOW + 1)
-    end = only(state.end(EndReason.DRIVER, NOW + 2, session_id="s-1"), SessionEnded)
-    assert end.reason is EndReason.DRIVER
-    assert end.seq == 2
-    assert state.supply is None
-
-
-def test_end_while_idle_does_nothing() -> None:
-    state = engine()
-    assert state.end(EndReason.UNPLUGGED, NOW) == []
-    assert state.end(EndReason.DRIVER, NOW, session_id="s-1") == []
-
-
-def test_end_twice_gives_one_session_ended() -> None:
-    state = supplying()
-    only(state.end(EndReason.UNPLUGGED, NOW + 1), SessionEnded)
-    assert state.end(EndReason.UNPLUGGED, NOW + 1) == []
-
-
-def test_session_seqs_are_strictly_increasing() -> None:
-    state = engine(max_session_s=3.0)
-    events = state.start(command(), NOW)
-    for n in range(1, 4):
-        events += state.tick(1.0, NOW + n)
-    assert [type(e) for e in events] == [
-        SessionStarted,
-        MeterReading,
-        MeterReading,
-        MeterReading,
-        SessionEnded,
-    ]
-    assert [e.seq for e in events] == [0, 1, 2, 3, 4]
-
-
-# --------------------------------------------------------------- plug in ----
-
-
-def test_plug_in_starts_a_local_session_at_the_cp_price() -> None:
+def test_a_local_plug_in_supplies_at_the_cps_own_price() -> None:
     state = engine()
     started = only(state.plug_in(NOW), SessionStarted)
-    assert started.driver_id == "local"
-    assert started.price_eur_kwh == CP_PRICE
-    assert started.seq == 0
-    assert started.started_at == NOW
-    assert started.session_id in state.known_sessions
-    reading = only(state.tick(100.0, NOW + 100), MeterReading)
-    assert reading.session_id == started.session_id
-    assert reading.eur == round(1.0 * CP_PRICE, EUR_DECIMALS)
+    assert (started.driver_id, started.price) == ("local", CP_PRICE)
+    assert state.plug_in(NOW) == [], "one supply at a time"
 
 
-def test_plug_in_sessions_get_fresh_ids() -> None:
+# ------------------------------------------------------------ command dispatch ----
+
+
+def test_a_start_addressed_to_another_engine_instance_is_left_alone() -> None:
     state = engine()
-    first = only(state.plug_in(NOW), SessionStarted)
-    state.end(EndReason.UNPLUGGED, NOW + 1)
-    second = only(state.plug_in(NOW + 2), SessionStarted)
-    assert first.session_id != second.session_id
+    step = engine_commands.handle(state, command(engine_id="other"), instance="mine", now=NOW)
+    assert step.events == [] and step.warning and "second engine" in step.note
+    mine = engine_commands.handle(state, command(engine_id="mine"), instance="mine", now=NOW)
+    assert isinstance(mine.events[0], SessionStarted)
 
 
-def test_plug_in_with_a_named_driver() -> None:
-    started = only(engine().plug_in(NOW, driver_id="bob"), SessionStarted)
-    assert started.driver_id == "bob"
+def test_a_start_central_withdrew_in_the_same_batch_is_refused_not_started() -> None:
+    batch = [command("s-1"), StopSupply(cp_id=CP, session_id="s-1", reason=EndReason.NOT_STARTED)]
+    withdrawn = engine_commands.withdrawn(batch)
+    state = engine()
+    step = engine_commands.handle(state, batch[0], instance="", now=NOW, withdrawn=withdrawn)
+    refused = only(step.events, SessionRefused)
+    assert "withdrawn" in refused.reason and state.supply is None
+    assert engine_commands.handle(state, batch[1], instance="", now=NOW, withdrawn=withdrawn).events == []
 
 
-def test_plug_in_while_busy_faulty_or_stopped_does_nothing() -> None:
-    busy = supplying()
-    assert busy.plug_in(NOW) == []
-    assert busy.supply is not None and busy.supply.session_id == "s-1"
-    faulty = engine()
-    faulty.raise_fault(NOW)
-    assert faulty.plug_in(NOW) == []
-    stopped = engine()
-    stopped.stop_cp(NOW)
-    assert stopped.plug_in(NOW) == []
+def test_operator_commands_record_the_stop_flag() -> None:
+    state = supplying()
+    stop = engine_commands.handle(state, StopCp(cp_id=CP), instance="", now=NOW)
+    assert stop.stopped is True and isinstance(stop.events[0], SessionEnded)
+    resume = engine_commands.handle(state, ResumeCp(cp_id=CP), instance="", now=NOW)
+    assert resume.stopped is False and not state.stopped

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evcharge.errors import FrameTooLarge, ProtocolError
-from evcharge.runtime.framing import (
+from evcharge.protocol.framing import (
     DEFAULT_MAX_FRAME_BYTES,
     HEADER,
     MAGIC,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evcharge.cp.health import HealthTracker
-from evcharge.messages import Health
+from evcharge.protocol.messages import Health
 
 
 def test_no_verdict_before_the_first_check() -> None:

@@ -1,8 +1,12 @@
-"""Unit tests for evcharge.central.ledger: engine events applied exactly once, and the ticket."""
+"""Unit tests for evcharge.central.ledger: engine events applied exactly once, the ticket, and the
+meter's revision of a ticket central issued itself."""
 
 from __future__ import annotations
 
-import pytest
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evcharge.central.ledger import (
     Applied,
@@ -10,300 +14,186 @@ from evcharge.central.ledger import (
     Session,
     SessionState,
     apply_event,
-    end_session,
+    close_by_central,
 )
-from evcharge.messages import (
+from evcharge.protocol.messages import (
     ChargingProgress,
-    CpEvent,
     EndReason,
     MeterReading,
     SessionEnded,
     SessionRefused,
     SessionStarted,
+    StopSupply,
     Ticket,
 )
+from evcharge.protocol.units import cost_micro_eur
 
 SID = "sess-0001"
 CP = "CP-1"
-PRICE = 0.4
-CREATED = 1_000.0
-STARTED = 1_005.0
-ENDED = 1_065.0
+PRICE = 400_000  # 0.40 EUR/kWh
+CREATED, STARTED, ENDED, NOW = 1_000.0, 1_005.0, 1_065.0, 2_000.0
+CpEvent = SessionStarted | MeterReading | SessionEnded | SessionRefused
+
+
+def ids():
+    counter = itertools.count(1)
+    return lambda: f"id-{next(counter)}"
 
 
 def new_session() -> Session:
-    return Session(
-        session_id=SID,
-        request_id="req-1",
-        cp_id=CP,
-        driver_id="alice",
-        price_eur_kwh=PRICE,
-        created_at=CREATED,
-    )
+    return Session(session_id=SID, request_id="req-1", cp_id=CP, driver_id="alice", price=PRICE, created_at=CREATED)
 
 
 def started(seq: int = 0) -> SessionStarted:
-    return SessionStarted(
-        cp_id=CP,
-        session_id=SID,
-        driver_id="alice",
-        seq=seq,
-        started_at=STARTED,
-        price_eur_kwh=PRICE,
-    )
+    return SessionStarted(cp_id=CP, session_id=SID, driver_id="alice", seq=seq, started_at=STARTED, price=PRICE)
 
 
-def reading(seq: int, kwh: float, kw: float = 11.0) -> MeterReading:
-    return MeterReading(cp_id=CP, session_id=SID, seq=seq, kw=kw, kwh=kwh, eur=round(kwh * PRICE, 4))
+def reading(seq: int, wh: int, power_w: int = 11_000) -> MeterReading:
+    return MeterReading(cp_id=CP, session_id=SID, seq=seq, power_w=power_w, wh=wh, micro_eur=cost_micro_eur(wh, PRICE))
 
 
-def ended(seq: int, kwh: float, reason: EndReason = EndReason.DRIVER) -> SessionEnded:
+def ended(seq: int, wh: int, reason: EndReason = EndReason.DRIVER) -> SessionEnded:
     return SessionEnded(
-        cp_id=CP,
-        session_id=SID,
-        seq=seq,
-        kwh=kwh,
-        eur=round(kwh * PRICE, 4),
-        ended_at=ENDED,
-        reason=reason,
+        cp_id=CP, session_id=SID, seq=seq, wh=wh, micro_eur=cost_micro_eur(wh, PRICE), ended_at=ENDED, reason=reason
     )
 
 
 def full_sequence() -> list[CpEvent]:
-    return [started(), reading(1, 0.1), reading(2, 0.2), reading(3, 0.3), ended(4, 0.3)]
+    return [started(), reading(1, 100), reading(2, 200), reading(3, 300), ended(4, 300)]
 
 
-def tickets(results: list[Applied | Ignored]) -> list[Ticket]:
-    return [u for r in results if isinstance(r, Applied) for u in r.updates if isinstance(u, Ticket)]
+def run(session: Session, events: list[CpEvent]) -> tuple[Session, list[object]]:
+    """Apply events in order like central does; the final session and every update sent."""
+    new_id = ids()
+    sent: list[object] = []
+    for event in events:
+        result = apply_event(session, event, new_id, NOW)
+        if isinstance(result, Applied):
+            session = result.session
+            sent += result.updates
+    return session, sent
 
 
-def apply_all(session: Session, events: list[CpEvent]) -> list[Applied | Ignored]:
-    return [apply_event(session, e) for e in events]
-
-
-def snapshot(session: Session) -> tuple:
-    return (
-        session.state,
-        session.started_at,
-        session.ended_at,
-        session.last_seq,
-        session.kw,
-        session.kwh,
-        session.eur,
-        session.end_reason,
-    )
+def tickets(sent: list[object]) -> list[Ticket]:
+    return [u for u in sent if isinstance(u, Ticket)]
 
 
 # -------------------------------------------------------------- the happy path ----
 
 
-def test_new_session_is_authorised_and_active() -> None:
+def test_a_new_session_is_authorised_and_active() -> None:
     session = new_session()
-    assert session.state is SessionState.AUTHORISED
-    assert session.active
-    assert session.last_seq == -1
+    assert session.state is SessionState.AUTHORISED and session.active and session.last_seq == -1
 
 
-def test_session_started_moves_to_supplying_and_reports_progress() -> None:
+def test_started_moves_to_supplying_and_reports_progress_without_changing_the_original() -> None:
     session = new_session()
-    result = apply_event(session, started())
+    result = apply_event(session, started(), ids(), NOW)
     assert isinstance(result, Applied)
-    assert session.state is SessionState.SUPPLYING
-    assert session.started_at == STARTED
-    assert session.last_seq == 0
+    assert session.state is SessionState.AUTHORISED, "sessions are immutable: the caller swaps"
+    assert result.session.state is SessionState.SUPPLYING and result.session.started_at == STARTED
     [progress] = result.updates
     assert isinstance(progress, ChargingProgress)
-    assert (progress.seq, progress.kwh, progress.eur) == (0, 0.0, 0.0)
-    assert (progress.driver_id, progress.session_id, progress.cp_id) == ("alice", SID, CP)
+    assert (progress.seq, progress.wh, progress.micro_eur) == (0, 0, 0)
 
 
-def test_meter_reading_takes_its_figures_and_reports_them() -> None:
-    session = new_session()
-    apply_event(session, started())
-    result = apply_event(session, reading(1, 0.25, kw=7.4))
-    assert isinstance(result, Applied)
-    assert (session.kw, session.kwh, session.eur) == (7.4, 0.25, 0.1)
-    [progress] = result.updates
-    assert isinstance(progress, ChargingProgress)
-    assert (progress.seq, progress.kw, progress.kwh, progress.eur) == (1, 7.4, 0.25, 0.1)
+def test_readings_take_the_meters_figures_and_the_end_bills_them_exactly() -> None:
+    session, sent = run(new_session(), full_sequence())
+    [ticket] = tickets(sent)
+    assert session.state is SessionState.ENDED and session.meter_final
+    assert (ticket.wh, ticket.micro_eur) == (300, 120_000)
+    assert (ticket.revision, ticket.provisional, ticket.replaces) == (1, False, None)
+    assert (ticket.started_at, ticket.ended_at, ticket.end_reason) == (STARTED, ENDED, EndReason.DRIVER)
+    assert [type(u).__name__ for u in sent] == ["ChargingProgress"] * 4 + ["Ticket"]
 
 
-def test_full_session_ends_with_a_ticket_of_the_last_figures() -> None:
-    session = new_session()
-    results = apply_all(session, full_sequence())
-    assert all(isinstance(r, Applied) for r in results)
-    [ticket] = tickets(results)
-    assert results[-1].updates == [ticket]
-    assert ticket.kwh == 0.3
-    assert ticket.eur == round(0.3 * PRICE, 4)
-    assert ticket.end_reason is EndReason.DRIVER
-    assert ticket.started_at == STARTED
-    assert ticket.ended_at == ENDED
-    assert ticket.price_eur_kwh == PRICE
-    assert (ticket.driver_id, ticket.session_id, ticket.request_id, ticket.cp_id) == (
-        "alice",
-        SID,
-        "req-1",
-        CP,
-    )
-    assert session.state is SessionState.ENDED
-    assert not session.active
-    assert session.kw == 0.0
-    assert session.end_reason is EndReason.DRIVER
+def test_a_refused_start_ends_the_session_not_started_with_a_zero_ticket() -> None:
+    refused = SessionRefused(cp_id=CP, session_id=SID, reason="engine fault", ts=1_001.0)
+    session, sent = run(new_session(), [refused])
+    [ticket] = tickets(sent)
+    assert (ticket.end_reason, ticket.wh, ticket.micro_eur) == (EndReason.NOT_STARTED, 0, 0)
 
 
-def test_ticket_figures_come_from_session_ended_not_the_last_reading() -> None:
-    session = new_session()
-    apply_all(session, [started(), reading(1, 0.1)])
-    [ticket] = tickets([apply_event(session, ended(2, 0.15, EndReason.UNPLUGGED))])
-    assert ticket.kwh == 0.15
-    assert ticket.eur == round(0.15 * PRICE, 4)
-    assert ticket.end_reason is EndReason.UNPLUGGED
+# ------------------------------------------------------------ exactly once ----
 
 
-# ----------------------------------------------------------- exactly once ----
-
-
-@pytest.mark.parametrize("index", range(5))
-def test_duplicate_events_are_ignored(index: int) -> None:
+def test_a_replayed_or_out_of_order_event_changes_nothing() -> None:
     events = full_sequence()
-    session = new_session()
-    for event in events[: index + 1]:
-        apply_event(session, event)
-    before = snapshot(session)
-    again = apply_event(session, events[index])
-    assert isinstance(again, Ignored)
-    assert again.why
-    assert snapshot(session) == before
+    once, sent_once = run(new_session(), events)
+    twice, sent_twice = run(new_session(), [*events[:3], events[1], events[0], *events[3:], *events])
+    assert (once.wh, once.micro_eur, once.last_seq) == (twice.wh, twice.micro_eur, twice.last_seq)
+    assert len(tickets(sent_twice)) == 1
 
 
-def test_each_event_delivered_twice_in_a_row_gives_the_same_result_and_one_ticket() -> None:
-    once, twice = new_session(), new_session()
-    apply_all(once, full_sequence())
-    doubled = [e for e in full_sequence() for _ in range(2)]
-    results = apply_all(twice, doubled)
-    assert [isinstance(r, Applied) for r in results] == [True, False] * 5
-    assert len(tickets(results)) == 1
-    assert snapshot(twice) == snapshot(once)
+@given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=30))
+def test_any_redelivery_of_the_events_bills_what_the_in_order_run_bills(order: list[int]) -> None:
+    events = full_sequence()
+    replayed = [events[i] for i in order] + events  # whatever came first, everything arrives at least once
+    reference, _ = run(new_session(), events)
+    session, sent = run(new_session(), replayed)
+    assert (session.wh, session.micro_eur) == (reference.wh, reference.micro_eur)
+    assert len(tickets(sent)) == 1
 
 
-def test_replaying_the_whole_sequence_changes_nothing_and_gives_no_second_ticket() -> None:
-    session = new_session()
-    first = apply_all(session, full_sequence())
-    after_first = snapshot(session)
-    second = apply_all(session, full_sequence())
-    assert len(tickets(first)) == 1
-    assert tickets(second) == []
-    assert all(isinstance(r, Ignored) for r in second)
-    assert snapshot(session) == after_first
+# -------------------------------------------------------- the meter is the truth ----
 
 
-def test_replaying_a_prefix_mid_session_changes_nothing() -> None:
-    session = new_session()
-    apply_all(session, full_sequence()[:4])
-    before = snapshot(session)
-    results = apply_all(session, full_sequence()[:4])
-    assert all(isinstance(r, Ignored) for r in results)
-    assert snapshot(session) == before
-    assert session.active
+def test_central_closing_a_started_session_bills_what_it_had_and_tells_the_engine() -> None:
+    session, _ = run(new_session(), [started(), reading(1, 100)])
+    closed, sent = close_by_central(session, EndReason.ENGINE_FAILURE, ids(), NOW)
+    ticket, stop = sent
+    assert isinstance(ticket, Ticket) and isinstance(stop, StopSupply)
+    assert (ticket.wh, ticket.provisional, ticket.revision) == (100, True, 1)
+    assert (stop.session_id, stop.reason) == (SID, EndReason.ENGINE_FAILURE)
+    assert closed.closed_by_central and not closed.meter_final and closed.provisional
 
 
-def test_events_after_the_end_are_ignored() -> None:
-    session = new_session()
-    apply_all(session, full_sequence())
-    before = snapshot(session)
-    late = [
-        reading(5, 9.9),
-        ended(6, 9.9, EndReason.FAULT),
-        SessionRefused(cp_id=CP, session_id=SID, reason="late"),
-    ]
-    results = apply_all(session, late)
-    assert all(isinstance(r, Ignored) for r in results)
-    assert snapshot(session) == before
-    assert session.kwh == 0.3
-    assert session.end_reason is EndReason.DRIVER
+def test_readings_central_had_not_seen_revise_its_ticket_once_with_the_meters_figures() -> None:
+    session, _ = run(new_session(), [started(), reading(1, 100)])
+    closed, first = close_by_central(session, EndReason.ENGINE_FAILURE, ids(), NOW)
+    revised, sent = run(closed, [reading(2, 200), reading(3, 300), ended(4, 300, EndReason.INTERRUPTED)])
+    [correction] = tickets(sent)
+    assert (correction.wh, correction.micro_eur) == (300, 120_000)
+    assert (correction.revision, correction.provisional) == (2, False)
+    assert correction.replaces == first[0].id
+    assert correction.end_reason is EndReason.ENGINE_FAILURE, "the session ended because its engine failed"
+    assert revised.meter_final and (revised.billed_wh, revised.billed_micro_eur) == (300, 120_000)
+    assert not any(isinstance(u, ChargingProgress) for u in sent), "the driver hears no progress of an ended session"
 
 
-def test_an_older_reading_out_of_order_is_ignored_and_does_not_lower_kwh() -> None:
-    session = new_session()
-    apply_all(session, [started(), reading(1, 0.1), reading(3, 0.3)])
-    result = apply_event(session, reading(2, 0.2))
+def test_the_meter_confirming_central_s_figures_turns_the_provisional_ticket_final() -> None:
+    session, _ = run(new_session(), [started(), reading(1, 100)])
+    closed, _ = close_by_central(session, EndReason.ENGINE_FAILURE, ids(), NOW)
+    _, sent = run(closed, [ended(2, 100, EndReason.ENGINE_FAILURE)])
+    [confirmation] = tickets(sent)
+    assert (confirmation.wh, confirmation.revision, confirmation.provisional) == (100, 2, False)
+
+
+def test_after_the_meter_s_final_word_nothing_changes_the_bill_again() -> None:
+    session, _ = run(new_session(), [started(), reading(1, 100)])
+    closed, _ = close_by_central(session, EndReason.ENGINE_FAILURE, ids(), NOW)
+    final, _ = run(closed, [ended(2, 150)])
+    again, sent = run(final, [reading(3, 999), ended(4, 999), ended(2, 150)])
+    assert sent == [] and (again.wh, again.ticket_revision) == (150, 2)
+
+
+def test_a_not_started_session_closed_by_central_needs_no_revision_when_the_meter_agrees() -> None:
+    closed, first = close_by_central(new_session(), EndReason.NOT_STARTED, ids(), NOW)
+    assert not first[0].provisional, "nothing was supplied: the ticket is final"
+    refused = SessionRefused(cp_id=CP, session_id=SID, reason="withdrawn")
+    after, sent = run(closed, [refused])
+    assert sent == [] and after.meter_final
+
+
+def test_an_engine_that_started_after_central_gave_up_is_billed_what_it_metered() -> None:
+    closed, _ = close_by_central(new_session(), EndReason.NOT_STARTED, ids(), NOW)
+    revised, sent = run(closed, [started(), reading(1, 40), ended(2, 40, EndReason.NOT_STARTED)])
+    [correction] = tickets(sent)
+    assert (correction.wh, correction.revision) == (40, 2)
+    assert revised.wh == 40
+
+
+def test_an_engine_that_ended_the_session_itself_is_never_revised() -> None:
+    session, _ = run(new_session(), full_sequence())
+    result = apply_event(session, reading(5, 900), ids(), NOW)
     assert isinstance(result, Ignored)
-    assert session.kwh == 0.3
-    assert session.last_seq == 3
-    [ticket] = tickets([apply_event(session, ended(4, 0.3))])
-    assert ticket.kwh == 0.3
-
-
-def test_a_reading_before_session_started_still_counts_and_started_is_then_ignored() -> None:
-    # Readings are cumulative: a missing SessionStarted does not lose energy.
-    session = new_session()
-    assert isinstance(apply_event(session, reading(1, 0.1)), Applied)
-    assert session.state is SessionState.SUPPLYING
-    assert isinstance(apply_event(session, started()), Ignored)
-    assert session.kwh == 0.1
-
-
-def test_session_ended_without_session_started_uses_the_creation_time() -> None:
-    session = new_session()
-    [ticket] = tickets([apply_event(session, ended(3, 0.05, EndReason.INTERRUPTED))])
-    assert ticket.started_at == CREATED
-    assert ticket.kwh == 0.05
-    assert ticket.end_reason is EndReason.INTERRUPTED
-
-
-# -------------------------------------------------------------- refusals ----
-
-
-def test_session_refused_on_an_authorised_session_ends_it_not_started() -> None:
-    session = new_session()
-    refusal = SessionRefused(cp_id=CP, session_id=SID, reason="engine fault", ts=1_002.5)
-    result = apply_event(session, refusal)
-    assert isinstance(result, Applied)
-    [ticket] = result.updates
-    assert isinstance(ticket, Ticket)
-    assert ticket.end_reason is EndReason.NOT_STARTED
-    assert ticket.kwh == 0.0
-    assert ticket.eur == 0.0
-    assert ticket.ended_at == 1_002.5
-    assert ticket.started_at == CREATED
-    assert session.state is SessionState.ENDED
-    assert isinstance(apply_event(session, refusal), Ignored)
-    assert isinstance(apply_event(session, started()), Ignored)
-
-
-# ----------------------------------------------------------- end_session ----
-
-
-@pytest.mark.parametrize("reason", list(EndReason))
-def test_end_session_returns_one_ticket_with_the_given_reason(reason: EndReason) -> None:
-    session = new_session()
-    apply_all(session, [started(), reading(1, 0.12)])
-    ticket = end_session(session, reason, 2_000.0)
-    assert isinstance(ticket, Ticket)
-    assert ticket.end_reason is reason
-    assert ticket.ended_at == 2_000.0
-    assert ticket.kwh == 0.12
-    assert ticket.eur == round(0.12 * PRICE, 4)
-    assert session.state is SessionState.ENDED
-    assert not session.active
-    assert session.kw == 0.0
-    # Nothing the engine sends afterwards produces another ticket.
-    later = apply_all(session, [reading(2, 0.2), ended(3, 0.2)])
-    assert tickets(later) == []
-    assert session.kwh == 0.12
-
-
-def test_end_session_of_an_authorised_session_bills_nothing() -> None:
-    session = new_session()
-    ticket = end_session(session, EndReason.NOT_STARTED, 1_030.0)
-    assert (ticket.kwh, ticket.eur, ticket.started_at) == (0.0, 0.0, CREATED)
-    assert ticket.end_reason is EndReason.NOT_STARTED
-
-
-def test_ticket_round_trips_the_wire_format() -> None:
-    from evcharge.messages import DriverUpdate, decode, encode
-
-    session = new_session()
-    [ticket] = tickets(apply_all(session, full_sequence()))
-    assert decode(encode(ticket), DriverUpdate) == ticket

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from evcharge.central.status import CpStatus, cp_status, denial_for
-from evcharge.messages import DenyCode, Health
+from evcharge.protocol.messages import DenyCode, Health
 
 OK, KO = Health.OK, Health.KO
 ON, SUPPLYING, STOPPED, BROKEN, DISCONNECTED = (

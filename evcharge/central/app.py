@@ -4,106 +4,108 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from evcharge.central.audit import AuditLog
+from evcharge.central.decisions import Rules
+from evcharge.central.facts import DeadLettered
 from evcharge.central.http_api import CentralApi
+from evcharge.central.ledger import CpEvent
 from evcharge.central.monitor_server import MonitorServer
+from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
-from evcharge.central.store import CentralStore
-from evcharge.errors import ProtocolError
-from evcharge.messages import (
-    ChargeRequest,
-    CpEvent,
-    DriverRequest,
-    StopRequest,
-    decode,
-)
-from evcharge.runtime.consumer import ConsumerLoop, dead_letter
-from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics
+from evcharge.central.settings import CentralSettings
+from evcharge.central.store import CentralStore, open_store
+from evcharge.central.store.sqlite import SqliteStore
+from evcharge.protocol.messages import ChargeRequest, StopRequest, new_id
+from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter
+from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.outbox import OutboxRelay
-from evcharge.runtime.waits import sleep_unless
 
 log = logging.getLogger("evcharge.central")
 
 
-@dataclass(frozen=True)
-class CentralSettings:
-    kafka: str
-    db_path: Path
-    host: str = "127.0.0.1"
-    tcp_port: int = 7000
-    http_port: int = 8000
-    partitions: int = 8
-    request_ttl_s: float = 60.0
-    start_timeout_s: float = 10.0
-    heartbeat_timeout_s: float = 3.0
-    panel: bool = False
-    # After a restart, requests that queued meanwhile are judged only once the
-    # known CPs' monitors are back (or this much time passed), not against a
-    # registry that still shows everything DISCONNECTED.
-    startup_grace_s: float = 5.0
-    require_auth: bool = False
-    join_token: str | None = None
-    operator_token: str | None = None
-    audit_path: Path | None = None
-
-
 class CentralApp:
-    def __init__(self, settings: CentralSettings) -> None:
+    def __init__(self, settings: CentralSettings, *, auth: bool) -> None:
         self.settings = settings
+        self.auth = auth
+        self.instance = new_id()
+
+    def audit_path(self, store: CentralStore) -> Any:
+        s = self.settings
+        if s.audit_log is not None:
+            return s.audit_log
+        if isinstance(store, SqliteStore):
+            return store.database.path.parent / "audit.log"
+        return s.state_dir / "audit.log"
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        started = time.monotonic()
-        store = await CentralStore.open(s.db_path)
+        store = await open_store(s.store)
+        if isinstance(store, SqliteStore):
+            store.claim(
+                f"central pid {os.getpid()} (monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port})"
+            )
         relay = OutboxRelay(store.outbox, s.kafka)
+        messages, counters = Messages(), Counters()
+        audit = AuditLog(self.audit_path(store))
         service = CentralService(
             store,
-            request_ttl_s=s.request_ttl_s,
-            start_timeout_s=s.start_timeout_s,
-            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            Rules(
+                request_ttl_s=s.request_ttl_s,
+                start_timeout_s=s.start_timeout_s,
+                join_token=s.join_token if self.auth else None,
+            ),
+            observers=[messages, counters, audit],
             on_outbox=relay.wake,
-            join_token=s.join_token if s.require_auth else None,
-            audit=AuditLog(s.audit_path),
         )
         self.service = service
         await service.load()
-        monitors = MonitorServer(service, s.host, s.tcp_port)
-        consumer = ConsumerLoop(s.kafka, "central", self._assign, _Dispatcher(service, store, relay).handle)
+        dispatcher = _Dispatcher(service, store, relay)
+        inbox = Inbox(
+            bootstrap=s.kafka,
+            group_id="central",
+            subscriptions=[Subscription(Topic.DRIVER_REQUESTS), Subscription(Topic.CP_EVENTS)],
+            codecs=CODECS,
+            topics=TOPICS,
+            handle=dispatcher.handle,
+            dead_letter=dispatcher.dead_letter,
+            partitions=s.partitions,
+            name="central",
+        )
+        monitors = MonitorServer(
+            service, s.host, s.tcp_port, heartbeat_timeout_s=s.heartbeat_timeout_s, instance=self.instance
+        )
         api = CentralApi(
             service,
-            started,
-            lambda: relay.kafka_up and consumer.kafka_up,
-            operator_token=s.operator_token if s.require_auth else None,
+            messages,
+            counters,
+            instance=self.instance,
+            kafka_up=lambda: relay.kafka_up and inbox.kafka_up,
+            store_state=lambda: f"cannot record: {inbox.store_error}" if inbox.store_error else "ok",
+            operator_token=s.operator_token if self.auth else None,
         )
         runner = web.AppRunner(api.app, access_log=None)
         try:
             await monitors.start()
             await runner.setup()
             await web.TCPSite(runner, s.host, s.http_port).start()
-            log.info(
-                "HTTP API on http://%s:%d (database %s, Kafka %s)",
-                s.host,
-                s.http_port,
-                s.db_path,
-                s.kafka,
-            )
+            log.info("HTTP API on http://%s:%d (store %s, Kafka %s)", s.host, s.http_port, store.url, s.kafka)
             await service.wait_for_monitors(s.startup_grace_s)
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
-                tasks.create_task(consumer.run(stop), name="kafka consumer")
+                tasks.create_task(inbox.run(stop), name="kafka inbox")
                 tasks.create_task(monitors.watch_heartbeats(stop), name="heartbeat watch")
-                tasks.create_task(_every(1.0, service.expire_unstarted, stop), name="start deadline")
+                tasks.create_task(service.run_deadlines(stop), name="start deadlines")
                 if s.panel:
                     from evcharge.central.panel import run_panel
 
-                    tasks.create_task(run_panel(service, stop), name="panel")
+                    tasks.create_task(run_panel(service, messages, stop), name="panel")
                 await stop.wait()
                 log.info("central stopping: closing monitor connections, flushing the outbox")
         finally:
@@ -111,64 +113,61 @@ class CentralApp:
             await monitors.close()
             await runner.cleanup()
             await store.close()
-            service.audit.close()
+            audit.close()
         log.info("central stopped")
         return 0
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        counts = await ensure_topics(self.settings.kafka, self.settings.partitions)
-        return [
-            *all_partitions(counts, TOPICS.driver_requests),
-            *all_partitions(counts, TOPICS.cp_events),
-        ]
-
 
 class _Dispatcher:
-    """Turns a batch of records into service calls, in order; undecodable records become dead letters."""
+    """Turns a batch of deliveries into service calls, in order; misfits become dead letters."""
 
     def __init__(self, service: CentralService, store: CentralStore, relay: OutboxRelay) -> None:
         self._service = service
         self._store = store
         self._relay = relay
 
-    async def handle(self, records: list[ConsumerRecord]) -> None:
+    async def handle(self, deliveries: Sequence[Delivery[Any]]) -> None:
         # Facts before decisions: the engines' events of a batch are applied before
         # its requests, so a request is judged on the freshest state (after an
         # outage, a CP's session may have ended in the same backlog).
-        records = sorted(records, key=lambda r: r.topic == TOPICS.driver_requests)
-        events: list[tuple[ConsumerRecord, CpEvent]] = []
-        for record in records:
-            kind = DriverRequest if record.topic == TOPICS.driver_requests else CpEvent
-            try:
-                message = decode(record.value, kind)
-            except ProtocolError as exc:
-                await self._dead_letter(record, str(exc))
-                continue
-            if isinstance(message, (ChargeRequest, StopRequest)):
+        ordered = sorted(deliveries, key=lambda d: d.record.topic == Topic.DRIVER_REQUESTS)
+        events: list[Delivery[CpEvent]] = []
+        for delivery in ordered:
+            message = delivery.message
+            if isinstance(message, ChargeRequest):
                 await self._flush(events)
-                if isinstance(message, ChargeRequest):
-                    await self._service.charge(message)
-                else:
-                    await self._service.stop_request(message)
+                # The broker stamped the request when it arrived (LogAppendTime): its age
+                # needs no trust in the driver's clock.
+                waited = max(0.0, time.time() - delivery.broker_time_s)
+                await self._service.charge(message, waited_s=waited)
+            elif isinstance(message, StopRequest):
+                await self._flush(events)
+                await self._service.stop_request(message)
             else:
-                events.append((record, message))  # type: ignore[arg-type]
+                events.append(delivery)
         await self._flush(events)
 
-    async def _flush(self, events: list[tuple[ConsumerRecord, CpEvent]]) -> None:
+    async def _flush(self, events: list[Delivery[CpEvent]]) -> None:
         if not events:
             return
-        rejected = await self._service.apply_events([event for _, event in events])
+        rejected = await self._service.apply_events([d.message for d in events])
         for position, reason in rejected.items():
-            await self._dead_letter(events[position][0], reason)
+            record = events[position].record
+            log.warning(
+                "central set aside record %s[%d]@%d as a dead letter: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+            )
+            await self.dead_letter(record, reason)
         events.clear()
 
-    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        self._service.counters["dead_letters"] = self._service.counters.get("dead_letters", 0) + 1
-        await self._store.dead_letter(dead_letter(record, "central", reason))
+    async def dead_letter(self, record: Any, reason: str) -> None:
+        await self._store.dead_letter(
+            *dead_letter(
+                record.topic, record.partition, record.offset, record.key, record.value, "central", reason
+            )
+        )
+        self._service.tell(DeadLettered(record.topic, reason))
         self._relay.wake()
-
-
-async def _every(interval_s: float, action, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        await action()
-        await sleep_unless(stop, interval_s)

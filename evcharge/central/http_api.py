@@ -1,29 +1,36 @@
 """Central's HTTP API: read the CPs and sessions, ask for a charge, stop and resume CPs.
 
 Every error is JSON `{"error": code, "message": text}` with the right status;
-bad input is a 4xx, never a 500.
+bad input is a 4xx, never a 500; a store that cannot record is a 503 the client
+may retry.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
 from evcharge import __version__
-from evcharge.central.ledger import Session
+from evcharge.central import facts
+from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
-from evcharge.errors import Refused
-from evcharge.messages import ChargeRequest
+from evcharge.central.state import Outcome
+from evcharge.central.store import SessionQuery
+from evcharge.central.view import cp_json, cps_json, session_json
+from evcharge.errors import Refused, StoreUnavailable
+from evcharge.protocol.messages import ChargeRequest
 
 log = logging.getLogger("evcharge.central.http")
 
 MAX_BODY_BYTES = 64 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ChargeBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -31,52 +38,55 @@ class ChargeBody(msgspec.Struct, forbid_unknown_fields=True):
     cp_id: str
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
+_charge_request = msgspec.json.Decoder(ChargeRequest)
+
+
+def error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+        return error(
+            exc.status, (exc.reason or "error").lower().replace(" ", "_"), exc.text or exc.reason or ""
+        )
+    except StoreUnavailable as exc:
+        return error(503, "unavailable", f"central cannot record right now: {exc}")
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _error(500, "internal", "internal error; see central's log")
+        return error(500, "internal", "internal error; see central's log")
 
 
-def session_json(s: Session) -> dict[str, Any]:
-    return {
-        "session_id": s.session_id,
-        "request_id": s.request_id,
-        "cp_id": s.cp_id,
-        "driver_id": s.driver_id,
-        "state": s.state.value,
-        "price_eur_kwh": s.price_eur_kwh,
-        "created_at": s.created_at,
-        "started_at": s.started_at,
-        "ended_at": s.ended_at,
-        "kw": s.kw,
-        "kwh": s.kwh,
-        "eur": s.eur,
-        "end_reason": s.end_reason.value if s.end_reason else None,
-    }
+_REFUSAL_STATUS = {"unknown_cp": 404, "unknown_session": 404, "not_leader": 503}
 
 
 class CentralApi:
     def __init__(
         self,
         service: CentralService,
-        started_at: float,
-        kafka_up: Any,
+        messages: Messages,
+        counters: Counters,
+        *,
+        instance: str,
+        kafka_up: Callable[[], bool],
+        store_state: Callable[[], str],
+        role: Callable[[], str] = lambda: "single",
         operator_token: str | None = None,
     ) -> None:
         self._service = service
-        self._started_at = started_at
+        self._messages = messages
+        self._counters = counters
+        self._instance = instance
+        self._started_at = time.time()
+        self._started_monotonic = time.monotonic()
         self._kafka_up = kafka_up
+        self._store_state = store_state
+        self._role = role
         self._operator_token = operator_token
         self.app = web.Application(
             middlewares=[json_errors, self._operator_only], client_max_size=MAX_BODY_BYTES
@@ -98,93 +108,84 @@ class CentralApi:
             ]
         )
 
+    @property
+    def auth(self) -> bool:
+        return self._operator_token is not None
+
     @web.middleware
-    async def _operator_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _operator_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """With auth on, changing a CP (stop, resume, forget) needs the operator's bearer token."""
-        if self._operator_token is None or request.method == "GET" or not request.path.startswith("/cp"):
+        if (
+            self._operator_token is None
+            or request.method in ("GET", "HEAD")
+            or not request.path.startswith("/cp")
+        ):
             return await handler(request)
         presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(presented.encode(), self._operator_token.encode()):
-            self._service.audit.record(
-                request.path, who="unknown", peer=str(request.remote), result="refused: no operator token"
-            )
-            return _error(401, "unauthorized", "this needs the operator token: Authorization: Bearer <token>")
+            why = "a wrong operator token" if presented else "no operator token"
+            self._service.tell(facts.OperatorRefused(request.path, "unknown", why, str(request.remote)))
+            return error(401, "unauthorized", "this needs the operator token: Authorization: Bearer <token>")
         return await handler(request)
 
-    def cp_json(self, cp_id: str) -> dict[str, Any]:
-        live = self._service.cps[cp_id]
-        session = self._service.session_on(cp_id)
-        status = self._service.status(cp_id)
-        return {
-            "cp_id": cp_id,
-            "status": status.value if status else None,
-            "location": live.record.location,
-            "price_eur_kwh": live.record.price_eur_kwh,
-            "max_kw": live.record.max_kw,
-            "stopped": live.record.stopped,
-            "monitor_connected": live.monitor is not None,
-            "engine_health": live.health.value if live.health else None,
-            "session": session_json(session) if session else None,
-        }
-
     async def health(self, request: web.Request) -> web.Response:
+        state = self._service.state
         return web.json_response(
             {
                 "status": "ok",
                 "version": __version__,
-                "uptime_s": round(time.monotonic() - self._started_at, 1),
+                "pid": os.getpid(),
+                "instance": self._instance,
+                "started_at": self._started_at,
+                "uptime_s": round(time.monotonic() - self._started_monotonic, 1),
                 "kafka": "up" if self._kafka_up() else "unreachable",
-                "charging_points": len(self._service.cps),
-                "sessions_in_progress": len(self._service.active),
-                "counters": dict(self._service.counters),
+                "store": self._store_state(),
+                "auth": self.auth,
+                "role": self._role(),
+                "charging_points": len(state.cps),
+                "sessions_in_progress": len(state.sessions),
+                "counters": dict(self._counters.counts),
             }
         )
 
     async def list_cps(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"charging_points": [self.cp_json(cp_id) for cp_id in sorted(self._service.cps)]}
-        )
+        return web.json_response({"charging_points": cps_json(self._service.state)})
 
     async def get_cp(self, request: web.Request) -> web.Response:
         cp_id = request.match_info["cp_id"]
-        if cp_id not in self._service.cps:
-            return _error(404, "unknown_cp", f"{cp_id} is not a known charging point")
-        return web.json_response(self.cp_json(cp_id))
+        if cp_id not in self._service.state.cps:
+            return error(404, "unknown_cp", f"{cp_id} is not a known charging point")
+        return web.json_response(cp_json(self._service.state, cp_id))
 
     async def stop_cp(self, request: web.Request) -> web.Response:
-        return await self._operate(request.match_info["cp_id"], stop=True, by=_actor(request))
+        return await self._operate(request, [request.match_info["cp_id"]], stopped=True)
 
     async def resume_cp(self, request: web.Request) -> web.Response:
-        return await self._operate(request.match_info["cp_id"], stop=False, by=_actor(request))
-
-    async def _operate(self, cp_id: str, *, stop: bool, by: str) -> web.Response:
-        try:
-            await (self._service.stop_cp(cp_id, by) if stop else self._service.resume_cp(cp_id, by))
-        except KeyError:
-            return _error(404, "unknown_cp", f"{cp_id} is not a known charging point")
-        return web.json_response(self.cp_json(cp_id))
+        return await self._operate(request, [request.match_info["cp_id"]], stopped=False)
 
     async def stop_all(self, request: web.Request) -> web.Response:
-        return await self._operate_all(stop=True, by=_actor(request))
+        return await self._operate(request, None, stopped=True)
 
     async def resume_all(self, request: web.Request) -> web.Response:
-        return await self._operate_all(stop=False, by=_actor(request))
+        return await self._operate(request, None, stopped=False)
 
-    async def _operate_all(self, *, stop: bool, by: str) -> web.Response:
-        for cp_id in sorted(self._service.cps):
-            await (self._service.stop_cp(cp_id, by) if stop else self._service.resume_cp(cp_id, by))
-        return web.json_response(
-            {"charging_points": [self.cp_json(cp_id) for cp_id in sorted(self._service.cps)]}
-        )
+    async def _operate(
+        self, request: web.Request, targets: list[str] | None, *, stopped: bool
+    ) -> web.Response:
+        try:
+            await self._service.set_stopped(targets, stopped, "http", str(request.remote))
+        except Refused as exc:
+            return error(_REFUSAL_STATUS.get(exc.code, 409), exc.code, exc.reason)
+        if targets is None:
+            return web.json_response({"charging_points": cps_json(self._service.state)})
+        return web.json_response(cp_json(self._service.state, targets[0]))
 
     async def forget_cp(self, request: web.Request) -> web.Response:
         cp_id = request.match_info["cp_id"]
         try:
-            await self._service.forget_cp(cp_id, _actor(request))
-        except KeyError:
-            return _error(404, "unknown_cp", f"{cp_id} is not a known charging point")
+            await self._service.forget(cp_id, "http", str(request.remote))
         except Refused as exc:
-            return _error(409, exc.code, exc.reason)
+            return error(_REFUSAL_STATUS.get(exc.code, 409), exc.code, exc.reason)
         return web.json_response({"forgotten": cp_id})
 
     async def request_charge(self, request: web.Request) -> web.Response:
@@ -193,11 +194,11 @@ class CentralApi:
             body = msgspec.json.decode(raw, type=ChargeBody)
             charge = ChargeRequest(driver_id=body.driver_id, cp_id=body.cp_id, request_id=uuid.uuid4().hex)
             # Re-validate through the wire schema so the API accepts exactly what Kafka accepts.
-            charge = msgspec.json.decode(msgspec.json.encode(charge), type=ChargeRequest)
+            charge = _charge_request.decode(msgspec.json.encode(charge))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _error(400, "invalid_body", f'expected JSON {{"driver_id": ..., "cp_id": ...}}: {exc}')
-        outcome = await self._service.charge(charge)
-        if outcome.outcome == "accepted":
+            return error(400, "invalid_body", f'expected JSON {{"driver_id": ..., "cp_id": ...}}: {exc}')
+        outcome = await self._service.charge(charge, source=f"http {request.remote}")
+        if outcome.outcome is Outcome.ACCEPTED:
             return web.json_response(
                 {
                     "outcome": "accepted",
@@ -221,28 +222,41 @@ class CentralApi:
 
     async def list_sessions(self, request: web.Request) -> web.Response:
         try:
-            limit = int(request.query.get("limit", "100"))
-            if not 1 <= limit <= 1000:
+            query = SessionQuery(
+                driver_id=request.query.get("driver_id") or None,
+                cp_id=request.query.get("cp_id") or None,
+                since=_float(request.query.get("since")),
+                until=_float(request.query.get("until")),
+                limit=int(request.query.get("limit", "100")),
+            )
+            if not 1 <= query.limit <= 1000:
                 raise ValueError
         except ValueError:
-            return _error(400, "invalid_query", "limit must be a whole number from 1 to 1000")
-        sessions = await self._service.store.sessions(
-            driver_id=request.query.get("driver_id"), cp_id=request.query.get("cp_id"), limit=limit
-        )
+            return error(
+                400, "invalid_query", "limit must be a whole number from 1 to 1000; since/until Unix seconds"
+            )
+        sessions = await self._service.store.sessions(query)
         return web.json_response({"sessions": [session_json(s) for s in sessions]})
 
     async def get_session(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        session = self._service.active.get(session_id) or await self._service.store.session(session_id)
+        session = self._service.state.sessions.get(session_id)
         if session is None:
-            return _error(404, "unknown_session", f"no session {session_id}")
+            session = (await self._service.store.sessions_by_id([session_id])).get(session_id)
+        if session is None:
+            return error(404, "unknown_session", f"no session {session_id}")
         return web.json_response(session_json(session))
 
     async def list_messages(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._service.messages]}
+            {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._messages.latest]}
         )
 
 
-def _actor(request: web.Request) -> str:
-    return f"http {request.remote}"
+def _float(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return value

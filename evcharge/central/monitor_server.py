@@ -2,7 +2,8 @@
 
 One task per connection. The first frame must be a registration; anything
 else, garbage, or silence past the deadline closes that connection with a
-logged reason and touches nothing else.
+logged reason and touches nothing else. A monitor that stops talking (hung, or
+cut off by the network) is dropped after the heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -10,24 +11,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from evcharge.central.service import CentralService, MonitorLink
+from evcharge.central.service import CentralService
 from evcharge.errors import ProtocolError, Refused
-from evcharge.messages import Ack, ErrorReply, Heartbeat, Register, Registered
+from evcharge.protocol.messages import Ack, ErrorReply, Heartbeat, Register, Registered
+from evcharge.runtime.retry import describe, is_retriable
 from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
 from evcharge.runtime.waits import sleep_unless
 
 log = logging.getLogger("evcharge.central.tcp")
 
 REGISTER_DEADLINE_S = 5.0
+WATCH_INTERVAL_S = 0.25
+
+
+@dataclass
+class _Connection:
+    cp_id: str
+    instance: str
+    close: Callable[[str], None]
+    last_heartbeat: float = field(default_factory=time.monotonic)
 
 
 class MonitorServer:
-    def __init__(self, service: CentralService, host: str, port: int) -> None:
+    def __init__(
+        self,
+        service: CentralService,
+        host: str,
+        port: int,
+        *,
+        heartbeat_timeout_s: float,
+        instance: str = "",
+        leader_hint: Callable[[], Refused | None] = lambda: None,
+    ) -> None:
         self._service = service
         self.host = host
         self.port = port
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._instance = instance
+        # A standby answers "not the leader, try X" instead of registering anyone.
+        self._leader_hint = leader_hint
         self._server = OwnedServer(self._serve, "monitors")
+        self._connections: dict[str, _Connection] = {}
 
     async def start(self) -> None:
         self.port = await self._server.start(self.host, self.port)
@@ -37,13 +65,24 @@ class MonitorServer:
         """Stop accepting, then drop every monitor connection (they reconnect to the next central)."""
         await self._server.close()
 
+    def drop_all(self, why: str) -> None:
+        """Close every monitor link (this central stops leading: the monitors go to the one that does)."""
+        for connection in list(self._connections.values()):
+            connection.close(why)
+
     async def watch_heartbeats(self, stop: asyncio.Event) -> None:
         """A monitor that is hung keeps its socket open: silence past the timeout drops it."""
-        while not stop.is_set():
-            for cp_id, link in self._service.stale_links():
-                link.close(f"no heartbeat for {self._service.heartbeat_timeout_s:g} s")
-                await self._service.monitor_gone(cp_id, link, "no heartbeat")
-            await sleep_unless(stop, 0.25)
+        while not await sleep_unless(stop, WATCH_INTERVAL_S):
+            deadline = time.monotonic() - self.heartbeat_timeout_s
+            for connection in [c for c in self._connections.values() if c.last_heartbeat < deadline]:
+                connection.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
+                await self._left(connection, "no heartbeat")
+
+    async def _left(self, connection: _Connection, why: str) -> None:
+        if self._connections.get(connection.cp_id) is not connection:
+            return  # replaced by a newer connection of the same monitor, which keeps the CP
+        del self._connections[connection.cp_id]
+        await self._service.monitor_left(connection.cp_id, connection.instance, why)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_name(writer)
@@ -65,30 +104,49 @@ class MonitorServer:
             log.warning("monitor %s sent %s before registering: closed", peer, type(first).__name__)
             await _reply_error(writer, first.corr, "not_registered", "register before anything else")
             return
+        await self._serve_registered(first, frames, writer, peer)
+
+    async def _serve_registered(
+        self, first: Register, frames: FrameReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        not_leader = self._leader_hint()
+        if not_leader is not None:
+            await _reply_error(
+                writer, first.corr, not_leader.code, not_leader.reason, not_leader.leader or ""
+            )
+            return
+        try:
+            await self._service.register(first, peer)
+        except Refused as exc:
+            await _reply_error(writer, first.corr, exc.code, exc.reason)
+            return
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("%s: cannot register it now (%s)", first.cp_id, describe(exc))
+            await _reply_error(
+                writer, first.corr, "unavailable", f"central cannot record right now: {describe(exc)}"
+            )
+            return
         closed_by_central: list[str] = []
 
         def close(reason: str) -> None:
             closed_by_central.append(reason)
             writer.close()
 
-        link = MonitorLink(instance=first.instance, peer=peer, close=close)
-        try:
-            issued = await self._service.register(first, link)
-        except Refused as exc:
-            await _reply_error(writer, first.corr, exc.code, exc.reason)
-            return
+        connection = _Connection(first.cp_id, first.instance, close)
+        replaced = self._connections.get(first.cp_id)
+        self._connections[first.cp_id] = connection
+        if replaced is not None:
+            replaced.close("replaced by a reconnect of the same monitor")
         why = "connection closed"
         try:
-            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id, secret=issued))
+            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id, central=self._instance))
             while True:
-                timeout = self._service.heartbeat_timeout_s * 2
-                frame = await frames.read(timeout_s=timeout)
+                frame = await frames.read(timeout_s=self.heartbeat_timeout_s * 2)
                 if frame is None:
                     break
-                if isinstance(frame, Heartbeat) and frame.cp_id == first.cp_id:
-                    await self._service.heartbeat(first.cp_id, link, frame.health, frame.engine)
-                    await send_frame(writer, Ack(corr=frame.corr))
-                else:
+                if not (isinstance(frame, Heartbeat) and frame.cp_id == first.cp_id):
                     log.warning(
                         "monitor %s (%s) sent an unexpected %s: closed",
                         peer,
@@ -98,6 +156,17 @@ class MonitorServer:
                     await _reply_error(writer, frame.corr, "unexpected", "only heartbeats after registering")
                     why = "protocol violation"
                     break
+                connection.last_heartbeat = time.monotonic()
+                try:
+                    await self._service.heartbeat(
+                        first.cp_id, first.instance, frame.health, frame.engine, frame.detail
+                    )
+                except Exception as exc:
+                    if not is_retriable(exc):
+                        raise
+                    # Nothing changed in memory: the next heartbeat tries the same change again.
+                    log.debug("%s: heartbeat change waits for the store: %s", first.cp_id, describe(exc))
+                await send_frame(writer, Ack(corr=frame.corr))
         except TimeoutError:
             why = "no heartbeat"
         except ProtocolError as exc:
@@ -105,11 +174,11 @@ class MonitorServer:
             why = "protocol error"
         except (ConnectionError, OSError):
             why = "connection lost"
-        await self._service.monitor_gone(
-            first.cp_id, link, closed_by_central[0] if closed_by_central else why
-        )
+        await self._left(connection, closed_by_central[0] if closed_by_central else why)
 
 
-async def _reply_error(writer: asyncio.StreamWriter, corr: int, code: str, reason: str) -> None:
+async def _reply_error(
+    writer: asyncio.StreamWriter, corr: int, code: str, reason: str, leader: str = ""
+) -> None:
     with contextlib.suppress(ConnectionError, OSError):
-        await send_frame(writer, ErrorReply(corr=corr, code=code, reason=reason))
+        await send_frame(writer, ErrorReply(corr=corr, code=code, reason=reason, leader=leader))

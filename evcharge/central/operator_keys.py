@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from evcharge.central.service import CentralService
+from evcharge.errors import Refused, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -98,31 +99,24 @@ def resolve_cp(typed: str, cp_ids: Collection[str]) -> str | None:
 
 async def execute(service: CentralService, command: Command) -> Notice:
     """Carry out an operator command through the service's API; say how it went."""
+    try:
+        return await _execute(service, command)
+    except Refused as exc:
+        return Notice(exc.reason, "error")
+    except StoreUnavailable as exc:
+        return Notice(f"central cannot record right now: {exc}", "error")
+
+
+async def _execute(service: CentralService, command: Command) -> Notice:
+    stop = command.action in (Action.STOP, Action.STOP_ALL)
     if command.action in (Action.STOP_ALL, Action.RESUME_ALL):
-        stop = command.action is Action.STOP_ALL
-        changed = 0
-        for cp_id in list(service.cps):  # registrations may add CPs while we await
-            live = service.cps.get(cp_id)
-            if live is None or live.record.stopped is stop:
-                continue
-            try:
-                await (service.stop_cp if stop else service.resume_cp)(cp_id, "panel")
-            except KeyError:
-                continue  # forgotten meanwhile
-            changed += 1
+        changed = await service.set_stopped(None, stop, "panel")
         return Notice(
-            f"{'stopped' if stop else 'resumed'} {changed} charging points",
+            f"{'stopped' if stop else 'resumed'} {len(changed)} charging points",
             "warning" if stop else "info",
         )
-    cp_id = resolve_cp(command.target, service.cps)
+    cp_id = resolve_cp(command.target, service.state.cps)
     if cp_id is None:
         return Notice(f"no charging point matches {command.target!r}", "error")
-    stop = command.action is Action.STOP
-    try:
-        await (service.stop_cp if stop else service.resume_cp)(cp_id, "panel")
-    except KeyError:
-        return Notice(f"{cp_id} is no longer known", "error")
+    await service.set_stopped([cp_id], stop, "panel")
     return Notice(f"{cp_id} {'stopped (out of order)' if stop else 'resumed'}", "warning" if stop else "info")
-
-
-# ---------------------------------------------------------------- screen

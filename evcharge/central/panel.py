@@ -26,11 +26,14 @@ from rich.table import Table
 from rich.text import Text
 
 from evcharge.central.ledger import Session, SessionState
+from evcharge.central.observers import Messages
 from evcharge.central.operator_keys import Action, Command, KeyPad, Notice, execute
 from evcharge.central.service import CentralService
+from evcharge.central.state import CentralState
 from evcharge.central.status import CpStatus
 from evcharge.logs import setup_logging
-from evcharge.messages import Health
+from evcharge.protocol.messages import Health
+from evcharge.protocol.units import eur_text, kw_text, kwh_text, price_text
 from evcharge.runtime.terminal import terminal_keys
 from evcharge.runtime.waits import sleep_unless
 
@@ -79,7 +82,8 @@ def _open_log_file(path: Path) -> IO[str]:
 
 
 def render(
-    service: CentralService,
+    state: CentralState,
+    messages: Messages,
     now: float,
     *,
     width: int = 120,
@@ -89,17 +93,17 @@ def render(
     keys_on: bool = True,
     log_path: Path | None = None,
 ) -> RenderableType:
-    """A frame for a `width` x `height` terminal; reads the service, never changes it."""
-    statuses = {cp_id: service.status(cp_id) for cp_id in service.cps}
-    sessions = _sessions_by_cp(service.active.values())
-    requests = _requests_table(service.active.values(), MAX_REQUEST_ROWS)
-    messages = _messages_panel(service, MAX_MESSAGES)
-    fixed = 1 + _height(requests, width) + _height(messages, width) + 1
+    """A frame for a `width` x `height` terminal; reads central's state, never changes it."""
+    statuses = {cp_id: state.status(cp_id) for cp_id in state.cps}
+    sessions = _sessions_by_cp(state.sessions.values())
+    requests = _requests_table(state.sessions.values(), MAX_REQUEST_ROWS)
+    latest = _messages_panel(messages, MAX_MESSAGES)
+    fixed = 1 + _height(requests, width) + _height(latest, width) + 1
     return Group(
-        _header(statuses, len(service.active), now),
-        _tiles(service, statuses, sessions, width, max(TILE_HEIGHT, height - fixed)),
+        _header(statuses, len(state.sessions), now),
+        _tiles(state, statuses, sessions, width, max(TILE_HEIGHT, height - fixed)),
         requests,
-        messages,
+        latest,
         _footer(prompt, notice, keys_on, log_path),
     )
 
@@ -128,20 +132,20 @@ def _header(statuses: dict[str, CpStatus | None], sessions: int, now: float) -> 
 
 
 def _tiles(
-    service: CentralService,
+    state: CentralState,
     statuses: dict[str, CpStatus | None],
     sessions: dict[str, Session],
     width: int,
     height: int,
 ) -> RenderableType:
-    if not service.cps:
+    if not state.cps:
         return Panel(
             Text("No charging points yet: a monitor registers its CP when it connects.", style="dim"),
             box=box.ROUNDED,
         )
     columns = max(1, (width + 1) // (TILE_WIDTH + 1))
     rows = max(1, height // TILE_HEIGHT)
-    cp_ids = sorted(service.cps, key=natural_key)
+    cp_ids = sorted(state.cps, key=natural_key)
     shown = cp_ids[: columns * rows]
     if len(shown) < len(cp_ids):
         rows = max(1, (height - 1) // TILE_HEIGHT)  # room for the "+K more" line
@@ -149,7 +153,7 @@ def _tiles(
     grid = Table.grid(padding=(0, 1))
     for _ in range(min(columns, len(shown))):
         grid.add_column(width=TILE_WIDTH)
-    tiles = [_tile(service, cp_id, statuses[cp_id], sessions.get(cp_id)) for cp_id in shown]
+    tiles = [_tile(state, cp_id, statuses[cp_id], sessions.get(cp_id)) for cp_id in shown]
     for start in range(0, len(tiles), columns):
         grid.add_row(*tiles[start : start + columns])
     hidden = len(cp_ids) - len(shown)
@@ -164,25 +168,25 @@ def _tiles(
     )
 
 
-def _tile(service: CentralService, cp_id: str, status: CpStatus | None, session: Session | None) -> Panel:
-    record = service.cps[cp_id].record
+def _tile(state: CentralState, cp_id: str, status: CpStatus | None, session: Session | None) -> Panel:
+    record = state.cps[cp_id]
     style = STATUS_STYLE.get(status, "") if status else ""
     headline = Text(status.value if status else "?", style=f"bold {style}")
     if status is CpStatus.STOPPED:
         headline.append(" · Out of order")
     elif status is CpStatus.SUPPLYING and session and session.state is SessionState.SUPPLYING:
-        headline.append(f" {session.kw:.1f} kW")
+        headline.append(f" {kw_text(session.power_w)} kW")
     elif status is CpStatus.ON:
         headline.append(" · available", style="dim")
     lines = [headline, Text(record.location, style="italic")]
     if session is None:
-        lines.append(Text(_idle_detail(service, cp_id, status), style="dim"))
+        lines.append(Text(_idle_detail(state, cp_id, status), style="dim"))
     else:
         lines.append(Text(session.driver_id, style="cyan"))
         if session.state is SessionState.AUTHORISED:
             lines.append(Text("authorised, starting…", style="dim"))
         else:
-            lines.append(Text(f"{session.kwh:.3f} kWh · {session.eur:.2f} EUR"))
+            lines.append(Text(f"{kwh_text(session.wh)} kWh · {eur_text(session.micro_eur, 2)} EUR"))
     for line in lines:
         line.no_wrap = True
         line.overflow = "ellipsis"
@@ -190,7 +194,7 @@ def _tile(service: CentralService, cp_id: str, status: CpStatus | None, session:
         Group(*lines),
         title=Text(cp_id, style="bold"),
         title_align="left",
-        subtitle=f"{record.price_eur_kwh:.2f} EUR/kWh",
+        subtitle=f"{price_text(record.price)} EUR/kWh",
         subtitle_align="right",
         border_style=style or "grey50",
         box=box.ROUNDED,
@@ -199,14 +203,16 @@ def _tile(service: CentralService, cp_id: str, status: CpStatus | None, session:
     )
 
 
-def _idle_detail(service: CentralService, cp_id: str, status: CpStatus | None) -> str:
+def _idle_detail(state: CentralState, cp_id: str, status: CpStatus | None) -> str:
     if status is CpStatus.BROKEN:
-        return "engine KO" if service.cps[cp_id].health is Health.KO else "health not known yet"
+        if state.health.get(cp_id) is not Health.KO:
+            return "health not known yet"
+        return state.detail.get(cp_id) or "engine KO"
     if status is CpStatus.DISCONNECTED:
         return "monitor not connected"
     if status is CpStatus.STOPPED:
         return "stopped by the operator"
-    return f"up to {service.cps[cp_id].record.max_kw:g} kW"
+    return f"up to {kw_text(state.cps[cp_id].max_w)} kW"
 
 
 def _requests_table(active: Iterable[Session], max_rows: int) -> Table:
@@ -236,9 +242,9 @@ def _requests_table(active: Iterable[Session], max_rows: int) -> Table:
                 session.state.value,
                 style="green" if session.state is SessionState.SUPPLYING else "dim",
             ),
-            f"{session.kw:.1f}",
-            f"{session.kwh:.3f}",
-            f"{session.eur:.2f}",
+            kw_text(session.power_w),
+            kwh_text(session.wh),
+            eur_text(session.micro_eur, 2),
         )
     if len(sessions) > max_rows:
         table.add_row("", Text(f"+{len(sessions) - max_rows} more", style="bold"))
@@ -247,8 +253,8 @@ def _requests_table(active: Iterable[Session], max_rows: int) -> Table:
     return table
 
 
-def _messages_panel(service: CentralService, count: int) -> Panel:
-    newest = list(itertools.islice(reversed(service.messages), count))
+def _messages_panel(messages: Messages, count: int) -> Panel:
+    newest = list(itertools.islice(reversed(messages.latest), count))
     lines = Text()
     for message in reversed(newest):
         if lines:
@@ -295,7 +301,7 @@ def natural_key(cp_id: str) -> tuple:
 # ---------------------------------------------------------------- keys
 
 
-async def run_panel(service: CentralService, stop: asyncio.Event) -> None:
+async def run_panel(service: CentralService, messages: Messages, stop: asyncio.Event) -> None:
     """Draw the panel full-screen and take the operator's keys until `stop` is set.
 
     Log lines go to a file meanwhile (they would scribble over the screen) and come
@@ -307,15 +313,18 @@ async def run_panel(service: CentralService, stop: asyncio.Event) -> None:
     log_file = _open_log_file(path)
     setup_logging(level, stream=log_file)
     try:
-        await _PanelScreen(service, stop, path).run()
+        await _PanelScreen(service, messages, stop, path).run()
     finally:
         setup_logging(level)
         log_file.close()
 
 
 class _PanelScreen:
-    def __init__(self, service: CentralService, stop: asyncio.Event, log_path: Path) -> None:
+    def __init__(
+        self, service: CentralService, messages: Messages, stop: asyncio.Event, log_path: Path
+    ) -> None:
         self._service = service
+        self._messages = messages
         self._stop = stop
         self._log_path = log_path
         self._keypad = KeyPad()
@@ -356,7 +365,8 @@ class _PanelScreen:
         size = self._live.console.size
         self._live.update(
             render(
-                self._service,
+                self._service.state,
+                self._messages,
                 time.time(),
                 width=size.width,
                 height=size.height,

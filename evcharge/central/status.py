@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from evcharge.messages import DenyCode, Health
+from evcharge.protocol.messages import DenyCode, Health
 
 
 class CpStatus(enum.StrEnum):

@@ -1,9 +1,11 @@
 """`evcharge engine`: a charging point's engine, wired to its store, Kafka and its health port.
 
 Three tasks around one `EngineState`: the health/control port its monitor
-checks, the command consumer (its own key's partition only), and the meter
-that ticks while supplying. Each change is recorded (and queued for Kafka)
-before anyone is told about it.
+checks, the command inbox (its own key's partition only), and the meter that
+ticks while supplying. Each change is recorded (and queued for Kafka) before
+anyone is told about it. When the disk is full the engine stops supplying what
+it could not bill, answers KO with why, keeps what it must still write in
+memory, and writes it (and recovers) by itself once space is back.
 """
 
 from __future__ import annotations
@@ -13,63 +15,43 @@ import fcntl
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from typing import IO, Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
-from evcharge.cp.engine_state import EngineState
+from evcharge.cp import engine_commands
+from evcharge.cp.engine_state import CpEvent, EngineState
 from evcharge.cp.engine_store import EngineStore
 from evcharge.cp.health_port import serve_health_port
-from evcharge.errors import ConfigError, ProtocolError
-from evcharge.messages import (
-    CpCommand,
-    CpEvent,
+from evcharge.cp.settings import EngineSettings
+from evcharge.errors import ConfigError, ProtocolError, StorageFull
+from evcharge.protocol.messages import (
     EndReason,
+    EngineAction,
     MeterReading,
-    ResumeCp,
     SessionEnded,
     SessionStarted,
-    StartSupply,
-    StopCp,
-    StopSupply,
-    decode,
 )
-from evcharge.runtime.consumer import ConsumerLoop, dead_letter
-from evcharge.runtime.kafka import TOPICS, ensure_topics, key_partition
+from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter
+from evcharge.protocol.units import eur_text, kw_text, kwh_text, price_text
+from evcharge.runtime.faults import crash_point
+from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.outbox import OutboxRelay
 from evcharge.runtime.tcp import OwnedServer
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.engine")
 
-
-@dataclass(frozen=True)
-class EngineSettings:
-    cp_id: str
-    kafka: str
-    state_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 5000
-    power_kw: float = 22.0
-    price_eur_kwh: float = 0.30
-    meter_interval_s: float = 1.0
-    max_session_s: float = 30.0
-    partitions: int = 8
-
-
-def default_engine_port(cp_id: str) -> int:
-    """5000 + the CP's number (CP-005 → 5005), so a row of CPs on one host needs no port flags."""
-    digits = "".join(ch for ch in cp_id if ch.isdigit())
-    return 5000 + int(digits[-3:]) if digits else 5000
+RECORD_RETRY_S = 1.0
 
 
 class InstanceLock:
     """One live engine per CP id and state dir: a second one is refused instead of double-supplying."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Any) -> None:
         self.path = path
-        self._file = None
+        self._file: IO[str] | None = None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,49 +76,62 @@ class Engine:
         self.settings = settings
         self.state = EngineState(
             cp_id=settings.cp_id,
-            power_kw=settings.power_kw,
-            price_eur_kwh=settings.price_eur_kwh,
-            max_session_s=settings.max_session_s,
+            power_w=settings.power_w,
+            price=settings.price,
+            max_session_ms=round(settings.max_session_s * 1000),
         )
         self._store: EngineStore | None = None
         self._relay: OutboxRelay | None = None
         self._lock = asyncio.Lock()
         self._supply_changed = asyncio.Event()
-        self.port = settings.port
+        # What could not be written while the disk was full, in order: written first when it can be.
+        self._unrecorded: list[tuple[list[CpEvent], bool | None]] = []
+        self._space_back = asyncio.Event()
+        self.port = settings.health_port
         self.instance = uuid.uuid4().hex
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
         lock = InstanceLock(s.state_dir / f"engine-{s.cp_id}.lock")
         lock.acquire()
-        store = self._store = await EngineStore.open(s.state_dir / f"engine-{s.cp_id}.sqlite", s.cp_id)
+        try:
+            store = self._store = await EngineStore.open(s.state_dir / f"engine-{s.cp_id}.sqlite")
+        except BaseException:
+            lock.release()
+            raise
         relay = self._relay = OutboxRelay(store.outbox, s.kafka)
         server = OwnedServer(self._serve_monitor, "health")
         try:
             await self._recover(store)
-            consumer = ConsumerLoop(
-                s.kafka,
-                f"engine-{s.cp_id}",
-                self._assign,
-                self._on_commands,
+            inbox = Inbox(
+                bootstrap=s.kafka,
+                group_id=f"engine-{s.cp_id}",
+                subscriptions=[Subscription(Topic.CP_COMMANDS, key=s.cp_id)],
+                codecs=CODECS,
+                topics=TOPICS,
+                handle=self._on_commands,
+                dead_letter=self._dead_letter,
+                partitions=s.partitions,
                 new_group_starts_at_end=True,
+                name=f"engine {s.cp_id}",
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(relay.run(stop), name="outbox relay")
-                tasks.create_task(consumer.run(stop), name="command consumer")
+                tasks.create_task(inbox.run(stop), name="command inbox")
                 tasks.create_task(self._meter(stop), name="meter")
+                tasks.create_task(self._write_unrecorded(stop), name="unrecorded writer")
                 # The health port opens only once commands can be read: a monitor
                 # must not report this CP ON while a start command would go unseen.
-                await wait_first(consumer.ready, stop)
+                await wait_first(inbox.ready, stop)
                 if not stop.is_set():
-                    self.port = await server.start(s.host, s.port)
+                    self.port = await server.start(s.host, s.health_port)
                     log.info(
-                        "%s engine ready: health port %s:%d, %.1f kW, %.2f EUR/kWh",
+                        "%s engine ready: health port %s:%d, %s kW, local price %s EUR/kWh",
                         s.cp_id,
                         s.host,
                         self.port,
-                        s.power_kw,
-                        s.price_eur_kwh,
+                        kw_text(s.power_w),
+                        price_text(s.price),
                     )
                 await stop.wait()
                 log.info("%s engine stopping", s.cp_id)
@@ -156,39 +151,85 @@ class Engine:
                 cp_id=self.settings.cp_id,
                 session_id=crashed.session_id,
                 seq=crashed.seq + 1,
-                kwh=crashed.kwh,
-                eur=crashed.eur,
+                wh=crashed.wh,
+                micro_eur=crashed.micro_eur,
                 ended_at=time.time(),
                 reason=EndReason.INTERRUPTED,
             )
             await store.record([ended])
             log.warning(
-                "%s: session %s was interrupted by a restart; closed at %.3f kWh, %.2f EUR",
+                "%s: session %s was interrupted by a restart; closed at %s kWh, %s EUR",
                 self.settings.cp_id,
                 crashed.session_id[:8],
-                crashed.kwh,
-                crashed.eur,
+                kwh_text(crashed.wh),
+                eur_text(crashed.micro_eur),
             )
-        pending = await store.outbox.size()
+        pending = (await store.outbox.outbox_stats()).rows
         if pending:
             log.info(
-                "%s: %d events from before the restart are waiting for Kafka",
-                self.settings.cp_id,
-                pending,
+                "%s: %d events from before the restart are waiting for Kafka", self.settings.cp_id, pending
             )
 
     # ---------------------------------------------------------- changes
 
     async def _change(self, events: list[CpEvent], *, stopped: bool | None = None) -> None:
-        """Record and queue what a transition produced; log it for the person at the CP."""
+        """Record and queue what a transition produced; log it for the person at the CP.
+
+        Called with the lock held. A full disk turns the engine KO instead of failing.
+        """
         assert self._store is not None and self._relay is not None
         if not events and stopped is None:
             return
-        await self._store.record(events, stopped=stopped)
-        self._relay.wake()
+        if self._unrecorded:
+            self._unrecorded.append((events, stopped))  # keep the order: after what waits already
+        else:
+            try:
+                await self._store.record(events, stopped=stopped)
+            except StorageFull as exc:
+                self._cannot_record(events, stopped, exc)
+            else:
+                if any(isinstance(e, MeterReading) for e in events):
+                    crash_point("engine.recorded")
+                self._relay.wake()
         for event in events:
             self._log_event(event)
         self._supply_changed.set()
+
+    def _cannot_record(self, events: list[CpEvent], stopped: bool | None, exc: StorageFull) -> None:
+        ended = self.state.cannot_record(time.time())
+        self._unrecorded.append((events + ended, stopped))
+        self._space_back.set()
+        log.warning(
+            "%s cannot record its meter (%s): supply stopped, answering KO, taking no session "
+            "until it can write again",
+            self.settings.cp_id,
+            exc,
+        )
+
+    async def _write_unrecorded(self, stop: asyncio.Event) -> None:
+        """While the disk is full: try to write what waits, in order; then recover by itself."""
+        assert self._store is not None and self._relay is not None
+        while not stop.is_set():
+            if not self._unrecorded:
+                self._space_back.clear()
+                await wait_first(stop, self._space_back)
+                continue
+            if await sleep_unless(stop, RECORD_RETRY_S):
+                return
+            async with self._lock:
+                try:
+                    while self._unrecorded:
+                        events, stopped = self._unrecorded[0]
+                        await self._store.record(events, stopped=stopped)
+                        self._unrecorded.pop(0)
+                except StorageFull:
+                    continue
+                self.state.recording = True
+                self._relay.wake()
+            log.info(
+                "%s records again: what waited in memory is written, the CP takes sessions",
+                self.settings.cp_id,
+            )
 
     def _log_event(self, event: CpEvent) -> None:
         cp = self.settings.cp_id
@@ -196,63 +237,63 @@ class Engine:
             log.info("%s SUPPLYING session %s for %s", cp, event.session_id[:8], event.driver_id)
         elif isinstance(event, MeterReading):
             log.info(
-                "%s meter: %.1f kW, %.4f kWh, %.4f EUR (session %s #%d)",
+                "%s meter: %s kW, %s kWh, %s EUR (session %s #%d)",
                 cp,
-                event.kw,
-                event.kwh,
-                event.eur,
+                kw_text(event.power_w),
+                kwh_text(event.wh),
+                eur_text(event.micro_eur),
                 event.session_id[:8],
                 event.seq,
             )
         elif isinstance(event, SessionEnded):
             log.info(
-                "%s session %s ended (%s): %.4f kWh, %.4f EUR",
+                "%s session %s ended (%s): %s kWh, %s EUR",
                 cp,
                 event.session_id[:8],
                 event.reason.value,
-                event.kwh,
-                event.eur,
+                kwh_text(event.wh),
+                eur_text(event.micro_eur),
             )
         else:
-            log.warning("%s refused session %s: %s", cp, event.session_id[:8], event.reason)
+            log.info("%s refused session %s: %s", cp, event.session_id[:8], event.reason)
 
-    async def act(self, action: str) -> str:
+    async def act(self, action: EngineAction) -> str:
         """The CP's own controls (keys in its terminal, or the control command on its port)."""
         now = time.time()
         async with self._lock:
-            if action == "plug":
+            if action is EngineAction.PLUG:
                 events = self.state.plug_in(now)
                 await self._change(events)
-                return "supplying" if events else "cannot start a supply now"
-            if action == "unplug":
+                return "supplying" if events else f"cannot start a supply now ({self.describe()})"
+            if action is EngineAction.UNPLUG:
                 events = self.state.end(EndReason.UNPLUGGED, now)
                 await self._change(events)
                 return "unplugged" if events else "nothing was plugged in"
-            if action == "fault":
+            if action is EngineAction.FAULT:
                 await self._change(self.state.raise_fault(now))
                 log.warning("%s fault raised: answering KO", self.settings.cp_id)
                 return "KO"
-            if action == "clear":
+            if action is EngineAction.CLEAR:
                 self.state.clear_fault()
                 log.info("%s fault cleared: answering OK", self.settings.cp_id)
-                return "OK"
+                return "OK" if self.state.healthy else f"KO: {self.state.detail}"
             return self.describe()
 
     def describe(self) -> str:
         state = self.state
-        health = "OK" if state.healthy else "KO"
+        health = "OK" if state.healthy else f"KO ({state.detail})"
         if state.supply is not None:
             m = state.supply.meter
             return (
                 f"{health}, supplying session {state.supply.session_id[:8]} to "
-                f"{state.supply.driver_id}: {m.kw:.1f} kW, {m.kwh:.4f} kWh, {m.eur:.4f} EUR"
+                f"{state.supply.driver_id}: {kw_text(m.power_w)} kW, {kwh_text(m.wh)} kWh, {eur_text(m.micro_eur)} EUR"
             )
         return f"{health}, {'stopped by the operator' if state.stopped else 'idle'}"
 
     # ----------------------------------------------------------- meter
 
     async def _meter(self, stop: asyncio.Event) -> None:
-        interval = self.settings.meter_interval_s
+        interval_ms = self.settings.meter_interval_ms
         while not stop.is_set():
             supply = self.state.supply
             if supply is None:
@@ -262,7 +303,7 @@ class Engine:
             # Each session is metered on its own cadence from its start: a session that
             # begins while another's interval runs must not be billed for that interval.
             session_id = supply.session_id
-            next_tick = time.monotonic() + interval
+            next_tick = time.monotonic() + interval_ms / 1000
             while True:
                 if await sleep_unless(stop, max(0.0, next_tick - time.monotonic())):
                     return
@@ -270,79 +311,35 @@ class Engine:
                     current = self.state.supply
                     if current is None or current.session_id != session_id:
                         break
-                    await self._change(self.state.tick(interval, time.time()))
-                next_tick += interval
+                    await self._change(self.state.tick(interval_ms, time.time()))
+                next_tick += interval_ms / 1000
 
     # ------------------------------------------------------------ Kafka
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        counts = await ensure_topics(self.settings.kafka, self.settings.partitions)
-        tp = key_partition(counts, TOPICS.cp_commands, self.settings.cp_id)
-        return [tp]
+    async def _on_commands(self, deliveries: Sequence[Delivery[Any]]) -> None:
+        if self._unrecorded:
+            # Nothing new while what we owe is not written: the inbox hands these over again.
+            raise StorageFull("the engine cannot record yet")
+        commands = [d.message for d in deliveries]
+        withdrawn = engine_commands.withdrawn(commands)
+        for command in commands:
+            async with self._lock:
+                step = engine_commands.handle(
+                    self.state, command, instance=self.instance, now=time.time(), withdrawn=withdrawn
+                )
+                await self._change(step.events, stopped=step.stopped)
+            if step.note:
+                (log.warning if step.warning else log.info)("%s %s", self.settings.cp_id, step.note)
 
-    async def _on_commands(self, records: list[ConsumerRecord]) -> None:
-        for record in records:
-            if record.key != self.settings.cp_id.encode():
-                continue  # another CP whose id hashes to our partition
-            try:
-                command = decode(record.value, CpCommand)
-            except ProtocolError as exc:
-                assert self._store is not None and self._relay is not None
-                await self._store.dead_letter(dead_letter(record, f"engine-{self.settings.cp_id}", str(exc)))
-                self._relay.wake()
-                continue
-            await self._apply_command(command)  # type: ignore[arg-type]
-
-    async def _apply_command(self, command: StartSupply | StopSupply | StopCp | ResumeCp) -> None:
-        now = time.time()
-        async with self._lock:
-            if isinstance(command, StartSupply):
-                if command.engine is not None and command.engine != self.instance:
-                    log.warning(
-                        "%s: session %s was authorised for another engine of this CP (%s), not this one "
-                        "(%s): is a second engine running with id %s? This one stays out of it.",
-                        self.settings.cp_id,
-                        command.session_id[:8],
-                        command.engine[:8],
-                        self.instance[:8],
-                        self.settings.cp_id,
-                    )
-                    return
-                await self._change(self.state.start(command, now))
-            elif isinstance(command, StopSupply):
-                billed = None
-                if command.billed_kwh is not None and command.billed_eur is not None:
-                    billed = (command.billed_kwh, command.billed_eur)
-                events = self.state.end(command.reason, now, command.session_id, billed)
-                await self._change(events)
-                if not events and billed is not None:
-                    await self._adopt_billed(command.session_id, billed)
-            elif isinstance(command, StopCp):
-                events = self.state.stop_cp(now)
-                await self._change(events, stopped=True)
-                log.warning("%s stopped by the operator (out of order)", self.settings.cp_id)
-            else:
-                await self._change(self.state.resume_cp(), stopped=False)
-                log.info("%s resumed by the operator", self.settings.cp_id)
-
-    async def _adopt_billed(self, session_id: str, billed: tuple[float, float]) -> None:
-        """Central closed a session this engine had already closed after a crash.
-
-        A reading recorded just before the crash may never have reached central;
-        central billed what it had, and the engine's record follows it so that
-        both say the same. The difference is logged, not billed twice.
-        """
-        assert self._store is not None
-        recorded = await self._store.adopt_billed(session_id, *billed)
-        if recorded is not None and recorded != billed:
-            log.warning(
-                "%s: session %s was billed by central at %.5f kWh / %.4f EUR; this engine had "
-                "recorded %.5f kWh / %.4f EUR before it crashed; record adjusted",
-                self.settings.cp_id,
-                session_id[:8],
-                *billed,
-                *recorded,
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        assert self._store is not None and self._relay is not None
+        consumer = f"engine-{self.settings.cp_id}"
+        await self._store.dead_letter(
+            *dead_letter(
+                record.topic, record.partition, record.offset, record.key, record.value, consumer, reason
             )
+        )
+        self._relay.wake()
 
     # ------------------------------------------------------- health port
 

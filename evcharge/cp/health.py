@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evcharge.messages import Health
+from evcharge.protocol.messages import Health
 
 
 @dataclass

@@ -9,19 +9,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 from collections.abc import Awaitable, Callable
 
 from evcharge.cp.engine_state import EngineState
 from evcharge.errors import ProtocolError
-from evcharge.messages import ControlResult, EngineControl, ErrorReply, Health, HealthCheck, HealthStatus
+from evcharge.protocol.messages import (
+    ControlResult,
+    EngineAction,
+    EngineControl,
+    ErrorReply,
+    Health,
+    HealthCheck,
+    HealthStatus,
+)
 from evcharge.runtime.tcp import FrameReader, peer_name, send_frame
 
 IDLE_CONNECTION_S = 30.0
 
-Control = Callable[[str], Awaitable[str]]
+Control = Callable[[EngineAction], Awaitable[str]]
 
 
 def health_status(state: EngineState, corr: int = 0, instance: str | None = None) -> HealthStatus:
+    """What the engine says of itself: its health and why, its supply, and who it is (instance, pid)."""
     supply = state.supply
     return HealthStatus(
         corr=corr,
@@ -30,6 +40,8 @@ def health_status(state: EngineState, corr: int = 0, instance: str | None = None
         supplying=supply is not None,
         session_id=supply.session_id if supply else None,
         engine=instance,
+        pid=os.getpid(),
+        detail=state.detail,
     )
 
 

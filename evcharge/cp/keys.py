@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from evcharge.protocol.messages import EngineAction
 from evcharge.runtime.terminal import terminal_keys
 from evcharge.runtime.waits import sleep_unless
 
@@ -24,7 +25,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evcharge.engine")
 
-ENGINE_KEYS = {"p": "plug", "u": "unplug", "f": "fault", "c": "clear"}
+ENGINE_KEYS = {
+    "p": EngineAction.PLUG,
+    "u": EngineAction.UNPLUG,
+    "f": EngineAction.FAULT,
+    "c": EngineAction.CLEAR,
+}
 HELP = "keys: p plug in · u unplug · f fault (answer KO) · c clear fault (answer OK) · q quit"
 STATUS_INTERVAL_S = 1.0
 
@@ -92,10 +98,10 @@ class _EngineTerminal:
                 if key in "h?":
                     live.console.print(HELP)
                 continue
-            live.console.print(f"{key}: {action} → {await self._act(action)}")
+            live.console.print(f"{key}: {action.value} → {await self._act(action)}")
             live.update(self._status(), refresh=True)
 
-    async def _act(self, action: str) -> str:
+    async def _act(self, action: EngineAction) -> str:
         try:
             return await self._engine.act(action)
         except Exception as exc:

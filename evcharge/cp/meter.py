@@ -1,29 +1,31 @@
-"""The simulated energy meter: cumulative kWh and EUR from power, time and price."""
+"""The simulated energy meter: energy and cost from power, time and price, in whole units.
+
+Pure. The meter counts milliseconds of supply at a constant power; energy is
+computed from the total time, not summed per tick, so a long session is never
+over- or under-billed by rounding.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-KWH_DECIMALS = 5
-EUR_DECIMALS = 4
+from evcharge.protocol.units import cost_micro_eur, energy_wh
 
 
 @dataclass
 class Meter:
-    kw: float
-    price_eur_kwh: float
-    seconds: float = 0.0
+    power_w: int
+    price: int  # micro-euros per kWh
+    elapsed_ms: int = 0
 
     @property
-    def kwh(self) -> float:
-        # From the total time, not a running sum of rounded steps: rounding each
-        # tick would add up to a visible over-billing over a long session.
-        return round(self.kw * self.seconds / 3600.0, KWH_DECIMALS)
+    def wh(self) -> int:
+        return energy_wh(self.power_w, self.elapsed_ms)
 
     @property
-    def eur(self) -> float:
-        return round(self.kwh * self.price_eur_kwh, EUR_DECIMALS)
+    def micro_eur(self) -> int:
+        return cost_micro_eur(self.wh, self.price)
 
-    def advance(self, seconds: float) -> None:
-        """Add the energy of `seconds` at the current power."""
-        self.seconds += seconds
+    def advance(self, elapsed_ms: int) -> None:
+        """Add the energy of `elapsed_ms` at the current power."""
+        self.elapsed_ms += elapsed_ms

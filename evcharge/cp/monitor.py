@@ -1,77 +1,62 @@
 """`evcharge monitor`: checks its engine every second and keeps central told.
 
 Two loops share one `HealthTracker`: the engine check (TCP, a deadline per
-check) and the central link (register, then a heartbeat each interval and at
-once on a change of health). Each loop reconnects by itself; while central is
-away the checks go on, and central hears the current health when it is back.
+check, and at once when the engine's connection drops) and the central link
+(register, then a heartbeat each interval and at once on a change of health).
+Each loop reconnects by itself; while central is away the checks go on, and
+central hears the current health when it is back. With several centrals the
+monitor follows the one that leads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 from evcharge.cp.health import HealthTracker
+from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
-from evcharge.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register, Registered
-from evcharge.runtime.backoff import Backoff
-from evcharge.runtime.reconnect import LinkWatch, is_retriable
+from evcharge.protocol.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register
+from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.monitor")
 
 EXIT_REFUSED = 2
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    cp_id: str
-    engine_host: str
-    engine_port: int
-    central_host: str
-    central_port: int
-    location: str = "unknown"
-    price_eur_kwh: float = 0.30
-    max_kw: float = 22.0
-    check_interval_s: float = 1.0
-    failure_threshold: int = 3
-    heartbeat_interval_s: float = 1.0
-    claim_timeout_s: float = 10.0
-    join_token: str | None = None
-    # Where the secret central hands out at the first registration is kept.
-    secret_path: Path | None = None
+# Refusals that no retry will change: the monitor says why and exits.
+FINAL_REFUSALS = {"bad_token", "bad_secret", "weak_secret"}
 
 
 class Monitor:
-    def __init__(self, settings: MonitorSettings) -> None:
+    def __init__(self, settings: MonitorSettings, *, policy: RetryPolicy | None = None) -> None:
         self.settings = settings
         self.tracker = HealthTracker(threshold=settings.failure_threshold)
         self.instance = uuid.uuid4().hex
+        self._policy = policy or RetryPolicy(
+            initial_delay_s=0.2, max_delay_s=2.0, retriable=_central_retriable
+        )
         self._health_changed = asyncio.Event()
         self._first_verdict = asyncio.Event()
         self._engine: FramedConnection | None = None
-        self._engine_watch = LinkWatch(
-            log, f"engine of {settings.cp_id}", f"{settings.engine_host}:{settings.engine_port}"
-        )
+        host, port = settings.engine_address
+        self._engine_watch = LinkWatch(log, f"engine of {settings.cp_id}", f"{host}:{port}")
         self.exit_code = 0
         self._seen_ko = False
         self.engine_instance: str | None = None
+        self.engine_detail = ""
+        self._central_index = 0  # which of the centrals to try next
+        self._leader_hint: tuple[str, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        log.info(
-            "%s monitor: engine %s:%d, central %s:%d",
-            s.cp_id,
-            s.engine_host,
-            s.engine_port,
-            s.central_host,
-            s.central_port,
-        )
+        host, port = s.engine_address
+        centrals = ", ".join(f"{h}:{p}" for h, p in s.central)
+        log.info("%s monitor: engine %s:%d, central %s", s.cp_id, host, port, centrals)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._check_engine(stop), name="engine checks")
@@ -91,9 +76,7 @@ class Monitor:
             change = self.tracker.observe(ok)
             if change is Health.KO:
                 log.warning(
-                    "%s engine BROKEN after %d failed checks",
-                    self.settings.cp_id,
-                    self.tracker.failures,
+                    "%s engine BROKEN after %d failed checks", self.settings.cp_id, self.tracker.failures
                 )
             elif change is Health.OK and self.tracker.failures == 0 and self._seen_ko:
                 log.info("%s engine health restored", self.settings.cp_id)
@@ -104,15 +87,18 @@ class Monitor:
             # A refused or reset connection is certain: check again soon so the
             # failures add up in a fraction of a second, not in three intervals.
             pause = interval / 5 if (not ok and conclusive) else interval
-            if await sleep_unless(stop, max(0.0, started + pause - time.monotonic())):
-                return
+            remaining = max(0.0, started + pause - time.monotonic())
+            # The kernel closes our connection the moment the engine process dies:
+            # that is worth checking at once rather than at the next tick.
+            closed = self._engine.closed_event if self._engine is not None else asyncio.Event()
+            await wait_first(stop, closed, timeout_s=remaining)
 
     async def _check_once(self, timeout_s: float) -> tuple[bool, bool]:
         """(healthy, conclusive): conclusive failures are refused or dropped connections."""
-        s = self.settings
+        host, port = self.settings.engine_address
         try:
             if self._engine is None or self._engine.closed:
-                self._engine = await FramedConnection.open(s.engine_host, s.engine_port, timeout_s=timeout_s)
+                self._engine = await FramedConnection.open(host, port, timeout_s=timeout_s)
             reply = await self._engine.request(HealthCheck(), timeout_s=timeout_s)
         except (ConnectionRefusedError, ConnectionLost, ConnectionResetError) as exc:
             await self._drop_engine()
@@ -123,11 +109,14 @@ class Monitor:
             self._engine_watch.failed(exc)
             return False, False
         self._engine_watch.succeeded()
-        if isinstance(reply, HealthStatus) and reply.engine != self.engine_instance:
+        if not isinstance(reply, HealthStatus):
+            return False, False
+        if reply.engine != self.engine_instance or reply.detail != self.engine_detail:
             # A restarted engine is a new instance: central must address it at once.
             self.engine_instance = reply.engine
+            self.engine_detail = reply.detail
             self._health_changed.set()
-        return isinstance(reply, HealthStatus) and reply.health is Health.OK, False
+        return reply.health is Health.OK, False
 
     async def _drop_engine(self) -> None:
         if self._engine is not None:
@@ -137,17 +126,21 @@ class Monitor:
     # ----------------------------------------------------------- central
 
     async def _central_link(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        watch = LinkWatch(log, "central", f"{s.central_host}:{s.central_port}")
-        backoff = Backoff(initial_delay_s=0.2, max_delay_s=2.0)
-        refused_since: float | None = None
         await wait_first(stop, self._first_verdict)  # nothing to say before the engine was checked
+        s = self.settings
+        watch = LinkWatch(log, "central", ",".join(f"{h}:{p}" for h, p in s.central))
+        refused_since: float | None = None
         while not stop.is_set():
             try:
-                await self._serve_central(stop, watch, backoff)
+                await keep_trying(
+                    lambda attempts: self._serve_central(stop, attempts),
+                    watch=watch,
+                    stop=stop,
+                    policy=self._policy,
+                )
                 return
             except Refused as exc:
-                if exc.code in ("bad_token", "bad_secret"):
+                if exc.code in FINAL_REFUSALS:
                     log.error("central refused %s: %s", s.cp_id, exc.reason)
                     self.exit_code = EXIT_REFUSED
                     stop.set()
@@ -167,65 +160,67 @@ class Monitor:
                     s.claim_timeout_s,
                 )
                 await sleep_unless(stop, 1.0)
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                delay = backoff.next_delay()
-                watch.failed(exc, delay)
-                await sleep_unless(stop, delay)
 
-    def _stored_secret(self) -> str | None:
-        path = self.settings.secret_path
-        if path is None or not path.exists():
-            return None
-        return path.read_text().strip() or None
+    def _next_central(self) -> tuple[str, int]:
+        if self._leader_hint is not None:
+            hint, self._leader_hint = self._leader_hint, None
+            return hint
+        centrals = self.settings.central
+        address = centrals[self._central_index % len(centrals)]
+        self._central_index += 1
+        return address
 
-    def _keep_secret(self, secret: str) -> None:
-        """Written before use, readable by this user only: without it the CP cannot register again."""
+    def _secret(self) -> str | None:
+        """The CP's own secret: read, or chosen and kept (0600) before it is ever sent."""
         path = self.settings.secret_path
-        if path is None:
-            log.warning(
-                "%s: central issued a secret but this monitor has nowhere to keep it", self.settings.cp_id
-            )
-            return
+        if path.exists():
+            return path.read_text().strip() or None
+        if self.settings.join_token is None:
+            return None  # central does not ask for credentials
+        secret = secrets.token_urlsafe(32)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
-        temporary.touch(mode=0o600)
-        temporary.write_text(secret + "\n")
+        temporary.unlink(missing_ok=True)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         temporary.replace(path)
-        log.info("%s joined central; its secret is kept in %s", self.settings.cp_id, path)
+        log.info("%s: chose its secret for central, kept in %s", self.settings.cp_id, path)
+        return secret
 
-    async def _serve_central(self, stop: asyncio.Event, watch: LinkWatch, backoff: Backoff) -> None:
+    async def _serve_central(self, stop: asyncio.Event, attempts: Attempts) -> None:
         s = self.settings
+        host, port = self._next_central()
         timeout = s.heartbeat_interval_s * 2
-        conn = await FramedConnection.open(s.central_host, s.central_port, timeout_s=timeout)
+        conn = await FramedConnection.open(host, port, timeout_s=timeout)
         try:
             health = self.tracker.health or Health.KO
-            registered = await conn.request(
-                Register(
-                    cp_id=s.cp_id,
-                    location=s.location,
-                    price_eur_kwh=s.price_eur_kwh,
-                    max_kw=s.max_kw,
-                    health=health,
-                    instance=self.instance,
-                    engine=self.engine_instance,
-                    token=s.join_token,
-                    secret=self._stored_secret(),
-                ),
-                timeout_s=timeout,
-            )
-            if isinstance(registered, Registered) and registered.secret:
-                self._keep_secret(registered.secret)
-            watch.succeeded()
-            backoff.reset()
-            log.info(
-                "%s registered with central at %s:%d (engine %s)",
-                s.cp_id,
-                s.central_host,
-                s.central_port,
-                health.value,
-            )
+            try:
+                await conn.request(
+                    Register(
+                        cp_id=s.cp_id,
+                        location=s.location,
+                        price=s.price,
+                        max_w=s.max_w,
+                        health=health,
+                        instance=self.instance,
+                        pid=os.getpid(),
+                        engine=self.engine_instance,
+                        token=s.join_token,
+                        secret=self._secret(),
+                    ),
+                    timeout_s=timeout,
+                )
+            except Refused as exc:
+                if exc.code == "not_leader" and exc.leader:
+                    # A standby answered: go straight to the one that leads.
+                    leader_host, _, leader_port = exc.leader.rpartition(":")
+                    self._leader_hint = (leader_host, int(leader_port))
+                raise
+            attempts.succeeded()
+            log.info("%s registered with central at %s:%d (engine %s)", s.cp_id, host, port, health.value)
             while not stop.is_set():
                 self._health_changed.clear()
                 await wait_first(
@@ -235,9 +230,18 @@ class Monitor:
                     return
                 await conn.request(
                     Heartbeat(
-                        cp_id=s.cp_id, health=self.tracker.health or Health.KO, engine=self.engine_instance
+                        cp_id=s.cp_id,
+                        health=self.tracker.health or Health.KO,
+                        engine=self.engine_instance,
+                        detail=self.engine_detail,
                     ),
                     timeout_s=timeout,
                 )
         finally:
             await conn.close()
+
+
+def _central_retriable(exc: BaseException) -> bool:
+    if isinstance(exc, Refused):
+        return exc.code in Refused.TRANSIENT  # a standby, or a central that cannot record now
+    return is_retriable(exc)

@@ -1,7 +1,9 @@
 """`evcharge driver`: sends charge requests, shows every step live, keeps each ticket once.
 
 Reads only its own updates: the one partition its id maps to, with its own
-group for committed offsets, so a restarted driver is handed what it missed.
+group for committed offsets, so a restarted driver is handed what it missed. A
+provisional ticket (central billed a session whose engine was gone) is kept
+open until the CP's meter confirms or corrects it.
 """
 
 from __future__ import annotations
@@ -13,74 +15,45 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from rich.console import Console
-from rich.table import Table
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from evcharge.driver.conversation import Kind, Waiting, hear
+from evcharge.driver.interactive import run_interactive
 from evcharge.driver.journal import DriverJournal, Outcome
 from evcharge.driver.requests_file import RequestLine
-from evcharge.errors import ConfigError, ProtocolError
-from evcharge.messages import (
-    ChargeRequest,
-    ChargingProgress,
-    DriverUpdate,
-    RequestAccepted,
-    RequestDenied,
-    StopRequest,
-    Ticket,
-    decode,
-    encode,
-)
-from evcharge.runtime.consumer import ConsumerLoop, dead_letter
-from evcharge.runtime.kafka import (
-    TOPICS,
-    ensure_topics,
-    key_partition,
-    new_producer,
-)
-from evcharge.runtime.reconnect import LinkWatch, retry_until_done
+from evcharge.driver.screen import Screen
+from evcharge.driver.settings import DriverSettings
+from evcharge.errors import ConfigError
+from evcharge.protocol.messages import ChargeRequest, RequestDenied, StopRequest, Ticket, encode
+from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter, route
+from evcharge.runtime.faults import crash_point
+from evcharge.runtime.inbox import Delivery, Inbox, Subscription
+from evcharge.runtime.kafka import new_producer
+from evcharge.runtime.retry import LinkWatch, retry_until_done
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.driver")
 
-
-@dataclass(frozen=True)
-class DriverSettings:
-    driver_id: str
-    kafka: str
-    state_dir: Path
-    interval_s: float = 4.0
-    answer_timeout_s: float = 90.0
-    partitions: int = 8
-    central_url: str = "http://127.0.0.1:8000"
-
-
-@dataclass
-class _Waiting:
-    """The request this driver is waiting on, and what has been heard of it so far."""
-
-    request_id: str
-    cp_id: str
-    done: asyncio.Future[Outcome]
-    index: int
-    session_id: str | None = None
+EXIT_UNANSWERED = 3
 
 
 class Driver:
-    def __init__(self, settings: DriverSettings, console: Console | None = None) -> None:
+    def __init__(self, settings: DriverSettings, screen: Screen | None = None) -> None:
         self.settings = settings
-        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.screen = screen or Screen(settings.driver_id, json_lines=settings.json, events=settings.events)
+        self.instance = uuid.uuid4().hex
         self._journal: DriverJournal | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._waiting: _Waiting | None = None
+        self._waiting: Waiting | None = None
+        self._answer: asyncio.Future[Outcome] | None = None
         self._stop = asyncio.Event()
         self._plan = ""
-        self._session: str | None = None
+        self.session: str | None = None  # the session in progress, for `stop`
         self._kafka_watch = LinkWatch(log, "Kafka", settings.kafka)
-        self.central_url = settings.central_url
+        self._revised = asyncio.Event()
 
     # ------------------------------------------------------------ setup
 
@@ -96,37 +69,41 @@ class Driver:
             raise ConfigError(f"driver {s.driver_id} is already running (state dir {s.state_dir})") from None
         self._stop = stop
         self._journal = await DriverJournal.open(s.state_dir / f"driver-{s.driver_id}.sqlite")
-        self._producer = None
         if requests is not None:
             self._plan = _plan_key(plan_name, requests)
             await self._expect_pending_answer()
-        consumer = ConsumerLoop(
-            s.kafka,
-            f"driver-{s.driver_id}",
-            self._assign,
-            self._on_updates,
+        inbox = Inbox(
+            bootstrap=s.kafka,
+            group_id=f"driver-{s.driver_id}",
+            subscriptions=[Subscription(Topic.DRIVER_UPDATES, key=s.driver_id)],
+            codecs=CODECS,
+            topics=TOPICS,
+            handle=self._on_updates,
+            dead_letter=self._dead_letter,
+            partitions=s.partitions,
             new_group_starts_at_end=True,
+            name=f"driver {s.driver_id}",
         )
+        code = 0
         try:
             async with asyncio.TaskGroup() as tasks:
-                consume_task = tasks.create_task(consumer.run(stop), name="updates consumer")
-                await wait_first(consumer.ready, stop)
+                consume = tasks.create_task(inbox.run(stop), name="updates inbox")
+                await wait_first(inbox.ready, stop)
                 if not stop.is_set():
-                    self.console.print(f"[bold]{s.driver_id}[/] ready (Kafka {s.kafka})")
+                    self.screen.ready(s.kafka, self.instance)
                     if requests is not None:
-                        await self._run_plan(stop, requests)
+                        code = await self._run_plan(stop, requests)
                     else:
-                        from evcharge.driver.interactive import run_interactive
-
-                        await run_interactive(self, stop)
+                        await run_interactive(self, stop, s.central_url)
                 stop.set()
-                await consume_task
+                await consume
         finally:
             if self._producer is not None:
                 await self._producer.stop()
             await self._journal.close()
+            self.screen.close()
             lock.close()
-        return 0
+        return code
 
     async def _expect_pending_answer(self) -> None:
         """A request sent before a restart: be ready for its answer before reading any update."""
@@ -134,25 +111,20 @@ class Driver:
         progress = await self._journal.progress(self._plan)
         if progress.pending_request_id is None or progress.pending_cp is None:
             return
-        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._waiting = _Waiting(progress.pending_request_id, progress.pending_cp, done, progress.next_index)
+        self._waiting = Waiting(progress.pending_request_id, progress.pending_cp, progress.next_index)
+        self._answer = asyncio.get_running_loop().create_future()
         answered = await self._journal.answer_for(progress.pending_request_id, progress.next_index)
         if answered is not None:
-            done.set_result(answered)
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        counts = await ensure_topics(self.settings.kafka, self.settings.partitions)
-        tp = key_partition(counts, TOPICS.driver_updates, self.settings.driver_id)
-        return [tp]
+            self._answer.set_result(answered)
 
     # ---------------------------------------------------------- sending
 
     async def send(self, message: ChargeRequest | StopRequest) -> None:
-        await self._publish(TOPICS.driver_requests, self.settings.driver_id, encode(message))
+        """Publish one request, waiting out a Kafka outage (one calm line, then retries)."""
+        topic, key = route(message)
+        await self._publish(topic, key, encode(message))
 
     async def _publish(self, topic: str, key: str, payload: bytes) -> None:
-        """Publish one record, waiting out a Kafka outage (one calm line, then retries)."""
-
         async def attempt() -> None:
             if self._producer is None:
                 producer = new_producer(self.settings.kafka)
@@ -164,58 +136,54 @@ class Driver:
                 self._producer = producer
             await self._producer.send_and_wait(topic, payload, key=key.encode())
 
-        await retry_until_done(attempt, watch=self._kafka_watch)
+        await retry_until_done(attempt, watch=self._kafka_watch, stop=self._stop)
 
     async def request_charge(self, cp_id: str, index: int, request_id: str | None = None) -> Outcome | None:
+        """Ask for a charge and wait for its outcome; None if the driver is stopping meanwhile."""
         assert self._journal is not None
+        resent = request_id is not None
         request_id = request_id or uuid.uuid4().hex
-        waiting = self._waiting
-        if waiting is None or waiting.request_id != request_id:
-            waiting = self._waiting = _Waiting(
-                request_id, cp_id, asyncio.get_running_loop().create_future(), index
-            )
-        if waiting.done.done():
-            return waiting.done.result()  # answered while this driver was away
+        if self._waiting is None or self._waiting.request_id != request_id:
+            self._waiting = Waiting(request_id, cp_id, index)
+            self._answer = asyncio.get_running_loop().create_future()
+        assert self._answer is not None
+        if self._answer.done():
+            return self._answer.result()  # answered while this driver was away
         await self._journal.begin_request(self._plan, index, request_id, cp_id)
-        self.console.print(f"→ requesting a charge at [bold]{cp_id}[/]")
+        self.screen.requested(cp_id, request_id, index, resent)
         await self.send(ChargeRequest(driver_id=self.settings.driver_id, cp_id=cp_id, request_id=request_id))
-        return await self._await_outcome(waiting)
+        return await self._await_outcome(self._waiting, self._answer)
 
     async def stop_session(self) -> bool:
-        if self._session is None:
-            self.console.print("no session in progress")
+        if self.session is None:
+            self.screen.say("no session in progress")
             return False
-        await self.send(StopRequest(driver_id=self.settings.driver_id, session_id=self._session))
-        self.console.print(f"→ asked to stop session {self._session[:8]}")
+        await self.send(StopRequest(driver_id=self.settings.driver_id, session_id=self.session))
+        self.screen.say(f"→ asked to stop session {self.session[:8]}")
+        self.screen.event("stop_asked", session_id=self.session)
         return True
 
-    async def _await_outcome(self, waiting: _Waiting) -> Outcome | None:
+    async def _await_outcome(self, waiting: Waiting, answer: asyncio.Future[Outcome]) -> Outcome | None:
         """The request's outcome, or None when the driver is stopping (the answer will wait in Kafka)."""
         started = time.monotonic()
         stopping = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
+                # Accepted: the charge itself may take long, and its ticket will come.
                 timeout = self.settings.answer_timeout_s if waiting.session_id is None else 3600.0
                 remaining = max(timeout - (time.monotonic() - started), 0.0)
-                await asyncio.wait(
-                    [waiting.done, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-                if waiting.done.done():
-                    return waiting.done.result()
+                await asyncio.wait([answer, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if answer.done():
+                    return answer.result()
                 if stopping.done():
                     return None
                 if waiting.session_id is None:
+                    self.screen.no_answer(waiting.cp_id, waiting.request_id, timeout)
                     return Outcome(
-                        waiting.request_id,
-                        waiting.index,
-                        waiting.cp_id,
-                        "no answer",
-                        None,
-                        None,
-                        None,
+                        waiting.request_id, waiting.index, waiting.cp_id, "no answer", None, None, None,
                         f"no answer within {timeout:g} s",
-                    )
-                started = time.monotonic()  # accepted: the charge itself may take long
+                    )  # fmt: skip
+                started = time.monotonic()
         finally:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -223,122 +191,116 @@ class Driver:
 
     # --------------------------------------------------------- receiving
 
-    async def _on_updates(self, records: list[ConsumerRecord]) -> None:
-        for record in records:
-            if record.key != self.settings.driver_id.encode():
-                continue  # another driver whose id maps to the same partition
-            try:
-                update = decode(record.value, DriverUpdate)
-            except ProtocolError as exc:
-                await self._publish(*dead_letter(record, f"driver-{self.settings.driver_id}", str(exc)))
-                continue
-            await self._show(update)  # type: ignore[arg-type]
+    async def _on_updates(self, deliveries: Sequence[Delivery[Any]]) -> None:
+        for delivery in deliveries:
+            await self._show(delivery.message)
 
-    async def _show(self, update: RequestAccepted | RequestDenied | ChargingProgress | Ticket) -> None:
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        consumer = f"driver-{self.settings.driver_id}"
+        await self._publish(
+            *dead_letter(
+                record.topic, record.partition, record.offset, record.key, record.value, consumer, reason
+            )
+        )
+
+    async def _show(self, update: Any) -> None:
         assert self._journal is not None
-        waiting = self._waiting
-        if isinstance(update, RequestAccepted):
-            if waiting is not None and update.request_id == waiting.request_id:
-                waiting.session_id = update.session_id
-            self._session = update.session_id
-            self.console.print(
-                f"✔ accepted: [bold]{update.cp_id}[/] session {update.session_id} "
-                f"at {update.price_eur_kwh:.2f} EUR/kWh"
-            )
-        elif isinstance(update, ChargingProgress):
-            self._session = update.session_id
-            if update.seq == 0:
-                self.console.print(f"⚡ charging at {update.cp_id} (session {update.session_id[:8]})")
-            else:
-                self.console.print(
-                    f"⚡ {update.cp_id}: {update.kw:.1f} kW  {update.kwh:.4f} kWh  {update.eur:.4f} EUR"
-                )
-        elif isinstance(update, RequestDenied):
+        heard = hear(self._waiting, update)
+        if heard.kind is Kind.ACCEPTED:
+            self.session = update.session_id
+            self.screen.accepted(update)
+        elif heard.kind is Kind.PROGRESS:
+            self.session = update.session_id
+            self.screen.progress(update)
+        elif heard.kind is Kind.DENIED:
+            assert isinstance(update, RequestDenied)
+            index = self._waiting.index if heard.mine and self._waiting else -1
             outcome = Outcome(
-                update.request_id,
-                waiting.index if waiting else -1,
-                update.cp_id,
-                "denied",
-                None,
-                None,
-                None,
-                update.reason,
+                update.request_id, index, update.cp_id, "denied", None, None, None, update.reason
             )
-            if await self._journal.record_answer(f"denied:{update.request_id}:{update.id}", outcome):
-                self.console.print(
-                    f"✘ denied: {update.cp_id or 'request'}: {update.reason} [{update.code.value}]"
-                )
-            self._resolve(update.request_id, outcome)
+            await self._answered(f"denied:{update.request_id}", outcome, lambda: self.screen.denied(update))
+            self._resolve(heard.mine, outcome)
         else:
+            assert isinstance(update, Ticket)
+            if self.session == update.session_id:
+                self.session = None
+            index = self._waiting.index if heard.mine and self._waiting else -1
             outcome = Outcome(
                 update.request_id,
-                waiting.index if waiting else -1,
+                index,
                 update.cp_id,
                 update.end_reason.value,
                 update.session_id,
-                update.kwh,
-                update.eur,
-                "",
+                update.wh,
+                update.micro_eur,
+                "provisional"
+                if update.provisional
+                else ("revised by the meter" if update.revision > 1 else ""),
+                update.revision,
+                update.provisional,
             )
-            if self._session == update.session_id:
-                self._session = None
-            if await self._journal.record_answer(f"ticket:{update.session_id}", outcome):
-                late = "" if waiting and update.request_id == waiting.request_id else " (missed while away)"
-                self.console.print(
-                    f"🎫 ticket{late} cp={update.cp_id} session={update.session_id} "
-                    f"kwh={update.kwh:.5f} eur={update.eur:.4f} ended={update.end_reason.value}"
-                )
-            self._resolve(update.request_id, outcome)
+            late = not heard.mine and heard.kind is Kind.TICKET
+            key = f"ticket:{update.session_id}:{update.revision}"
+            await self._answered(key, outcome, lambda: self.screen.ticket(update, late=late))
+            if heard.kind is Kind.REVISION:
+                self._revised.set()
+            self._resolve(heard.mine, outcome)
 
-    def _resolve(self, request_id: str, outcome: Outcome) -> None:
-        waiting = self._waiting
-        if waiting is not None and waiting.request_id == request_id and not waiting.done.done():
-            waiting.done.set_result(outcome)
+    async def _answered(self, key: str, outcome: Outcome, show: Any) -> None:
+        """Show an answer once: shown first, then marked, so a crash between shows it again."""
+        assert self._journal is not None
+        if await self._journal.was_shown(key):
+            return
+        show()
+        crash_point("driver.shown")
+        await self._journal.mark_shown(key, outcome)
+
+    def _resolve(self, mine: bool, outcome: Outcome) -> None:
+        if mine and self._answer is not None and not self._answer.done():
+            self._answer.set_result(outcome)
 
     # -------------------------------------------------------------- plan
 
-    async def _run_plan(self, stop: asyncio.Event, requests: list[RequestLine]) -> None:
+    async def _run_plan(self, stop: asyncio.Event, requests: list[RequestLine]) -> int:
         assert self._journal is not None
         progress = await self._journal.progress(self._plan)
         if progress.next_index:
-            self.console.print(f"resuming at request {progress.next_index + 1} of {len(requests)}")
+            self.screen.say(f"resuming at request {progress.next_index + 1} of {len(requests)}")
         for index in range(progress.next_index, len(requests)):
             if stop.is_set():
-                return
+                return 0
             line = requests[index]
             resend = progress.pending_request_id if index == progress.next_index else None
-            if resend:
-                self.console.print(
-                    f"waiting for the answer to request {index + 1} ({line.cp_id}) sent before a restart"
-                )
             outcome = await self.request_charge(line.cp_id, index, request_id=resend)
             if outcome is None:
-                self.console.print("stopping: the answer will be waiting in Kafka at the next start")
-                return
+                self.screen.say("stopping: the answer will be waiting in Kafka at the next start")
+                return 0
             await self._journal.finish_request(self._plan, outcome)
             self._waiting = None
             if index + 1 < len(requests) and await sleep_unless(stop, self.settings.interval_s):
-                return
-        self._print_summary(await self._journal.outcomes(self._plan), requests)
+                return 0
+        await self._settle(stop)
+        outcomes = await self._journal.outcomes(self._plan)
+        self.screen.summary(outcomes, requests)
+        return EXIT_UNANSWERED if any(o.outcome == "no answer" for o in outcomes) else 0
 
-    def _print_summary(self, outcomes: list[Outcome], requests: list[RequestLine]) -> None:
-        table = Table(title=f"{self.settings.driver_id}: {len(outcomes)} requests")
-        for column in ("#", "line", "CP", "outcome", "kWh", "EUR", "detail"):
-            table.add_column(column)
-        for o in outcomes:
-            table.add_row(
-                str(o.idx + 1),
-                str(requests[o.idx].number) if o.idx < len(requests) else "?",
-                o.cp_id,
-                o.outcome,
-                f"{o.kwh:.4f}" if o.kwh is not None else "",
-                f"{o.eur:.4f}" if o.eur is not None else "",
-                o.detail,
-            )
-        self.console.print(table)
-        total_kwh = sum(o.kwh or 0 for o in outcomes)
-        total_eur = sum(o.eur or 0 for o in outcomes)
-        self.console.print(f"summary: {len(outcomes)} requests, {total_kwh:.4f} kWh, {total_eur:.4f} EUR")
+    async def _settle(self, stop: asyncio.Event) -> None:
+        """Before leaving: give a provisional ticket the time to be confirmed by the CP's meter."""
+        assert self._journal is not None
+        pending = await self._journal.provisional(self._plan)
+        if not pending:
+            return
+        self.screen.settling(pending, self.settings.settle_timeout_s)
+        deadline = time.monotonic() + self.settings.settle_timeout_s
+        while pending and not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._revised.clear()
+            await wait_first(stop, self._revised, timeout_s=remaining)
+            pending = await self._journal.provisional(self._plan)
+        if pending:
+            self.screen.unsettled(pending)
 
 
 def _plan_key(name: str, requests: list[RequestLine]) -> str:

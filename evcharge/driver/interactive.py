@@ -5,23 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import aiohttp
 
-if TYPE_CHECKING:
-    from evcharge.driver.app import Driver
+from evcharge.driver.journal import Outcome
+from evcharge.driver.screen import Screen
+from evcharge.protocol.units import price_text
 
 HELP = "commands: list | request CP-ID | stop | quit"
 
 
-async def run_interactive(driver: Driver, stop: asyncio.Event, central_url: str | None = None) -> None:
-    console = driver.console
-    console.print(HELP)
+class Controls(Protocol):
+    """What the prompt drives: the driver app, seen from here."""
+
+    screen: Screen
+
+    async def request_charge(
+        self, cp_id: str, index: int, request_id: str | None = None
+    ) -> Outcome | None: ...
+    async def stop_session(self) -> bool: ...
+
+
+async def run_interactive(driver: Controls, stop: asyncio.Event, central_urls: str) -> None:
+    screen = driver.screen
+    screen.say(HELP)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    charging: asyncio.Task | None = None
+    charging: asyncio.Task[Outcome | None] | None = None
     index = 0
     try:
         while not stop.is_set():
@@ -35,17 +47,17 @@ async def run_interactive(driver: Driver, stop: asyncio.Event, central_url: str 
             if command in ("quit", "exit", "q"):
                 break
             if command == "list":
-                await _list_cps(driver, central_url or driver.central_url)
+                await _list_cps(screen, central_urls)
             elif command == "request" and len(args) == 1:
                 if charging is not None and not charging.done():
-                    console.print("a request is already in progress; 'stop' it first")
+                    screen.say("a request is already in progress; 'stop' it first")
                     continue
                 charging = asyncio.create_task(driver.request_charge(args[0], index))
                 index += 1
             elif command == "stop":
                 await driver.stop_session()
             else:
-                console.print(HELP)
+                screen.say(HELP)
     finally:
         transport.close()
         if charging is not None:
@@ -54,19 +66,24 @@ async def run_interactive(driver: Driver, stop: asyncio.Event, central_url: str 
                 await charging
 
 
-async def _list_cps(driver: Driver, central_url: str) -> None:
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(f"{central_url}/cp") as response,
-        ):
-            data = await response.json()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        driver.console.print(f"cannot reach central at {central_url}: {exc.__class__.__name__}")
+async def _list_cps(screen: Screen, central_urls: str) -> None:
+    data: Any = None
+    errors = []
+    for url in [u.strip() for u in central_urls.split(",") if u.strip()]:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                http.get(f"{url}/cp") as response,
+            ):
+                data = await response.json()
+                break
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            errors.append(f"{url}: {exc.__class__.__name__}")
+    if data is None:
+        screen.say(f"cannot reach central ({'; '.join(errors)})")
         return
     for cp in data["charging_points"]:
         mark = "✔" if cp["status"] == "ON" else " "
-        driver.console.print(
-            f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} "
-            f"{cp['price_eur_kwh']:.2f} EUR/kWh"
+        screen.say(
+            f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price_text(cp['price'])} EUR/kWh"
         )

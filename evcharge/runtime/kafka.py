@@ -1,46 +1,39 @@
-"""Kafka clients configured the way every role needs them.
+"""Kafka clients configured the way every role needs them, and topics created as specified.
 
 Producers: acks=all with idempotence, so a retried send is never written twice
 and keyed messages stay in order. Consumers: manual partition assignment with a
 stable group id for committed offsets. Manual assignment instead of group
 membership means a restarted process resumes at once: it does not wait for the
-broker to expire the dead member of its group.
+broker to expire the dead member of its group. Which topics exist is the
+caller's business (`TopicSpec`s); this module knows none by name.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Topics:
-    driver_requests: str = "evcharge.driver.requests"
-    driver_updates: str = "evcharge.driver.updates"
-    cp_commands: str = "evcharge.cp.commands"
-    cp_events: str = "evcharge.cp.events"
-    dead_letters: str = "evcharge.deadletter"
-
-    def all(self) -> list[str]:
-        return [
-            self.driver_requests,
-            self.driver_updates,
-            self.cp_commands,
-            self.cp_events,
-            self.dead_letters,
-        ]
-
-
-TOPICS = Topics()
 DEFAULT_PARTITIONS = 8
 REQUEST_TIMEOUT_MS = 5000
+# With three or more brokers a topic is written to three of them and a write is
+# acknowledged by two: one broker can die with nothing acknowledged lost.
+REPLICATED = {"min.insync.replicas": "2", "unclean.leader.election.enable": "false"}
+
+
+class TopicSpec(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> Mapping[str, str]: ...
 
 
 def partition_for_key(key: str, partitions: int) -> int:
@@ -48,36 +41,70 @@ def partition_for_key(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-async def ensure_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) -> dict[str, int]:
-    """Create every evcharge topic that does not exist yet; safe to call from many processes.
+async def ensure_topics(
+    bootstrap: str, specs: Sequence[TopicSpec], partitions: int = DEFAULT_PARTITIONS
+) -> dict[str, int]:
+    """Create every topic of `specs` that does not exist yet; safe to call from many processes.
 
     Returns each topic's partition count, which consumers need to find the
-    partition a key maps to.
+    partition a key maps to. A topic that exists with other settings than its
+    spec asks for is altered to them.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS)
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = 3 if brokers >= 3 else 1
+        wanted = {spec.name: _configs(spec, replication) for spec in specs}
         existing = set(await admin.list_topics())
-        missing = [t for t in TOPICS.all() if t not in existing]
+        missing = [name for name in wanted if name not in existing]
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                    [NewTopic(n, partitions, replication, topic_configs=wanted[n]) for n in missing]
                 )
-                log.info("created topics %s with %d partitions", ", ".join(missing), partitions)
+                log.info(
+                    "created topics %s: %d partitions, %d replicas",
+                    ", ".join(missing),
+                    partitions,
+                    replication,
+                )
             except TopicAlreadyExistsError:
                 pass  # another process created them first: that is what we wanted
-        described = await admin.describe_topics(TOPICS.all())
+        await _align_configs(admin, {n: c for n, c in wanted.items() if n not in missing and c})
+        described = await admin.describe_topics(list(wanted))
     finally:
         await admin.close()
     counts = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
-    not_ready = [t for t in TOPICS.all() if not counts.get(t)]
+    not_ready = [name for name in wanted if not counts.get(name)]
     if not_ready:
         raise LookupError(f"topics not ready yet: {', '.join(not_ready)}")
     return counts
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
+def _configs(spec: TopicSpec, replication: int) -> dict[str, str]:
+    return {**spec.config, **(REPLICATED if replication >= 3 else {})}
+
+
+async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
+    if not wanted:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(c)) for name, c in wanted.items()]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for _code, _msg, _type, name, entries in response.resources:
+            current[name] = {entry[0]: entry[1] for entry in entries}
+    stale = {
+        name: c for name, c in wanted.items() if any(current.get(name, {}).get(k) != v for k, v in c.items())
+    }
+    if stale:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, n, c) for n, c in stale.items()])
+        log.info(
+            "set %s on topics %s", ", ".join(sorted({k for c in stale.values() for k in c})), ", ".join(stale)
+        )
+
+
+def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -87,10 +114,11 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,
         metadata_max_age_ms=30000,
+        **extra,
     )
 
 
-def new_consumer(bootstrap: str, group_id: str) -> AIOKafkaConsumer:
+def new_consumer(bootstrap: str, group_id: str, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -102,13 +130,14 @@ def new_consumer(bootstrap: str, group_id: str) -> AIOKafkaConsumer:
         retry_backoff_ms=100,
         metadata_max_age_ms=30000,
         isolation_level="read_uncommitted",
+        **extra,
     )
 
 
-def all_partitions(counts: dict[str, int], topic: str) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for p in range(counts[topic])]
+def all_partitions(counts: Mapping[str, int], topics: Iterable[str]) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for topic in topics for p in range(counts[topic])]
 
 
-def key_partition(counts: dict[str, int], topic: str, key: str) -> TopicPartition:
+def key_partition(counts: Mapping[str, int], topic: str, key: str) -> TopicPartition:
     """The one partition of `topic` that holds the messages keyed `key`."""
     return TopicPartition(topic, partition_for_key(key, counts[topic]))

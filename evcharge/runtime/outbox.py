@@ -1,9 +1,9 @@
 """The relay of a transactional outbox: publish what the store recorded, in order, then forget it.
 
-A role writes its state change and the messages it owes in one SQLite
-transaction; this relay publishes them to Kafka and deletes them only after
-the broker acknowledged. A crash in between publishes a row again, never
-loses one; consumers deduplicate by business key.
+A role writes its state change and the messages it owes in one transaction; this
+relay publishes them to Kafka and deletes them only after the broker
+acknowledged. A crash in between publishes a row again, never loses one;
+consumers deduplicate by business key.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,16 +19,17 @@ from typing import Protocol
 import aiosqlite
 from aiokafka import AIOKafkaProducer
 
-from evcharge.runtime.backoff import Backoff
 from evcharge.runtime.kafka import new_producer
-from evcharge.runtime.reconnect import LinkWatch, is_retriable
+from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.sqlite import Database
-from evcharge.runtime.waits import sleep_unless, wait_first
+from evcharge.runtime.waits import wait_first
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500
 IDLE_POLL_S = 1.0
+PUBLISH_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,16 @@ class OutboxRow:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class OutboxStats:
+    rows: int
+    oldest_at: float | None  # wall-clock time the oldest row was written
+
+
 class OutboxStore(Protocol):
     async def outbox_batch(self, limit: int) -> list[OutboxRow]: ...
     async def outbox_delete(self, row_ids: list[int]) -> None: ...
+    async def outbox_stats(self) -> OutboxStats: ...
 
 
 class OutboxRelay:
@@ -49,14 +58,18 @@ class OutboxRelay:
         store: OutboxStore,
         bootstrap: str,
         *,
-        backoff: Backoff | None = None,
+        policy: RetryPolicy = DEFAULT_POLICY,
         on_published: Callable[[list[OutboxRow]], Awaitable[None]] | None = None,
+        may_publish: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._store = store
         self._bootstrap = bootstrap
-        self._backoff = backoff or Backoff(max_delay_s=2.0)
+        self._policy = policy
         self._wake = asyncio.Event()
         self._on_published = on_published
+        # Asked before each batch: a role that lost the right to speak (a fenced
+        # leader) publishes nothing more.
+        self._may_publish = may_publish
         self._watch = LinkWatch(log, "Kafka", bootstrap)
         self.published = 0
 
@@ -69,62 +82,47 @@ class OutboxRelay:
         return self._watch.up is not False
 
     async def run(self, stop: asyncio.Event) -> None:
-        producer: AIOKafkaProducer | None = None
+        await keep_trying(
+            lambda attempts: self._session(attempts, stop), watch=self._watch, stop=stop, policy=self._policy
+        )
+
+    async def _session(self, attempts: Attempts, stop: asyncio.Event) -> None:
+        producer = new_producer(self._bootstrap)
         try:
+            await producer.start()
             while not stop.is_set():
                 # Cleared before reading, not after: a wake() while the batch is read
                 # must not be lost, or new rows would wait for the idle poll.
                 self._wake.clear()
-                try:
-                    if producer is None:
-                        producer = new_producer(self._bootstrap)
-                        await producer.start()
-                    rows = await self._store.outbox_batch(BATCH_ROWS)
-                    if rows:
-                        await self._publish(producer, rows)
-                        self._watch.succeeded()
-                        self._backoff.reset()
-                        continue
-                    self._watch.succeeded()
-                except Exception as exc:
-                    if not is_retriable(exc):
-                        raise
-                    delay = self._backoff.next_delay()
-                    self._watch.failed(exc, delay)
-                    if producer is not None:
-                        await _stop_quietly(producer)
-                        producer = None
-                    await sleep_unless(stop, delay)
+                if await self._publish_batch(producer):
+                    attempts.succeeded()
                     continue
+                attempts.succeeded()
                 await wait_first(stop, self._wake, timeout_s=IDLE_POLL_S)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await self._publish_batch(producer)  # a last flush on the way out
         finally:
-            if producer is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await self._flush_once(producer)
-                await _stop_quietly(producer)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await producer.stop()
 
-    async def _flush_once(self, producer: AIOKafkaProducer) -> None:
+    async def _publish_batch(self, producer: AIOKafkaProducer) -> bool:
+        if self._may_publish is not None and not await self._may_publish():
+            return False
         rows = await self._store.outbox_batch(BATCH_ROWS)
-        if rows:
-            await self._publish(producer, rows)
-
-    async def _publish(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> None:
+        if not rows:
+            return False
         # send() only enqueues; awaiting the futures afterwards keeps the order
         # (idempotent producer, one partition per key) and pipelines the batch.
         futures = [await producer.send(r.topic, r.payload, key=r.key.encode()) for r in rows]
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
             await asyncio.gather(*futures)
         await self._store.outbox_delete([r.row_id for r in rows])
         self.published += len(rows)
         if self._on_published is not None:
             await self._on_published(rows)
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(5):
-            await producer.stop()
+        return True
 
 
 OUTBOX_SCHEMA = """
@@ -132,7 +130,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     row_id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     key TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    created_at REAL NOT NULL DEFAULT 0
 );
 """
 
@@ -145,19 +144,22 @@ class SqliteOutbox:
 
     @staticmethod
     async def add(conn: aiosqlite.Connection, rows: Iterable[tuple[str, str, bytes]]) -> None:
-        await conn.executemany("INSERT INTO outbox (topic, key, payload) VALUES (?, ?, ?)", rows)
+        now = time.time()
+        await conn.executemany(
+            "INSERT INTO outbox (topic, key, payload, created_at) VALUES (?, ?, ?, ?)",
+            [(topic, key, payload, now) for topic, key, payload in rows],
+        )
 
     async def outbox_batch(self, limit: int) -> list[OutboxRow]:
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
-        ) as cursor:
-            return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in await cursor.fetchall()]
+        )
+        return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     async def outbox_delete(self, row_ids: list[int]) -> None:
         async with self._db.transaction() as conn:
             await conn.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
 
-    async def size(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM outbox") as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+    async def outbox_stats(self) -> OutboxStats:
+        row = await self._db.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox")
+        return OutboxStats(int(row[0]), row[1]) if row else OutboxStats(0, None)

@@ -1,4 +1,5 @@
-"""One exit path for SIGINT and SIGTERM: the first asks the role to stop cleanly, a second exits at once."""
+"""One exit path for SIGINT, SIGTERM and SIGHUP: the first asks the role to stop cleanly, a second
+exits at once. SIGHUP is a terminal that closed: the role stops as it would on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable
 log = logging.getLogger("evcharge")
 
 EXIT_INTERRUPTED = 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def run_role(role: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
@@ -27,12 +29,12 @@ def run_role(role: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
             log.info("%s received: shutting down (again to force)", signal.Signals(signum).name)
             stop.set()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
             return (await role(stop)) or 0
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 loop.remove_signal_handler(signum)
 
     return asyncio.run(main())

@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
-from evcharge.messages import ErrorReply, Frame, TcpFrame, decode, encode
-from evcharge.runtime.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from evcharge.protocol.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
+from evcharge.protocol.messages import TCP_FRAMES, ErrorReply, Frame, encode
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class FrameReader:
                     return None
                 self._ready.extend(self._decoder.feed(chunk))
         payload = self._ready.pop(0)
-        return decode(payload, TcpFrame)  # type: ignore[return-value]
+        return TCP_FRAMES.decode(payload)
 
 
 async def send_frame(writer: asyncio.StreamWriter, frame: msgspec.Struct) -> None:
@@ -125,7 +125,7 @@ class FramedConnection:
         finally:
             self._pending.pop(frame.corr, None)
         if isinstance(reply, ErrorReply):
-            raise Refused(reply.code, reply.reason)
+            raise Refused(reply.code, reply.reason, leader=reply.leader or None)
         return reply
 
     async def _read_loop(self) -> None:

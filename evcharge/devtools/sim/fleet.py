@@ -21,32 +21,25 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 
-from evcharge.cp.engine_state import EngineState
+from evcharge.cp import engine_commands
+from evcharge.cp.engine_commands import CpCommand
+from evcharge.cp.engine_state import CpEvent, EngineState
 from evcharge.cp.health_port import serve_health_port
-from evcharge.cp.monitor import Monitor, MonitorSettings
+from evcharge.cp.monitor import Monitor
+from evcharge.cp.settings import MonitorSettings
+from evcharge.devtools.sim.report import SimStats
 from evcharge.errors import ProtocolError
-from evcharge.messages import (
-    CpCommand,
-    CpEvent,
-    EndReason,
-    KafkaMessage,
-    ResumeCp,
-    SessionStarted,
-    StartSupply,
-    StopCp,
-    StopSupply,
-    decode,
-    encode,
-)
-from evcharge.runtime.consumer import dead_letter
-from evcharge.runtime.kafka import TOPICS
-from evcharge.runtime.reconnect import describe
+from evcharge.protocol.messages import EndReason, KafkaMessage, SessionStarted, encode
+from evcharge.protocol.topics import dead_letter, route
+from evcharge.protocol.units import parse_price
+from evcharge.runtime.inbox import Delivery
+from evcharge.runtime.retry import describe
 from evcharge.runtime.tcp import OwnedServer
 from evcharge.runtime.waits import sleep_unless, wait_first
-from evcharge.sim.report import SimStats
 
 log = logging.getLogger("evcharge.sim")
 
@@ -64,9 +57,9 @@ class Publisher:
         self._stats = stats
         self._in_flight: set[asyncio.Future[object]] = set()
 
-    async def publish(self, topic: str, key: str, message: KafkaMessage) -> bool:
+    async def publish(self, message: KafkaMessage) -> bool:
         """Enqueue `message`; callers that need order per key call this in order (under a lock)."""
-        return await self.publish_raw(topic, key, encode(message))
+        return await self.publish_raw(*route(message), encode(message))
 
     async def publish_raw(self, topic: str, key: str, payload: bytes) -> bool:
         try:
@@ -99,13 +92,12 @@ class Publisher:
 class FleetSettings:
     cps: int
     cp_prefix: str
-    central_host: str
-    central_port: int
+    central: tuple[tuple[str, int], ...]
     ramp_up_s: float
     session_s: float
     meter_interval_s: float
     fault_rate_per_min: float
-    power_kw: float = 22.0
+    power_w: int = 22000
 
     def cp_ids(self) -> list[str]:
         width = max(4, len(str(self.cps)))
@@ -148,7 +140,7 @@ class SimEngine:
 
     async def _publish(self, events: list[CpEvent]) -> None:
         for event in events:
-            if await self._publisher.publish(TOPICS.cp_events, self.cp_id, event):
+            if await self._publisher.publish(event):
                 self._stats.events_published += 1
 
     async def _transition(self, change: Callable[[float], list[CpEvent]]) -> list[CpEvent]:
@@ -158,32 +150,27 @@ class SimEngine:
             await self._publish(events)
             return events
 
-    async def apply(self, command: StartSupply | StopSupply | StopCp | ResumeCp) -> None:
+    async def apply(self, command: CpCommand, withdrawn: set[str]) -> None:
         self._stats.commands[type(command).__name__] += 1
-        if isinstance(command, StartSupply):
-            events = await self._transition(lambda now: self.state.start(command, now))
-            if any(isinstance(event, SessionStarted) for event in events):
-                self._on_supply(self, command.session_id)
-        elif isinstance(command, StopSupply):
-            billed = None
-            if command.billed_kwh is not None and command.billed_eur is not None:
-                billed = (command.billed_kwh, command.billed_eur)
-            await self._transition(
-                lambda now: self.state.end(command.reason, now, command.session_id, billed)
-            )
-        elif isinstance(command, StopCp):
-            await self._transition(self.state.stop_cp)
-        else:
-            await self._transition(lambda now: self.state.resume_cp())
+        step = None
+
+        def change(now: float) -> list[CpEvent]:
+            nonlocal step
+            step = engine_commands.handle(self.state, command, instance="", now=now, withdrawn=withdrawn)
+            return step.events
+
+        events = await self._transition(change)
+        if any(isinstance(event, SessionStarted) for event in events):
+            self._on_supply(self, events[0].session_id)
 
     def supplying(self, session_id: str) -> bool:
         return self.state.supply is not None and self.state.supply.session_id == session_id
 
-    async def tick(self, seconds: float, session_id: str) -> bool:
+    async def tick(self, elapsed_ms: int, session_id: str) -> bool:
         """One meter reading of `session_id` if it still runs; True while it goes on."""
         if not self.supplying(session_id):
             return False
-        await self._transition(lambda now: self.state.tick(seconds, now))
+        await self._transition(lambda now: self.state.tick(elapsed_ms, now))
         return self.supplying(session_id)
 
     async def raise_fault(self, lasting_s: float) -> None:
@@ -236,19 +223,22 @@ class Fleet:
             self.ready.extend(e for e in self.engines.values() if e.checked and e not in ready)
         return self._rng.choice(self.ready).cp_id if self.ready else None
 
-    async def on_commands(self, records: list[ConsumerRecord]) -> None:
-        """The one consumer of `cp_commands`: each command goes to the engine its key names."""
-        for record in records:
-            engine = self.engines.get(record.key.decode(errors="replace")) if record.key else None
+    async def on_commands(self, deliveries: list[Delivery[CpCommand]]) -> None:
+        """The one inbox of `cp_commands`: each command goes to the engine its key names."""
+        withdrawn = engine_commands.withdrawn(d.message for d in deliveries)
+        for delivery in deliveries:
+            command = delivery.message
+            engine = self.engines.get(command.cp_id)
             if engine is None:
                 continue  # a CP of another simulator or a real engine on the same broker
-            try:
-                command = decode(record.value, CpCommand)
-            except ProtocolError as exc:
-                # Set aside like a real engine does; its warning is counted as an error of the run.
-                await self._publisher.publish_raw(*dead_letter(record, f"sim-{engine.cp_id}", str(exc)))
-                continue
-            await engine.apply(command)  # type: ignore[arg-type]
+            await engine.apply(command, withdrawn)
+
+    async def dead_letter(self, record: object, reason: str) -> None:
+        """Set aside like a real engine does; the inbox's warning is counted as an error of the run."""
+        r: Any = record
+        await self._publisher.publish_raw(
+            *dead_letter(r.topic, r.partition, r.offset, r.key, r.value, "sim-fleet", reason)
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the CPs over the ramp-up, run the clock until `stop`, then end supplies and shut down.
@@ -281,9 +271,9 @@ class Fleet:
             due = self.started_at + n * step_s
             if await sleep_unless(stop, max(0.0, due - time.monotonic())):
                 return
-            price = round(self._rng.uniform(0.25, 0.45), 2)
+            price = parse_price(f"{self._rng.uniform(0.25, 0.45):.2f}")
             state = EngineState(
-                cp_id=cp_id, power_kw=s.power_kw, price_eur_kwh=price, max_session_s=s.session_s
+                cp_id=cp_id, power_w=s.power_w, price=price, max_session_ms=round(s.session_s * 1000)
             )
             engine = self.engines[cp_id] = SimEngine(state, self._publisher, self._stats, self._supply_began)
             try:
@@ -294,13 +284,11 @@ class Fleet:
             monitor = Monitor(
                 MonitorSettings(
                     cp_id=cp_id,
-                    engine_host="127.0.0.1",
-                    engine_port=port,
-                    central_host=s.central_host,
-                    central_port=s.central_port,
+                    engine=f"127.0.0.1:{port}",
+                    central=s.central,
                     location=f"simulated ({s.cp_prefix})",
-                    price_eur_kwh=price,
-                    max_kw=s.power_kw,
+                    price=price,
+                    max_w=s.power_w,
                 )
             )
             # One stop per monitor: a monitor refused as a duplicate sets its own stop,
@@ -337,6 +325,7 @@ class Fleet:
         injects and clears the simulated faults once per interval.
         """
         interval = self.settings.meter_interval_s
+        interval_ms = max(1, round(interval * 1000))
         fault_chance = self.settings.fault_rate_per_min * interval / 60.0
         next_fault_round = time.monotonic() + interval
         while not stop.is_set():
@@ -347,7 +336,7 @@ class Fleet:
             # Readings due within a few milliseconds go together: fewer wake-ups, same cadence.
             while self._due and self._due[0][0] <= now + BATCH_S and not stop.is_set():
                 due, _, engine, session_id = heapq.heappop(self._due)
-                if await engine.tick(interval, session_id):
+                if await engine.tick(interval_ms, session_id):
                     # After a stall, carry on from now instead of a burst of catch-up readings.
                     following = due + interval if due + interval > now else now + interval
                     heapq.heappush(self._due, (following, next(self._order), engine, session_id))

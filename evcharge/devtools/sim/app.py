@@ -12,30 +12,28 @@ import gc
 import json
 import logging
 import random
-import re
 import resource
 import sys
 import time
 import uuid
 from collections.abc import Awaitable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 
-from evcharge.errors import ConfigError
-from evcharge.runtime.backoff import Backoff
-from evcharge.runtime.consumer import ConsumerLoop
-from evcharge.runtime.kafka import TOPICS, all_partitions, ensure_topics, new_producer
-from evcharge.runtime.reconnect import describe, is_retriable
+from evcharge.devtools.sim.drivers import DriverFleet, DriverSettings
+from evcharge.devtools.sim.fleet import Fleet, FleetSettings, Publisher
+from evcharge.devtools.sim.report import SimStats, render
+from evcharge.devtools.sim.settings import SimSettings
+from evcharge.protocol.topics import CODECS, TOPICS, Topic
+from evcharge.runtime.inbox import Inbox, Subscription
+from evcharge.runtime.kafka import ensure_topics, new_producer
+from evcharge.runtime.retry import Backoff, describe, is_retriable
 from evcharge.runtime.shutdown import EXIT_INTERRUPTED
 from evcharge.runtime.waits import sleep_unless, wait_first
-from evcharge.sim.drivers import DriverFleet, DriverSettings
-from evcharge.sim.fleet import Fleet, FleetSettings, Publisher
-from evcharge.sim.report import SimStats, render
 
 log = logging.getLogger("evcharge.sim")
 
@@ -44,40 +42,8 @@ HTTP_TIMEOUT_S = 5.0
 REGISTRATION_POLL_S = 0.5
 PROGRESS_EVERY_S = 5.0
 LAG_PROBE_S = 0.25
-ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}\Z")
 # Warnings the simulated faults cause on purpose; any other warning is an error.
 FAULT_WARNINGS = ("engine BROKEN",)
-
-
-@dataclass(frozen=True)
-class SimSettings:
-    cps: int
-    drivers: int
-    kafka: str
-    central_host: str
-    central_port: int
-    central_url: str
-    duration_s: float = 30.0
-    ramp_up_s: float = 10.0
-    request_rate: float = 5.0
-    session_s: float = 5.0
-    meter_interval_s: float = 1.0
-    fault_rate_per_min: float = 0.0
-    cp_prefix: str = "SIM"
-    driver_prefix: str = "sim-driver"
-    seed: int | None = None
-    json_path: Path | None = None
-    partitions: int = 8
-    log_level: str = "info"
-
-    def check(self) -> None:
-        for name, prefix in (("--cp-prefix", self.cp_prefix), ("--driver-prefix", self.driver_prefix)):
-            if not ID_PREFIX.match(prefix):
-                raise ConfigError(f"{name} {prefix!r}: letters, digits, '.', '_' and '-' only")
-        if self.cps < 1 or self.drivers < 0 or self.request_rate <= 0 or self.meter_interval_s <= 0:
-            raise ConfigError("--cps must be at least 1, --request-rate and --meter-interval above 0")
-        if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
-            raise ConfigError("durations and rates cannot be negative")
 
 
 class _NotStarted(Exception):
@@ -112,8 +78,7 @@ class Simulation:
         self.fleet_settings = FleetSettings(
             cps=settings.cps,
             cp_prefix=settings.cp_prefix,
-            central_host=settings.central_host,
-            central_port=settings.central_port,
+            central=settings.central,
             ramp_up_s=settings.ramp_up_s,
             session_s=settings.session_s,
             meter_interval_s=settings.meter_interval_s,
@@ -149,11 +114,11 @@ class Simulation:
         s = self.settings
         producer = new_producer(s.kafka)
         try:
-            counts = await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, s.partitions), stop)
+            await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, TOPICS, s.partitions), stop)
             await self._startup("the Kafka producer", producer.start, stop, retry=False)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
                 await self._startup("central's HTTP API", lambda: self._get(http, "/health"), stop)
-                await self._load(counts, Publisher(producer, self.stats), http, stop)
+                await self._load(Publisher(producer, self.stats), http, stop)
                 await self._final_look(http)
         except _NotStarted:
             pass  # counted and said where it happened
@@ -164,9 +129,7 @@ class Simulation:
             except Exception as exc:
                 self.stats.error(f"cannot stop the Kafka producer cleanly: {describe(exc)}")
 
-    async def _load(
-        self, counts: dict[str, int], publisher: Publisher, http: aiohttp.ClientSession, stop: asyncio.Event
-    ) -> None:
+    async def _load(self, publisher: Publisher, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         s = self.settings
         rng = random.Random(s.seed)
         fleet = Fleet(self.fleet_settings, publisher, self.stats, rng)
@@ -184,16 +147,21 @@ class Simulation:
             rng,
         )
         consumers = [
-            ConsumerLoop(
-                s.kafka,
-                f"sim-{self.run_id}-{name}",
-                _assign_all(counts, topic),
-                handle,
+            Inbox(
+                bootstrap=s.kafka,
+                group_id=f"sim-{self.run_id}-{name}",
+                subscriptions=[Subscription(topic)],
+                codecs=CODECS,
+                topics=TOPICS,
+                handle=handle,
+                dead_letter=set_aside,
+                partitions=s.partitions,
                 new_group_starts_at_end=True,
+                name=f"sim {name}",
             )
-            for name, topic, handle in (
-                ("commands", TOPICS.cp_commands, fleet.on_commands),
-                ("updates", TOPICS.driver_updates, drivers.on_updates),
+            for name, topic, handle, set_aside in (
+                ("commands", Topic.CP_COMMANDS, fleet.on_commands, fleet.dead_letter),
+                ("updates", Topic.DRIVER_UPDATES, drivers.on_updates, drivers.dead_letter),
             )
         ]
         consumers_stop, fleet_stop, drivers_stop, watch_stop = (asyncio.Event() for _ in range(4))
@@ -225,7 +193,7 @@ class Simulation:
                     self.stats.error("CP never shown ON at central during the run", missing)
             consumers_stop.set()
 
-    async def _consumers_ready(self, consumers: list[ConsumerLoop], stop: asyncio.Event) -> bool:
+    async def _consumers_ready(self, consumers: list[Inbox], stop: asyncio.Event) -> bool:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         for consumer in consumers:
             await wait_first(consumer.ready, stop, timeout_s=max(0.0, deadline - time.monotonic()))
@@ -358,13 +326,6 @@ async def _freeze_when(started: asyncio.Event, stop: asyncio.Event) -> None:
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _assign_all(counts: dict[str, int], topic: str):
-    async def assign(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        return all_partitions(counts, topic)
-
-    return assign
 
 
 def _is_tty() -> bool:

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from evcharge.broker.fetch import (
+from evcharge.devtools.kafka.fetch import (
     KAFKA_VERSION,
     Progress,
     cached_libs,

@@ -1,7 +1,7 @@
 """A local single-node Apache Kafka (KRaft) for development, the demo and the tests."""
 
-from evcharge.broker.fetch import JAVA_MISSING, KAFKA_VERSION, MAVEN_MISSING, cache_dir, fetch_kafka
-from evcharge.broker.local import (
+from evcharge.devtools.kafka.fetch import JAVA_MISSING, KAFKA_VERSION, MAVEN_MISSING, cache_dir, fetch_kafka
+from evcharge.devtools.kafka.local import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     BrokerStatus,

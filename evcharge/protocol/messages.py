@@ -2,7 +2,8 @@
 
 No I/O here: bytes in, typed and validated messages out (or `ProtocolError`),
 typed messages in, bytes out. msgspec validates while it decodes, so a field of
-the wrong type or out of range never reaches the logic behind it.
+the wrong type or out of range never reaches the logic behind it. Money and
+energy are integers (`evcharge.protocol.units`): watt-hours, micro-euros, watts.
 """
 
 from __future__ import annotations
@@ -10,22 +11,24 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
 from evcharge.errors import ProtocolError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 CpId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
 DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
-Energy = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
-Money = Annotated[float, msgspec.Meta(ge=0, le=1e7)]
-Power = Annotated[float, msgspec.Meta(ge=0, le=1e4)]
-Price = Annotated[float, msgspec.Meta(ge=0, le=100)]
+WattHours = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
+MicroEuros = Annotated[int, msgspec.Meta(ge=0, le=10**13)]
+Watts = Annotated[int, msgspec.Meta(ge=0, le=10**7)]
+Price = Annotated[int, msgspec.Meta(ge=0, le=100 * 10**6)]  # micro-euros per kWh
 Seq = Annotated[int, msgspec.Meta(ge=0)]
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+Text = Annotated[str, msgspec.Meta(max_length=200)]
 
 
 def new_id() -> str:
@@ -43,6 +46,7 @@ class EndReason(enum.StrEnum):
     UNPLUGGED = "unplugged"  # the car was unplugged at the engine
     COMPLETED = "completed"  # the session reached its configured length
     FAULT = "fault"  # the engine raised KO while supplying
+    CANNOT_RECORD = "cannot_record"  # the engine could not write its meter (disk full): it stopped
     ENGINE_FAILURE = "engine_failure"  # central saw the engine die; billed to the last reading it had
     INTERRUPTED = "interrupted"  # the engine restarted after a crash mid-session
     NOT_STARTED = "not_started"  # authorised, but the engine never started it
@@ -57,6 +61,16 @@ class DenyCode(enum.StrEnum):
     EXPIRED = "expired"
     NOT_YOURS = "not_yours"
     NO_SESSION = "no_session"
+
+
+class EngineAction(enum.StrEnum):
+    """What a person at the CP (or a script on its host) can do to the engine."""
+
+    PLUG = "plug"
+    UNPLUG = "unplug"
+    FAULT = "fault"
+    CLEAR = "clear"
+    STATUS = "status"
 
 
 # ---------------------------------------------------------------- Kafka ----
@@ -93,7 +107,7 @@ class RequestAccepted(KafkaMessage, tag="accepted"):
     request_id: Ident
     session_id: Ident
     cp_id: CpId
-    price_eur_kwh: Price
+    price: Price
 
 
 class RequestDenied(KafkaMessage, tag="denied"):
@@ -109,22 +123,32 @@ class ChargingProgress(KafkaMessage, tag="progress"):
     session_id: Ident
     cp_id: CpId
     seq: Seq
-    kw: Power
-    kwh: Energy
-    eur: Money
+    power_w: Watts
+    wh: WattHours
+    micro_eur: MicroEuros
 
 
 class Ticket(KafkaMessage, tag="ticket"):
+    """The bill of one session. A session has one ticket, or a first one and its replacement:
+
+    central closes a session itself when its engine is gone (`provisional`: billed to the
+    last reading central applied); the engine's own meter then confirms or corrects it
+    with revision 2, which `replaces` the first. The meter is the truth.
+    """
+
     driver_id: DriverId
     session_id: Ident
     request_id: str
     cp_id: CpId
     started_at: float
     ended_at: float
-    kwh: Energy
-    eur: Money
-    price_eur_kwh: Price
+    wh: WattHours
+    micro_eur: MicroEuros
+    price: Price
     end_reason: EndReason
+    revision: Annotated[int, msgspec.Meta(ge=1)] = 1
+    provisional: bool = False
+    replaces: str | None = None  # the id of the ticket this one replaces
 
 
 DriverUpdate = RequestAccepted | RequestDenied | ChargingProgress | Ticket
@@ -137,12 +161,10 @@ class StartSupply(KafkaMessage, tag="start_supply"):
     cp_id: CpId
     session_id: Ident
     driver_id: DriverId
-    price_eur_kwh: Price
-    # An engine that reads this after the deadline (it was down) refuses it
-    # rather than start a charge nobody is waiting for any more.
-    expires_at: float
+    price: Price
     # The engine instance the CP's monitor vouches for: a second engine running
-    # with the same CP id (another host or state dir) must not supply it too.
+    # with the same CP id (another host or state dir), or one that restarted since,
+    # must not supply it.
     engine: str | None = None
 
 
@@ -150,10 +172,6 @@ class StopSupply(KafkaMessage, tag="stop_supply"):
     cp_id: CpId
     session_id: Ident
     reason: EndReason
-    # Set when central has already closed the session (the engine was seen dead or
-    # hung): the figures it billed, which the engine adopts so both records agree.
-    billed_kwh: Energy | None = None
-    billed_eur: Money | None = None
 
 
 class StopCp(KafkaMessage, tag="stop_cp"):
@@ -176,24 +194,24 @@ class SessionStarted(KafkaMessage, tag="session_started"):
     driver_id: DriverId
     seq: Seq
     started_at: float
-    price_eur_kwh: Price
+    price: Price
 
 
 class MeterReading(KafkaMessage, tag="meter"):
     cp_id: CpId
     session_id: Ident
     seq: Seq
-    kw: Power
-    kwh: Energy
-    eur: Money
+    power_w: Watts
+    wh: WattHours
+    micro_eur: MicroEuros
 
 
 class SessionEnded(KafkaMessage, tag="session_ended"):
     cp_id: CpId
     session_id: Ident
     seq: Seq
-    kwh: Energy
-    eur: Money
+    wh: WattHours
+    micro_eur: MicroEuros
     ended_at: float
     reason: EndReason
 
@@ -207,6 +225,18 @@ class SessionRefused(KafkaMessage, tag="session_refused"):
 CpEvent = SessionStarted | MeterReading | SessionEnded | SessionRefused
 
 
+class DeadLetter(KafkaMessage, tag="dead_letter"):
+    """A record a consumer could not use, kept with why and its original bytes."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    consumer: str
+    reason: str
+    key: str | None
+    payload: bytes  # msgspec writes bytes as base64 in JSON
+
+
 # ------------------------------------------------------------------ TCP ----
 
 
@@ -218,26 +248,29 @@ class Frame(msgspec.Struct, kw_only=True, tag_field="type"):
 class Register(Frame, tag="register"):
     cp_id: CpId
     location: Annotated[str, msgspec.Meta(max_length=120)]
-    price_eur_kwh: Price
-    max_kw: Power
+    price: Price
+    max_w: Watts
     health: Health
     instance: Ident  # one per monitor process: tells a crash-restart from a second live monitor
+    pid: Pid = 0  # the monitor's process, as it says itself
     engine: str | None = None  # the engine instance this monitor checks
-    # Credentials when central requires them: the operator's join token the first
-    # time, the secret central handed out ever after.
+    # Credentials when central requires them: the CP's own secret, always, and the
+    # operator's join token the first time. The monitor chooses its secret and keeps
+    # it before it first registers, so an answer lost on the way cannot lock it out.
     token: str | None = None
     secret: str | None = None
 
 
 class Registered(Frame, tag="registered"):
     cp_id: CpId
-    secret: str | None = None  # issued when the CP joined with the join token: keep it
+    central: str = ""  # the instance of central that answered
 
 
 class Heartbeat(Frame, tag="heartbeat"):
     cp_id: CpId
     health: Health
     engine: str | None = None
+    detail: Text = ""  # why the engine is KO, when it said
 
 
 class Ack(Frame, tag="ack"):
@@ -247,6 +280,7 @@ class Ack(Frame, tag="ack"):
 class ErrorReply(Frame, tag="error"):
     code: str
     reason: str
+    leader: str = ""  # with code "not_leader": where the leading central listens, when known
 
 
 class HealthCheck(Frame, tag="health_check"):
@@ -259,10 +293,12 @@ class HealthStatus(Frame, tag="health_status"):
     supplying: bool
     session_id: str | None = None
     engine: str | None = None  # the engine process's instance id
+    pid: Pid = 0
+    detail: Text = ""  # why KO: a fault, or that it cannot record
 
 
 class EngineControl(Frame, tag="control"):
-    action: Literal["plug", "unplug", "fault", "clear", "status"]
+    action: EngineAction
 
 
 class ControlResult(Frame, tag="control_result"):
@@ -285,36 +321,37 @@ TcpFrame = (
 
 # ------------------------------------------------------------- encoding ----
 
+T = TypeVar("T")
+
 _encoder = msgspec.json.Encoder()
-_decoders: dict[object, msgspec.json.Decoder] = {}
 
 
 def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(data: bytes, kind: object) -> object:
-    """Decode `data` as one of the union `kind`; anything else is a ProtocolError."""
-    decoder = _decoders.get(kind)
-    if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
-    try:
-        message = decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(str(exc)) from None
-    version = getattr(message, "v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise ProtocolError(f"schema version {version} is not supported (this is {SCHEMA_VERSION})")
-    return message
+class Codec(Generic[T]):
+    """Decodes one kind of message (a struct or a union of them); anything else is a ProtocolError."""
+
+    def __init__(self, kind: Any) -> None:
+        self.kind = kind
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(kind)
+
+    def decode(self, data: bytes) -> T:
+        try:
+            message: Any = self._decoder.decode(data)
+        except msgspec.DecodeError as exc:
+            raise ProtocolError(str(exc)) from None
+        version = getattr(message, "v", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ProtocolError(f"schema version {version} is not supported (this is {SCHEMA_VERSION})")
+        result: T = message
+        return result
 
 
-class DeadLetter(KafkaMessage, tag="dead_letter"):
-    """A record a consumer could not use, kept with why and its original bytes."""
-
-    source_topic: str
-    partition: int
-    offset: int
-    consumer: str
-    reason: str
-    key: str | None
-    payload: bytes  # msgspec writes bytes as base64 in JSON
+DRIVER_REQUESTS: Codec[ChargeRequest | StopRequest] = Codec(DriverRequest)
+DRIVER_UPDATES: Codec[RequestAccepted | RequestDenied | ChargingProgress | Ticket] = Codec(DriverUpdate)
+CP_COMMANDS: Codec[StartSupply | StopSupply | StopCp | ResumeCp] = Codec(CpCommand)
+CP_EVENTS: Codec[SessionStarted | MeterReading | SessionEnded | SessionRefused] = Codec(CpEvent)
+DEAD_LETTERS: Codec[DeadLetter] = Codec(DeadLetter)
+TCP_FRAMES: Codec[Frame] = Codec(TcpFrame)

@@ -7,6 +7,7 @@ a few drivers, each the same `evcharge` subcommand a person would run, with its 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.resources
 import json
 import os
@@ -22,19 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
+from evcharge.central.settings import CentralSettings
+from evcharge.config import DEFAULT_KAFKA, host_port, opt
+from evcharge.cp.settings import ENGINE_BASE_PORT, EngineSettings, MonitorSettings
+from evcharge.devtools.commands import child
+from evcharge.devtools.probes import engine_status
+from evcharge.devtools.supervisor import Child
+from evcharge.driver.settings import DriverSettings
 from evcharge.errors import BrokerError, ConfigError, EvchargeError, RequestTimeout
-from evcharge.options import DEFAULT_KAFKA, Kafka, host_port
+from evcharge.protocol.units import eur_text, kwh_text, parse_price, price_text
 from evcharge.runtime.ports import port_answers, port_free
 from evcharge.runtime.shutdown import EXIT_INTERRUPTED
-from evcharge.supervisor import Child
 
 if TYPE_CHECKING:
-    from evcharge.broker import LocalBroker
+    from evcharge.devtools.kafka import LocalBroker
 
 LOOPBACK = "127.0.0.1"
 DRIVER_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
@@ -50,8 +57,7 @@ LOCATIONS = (
     "Paseo Independencia 20, Zaragoza",
     "Calle Uría 14, Oviedo",
 )
-PRICES_EUR_KWH = (0.32, 0.28, 0.45, 0.36, 0.30, 0.41, 0.34, 0.39)
-ENGINE_BASE_PORT = 5000  # what `evcharge engine` uses by default: 5000 + the CP number
+PRICES = tuple(parse_price(p) for p in ("0.32", "0.28", "0.45", "0.36", "0.30", "0.41", "0.34", "0.39"))
 STARTUP_TIMEOUT_S = 30.0
 KAFKA_START_TIMEOUT_S = 120.0
 CHILD_STOP_TIMEOUT_S = 15.0
@@ -82,25 +88,34 @@ def status_line(charging_points: list[dict[str, Any]]) -> str:
     for cp in charging_points:
         session = cp.get("session")
         if cp.get("status") == "SUPPLYING" and session:
-            kwh = session.get("kwh") or 0.0
-            parts.append(f"{cp['cp_id']} SUPPLYING ({session['driver_id']} {kwh:.4f} kWh)")
+            parts.append(
+                f"{cp['cp_id']} SUPPLYING ({session['driver_id']} {kwh_text(session.get('wh') or 0)} kWh)"
+            )
         else:
             parts.append(f"{cp['cp_id']} {cp.get('status') or '?'}")
     return ", ".join(parts) or "no charging point registered yet"
 
 
-def driver_summary(log_text: str, driver_id: str, tail: int = 5) -> list[str]:
-    """The summary table a driver printed last, or the last lines of its log when it has none."""
-    lines = log_text.splitlines()
-    ends = [i for i, line in enumerate(lines) if line.startswith("summary:")]
-    if not ends:
-        return [line for line in lines if line.strip()][-tail:]
-    end = ends[-1]
-    title = f"{driver_id}: "
-    starts = [
-        i for i in range(end) if lines[i].strip().startswith(title) and lines[i].strip().endswith("requests")
+def driver_summary(events_path: Path, driver_id: str) -> list[str]:
+    """The summary a driver gave at its end (its `summary` event), as lines for a person."""
+    summary = None
+    with contextlib.suppress(OSError):
+        for line in events_path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "summary":
+                    summary = event
+    if summary is None:
+        return [f"{driver_id} gave no summary (it did not finish its requests)"]
+    lines = [
+        f"{driver_id}: {summary['requests']} requests, {kwh_text(summary['wh'])} kWh, "
+        f"{eur_text(summary['micro_eur'])} EUR"
+        + (f", {summary['unanswered']} unanswered" if summary["unanswered"] else "")
     ]
-    return lines[starts[-1] if starts else end : end + 1]
+    for o in summary["outcomes"]:
+        figures = f"{kwh_text(o['wh'])} kWh {eur_text(o['micro_eur'])} EUR" if o["wh"] is not None else ""
+        lines.append(f"  {o['index'] + 1:>3}  {o['cp_id']:<10} {o['outcome']:<15} {figures}")
+    return lines
 
 
 def engine_ports(count: int, taken: set[int]) -> list[int]:
@@ -117,21 +132,60 @@ def engine_ports(count: int, taken: set[int]) -> list[int]:
     return ports
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DemoSettings:
-    cps: int
-    drivers: int
-    session_s: float
-    interval_s: float
-    kafka: str
-    kafka_dir: Path | None
-    tcp_port: int
-    http_port: int
-    run_dir: Path
-    panel: bool
-    duration_s: float | None
-    status_interval_s: float
-    requests_dir: Path | None
+    cps: int = opt(4, "Charging points to run: CP-001, CP-002, ...", "EVCHARGE_DEMO_CPS")
+    drivers: int = opt(
+        2, "Drivers to run: driver-alice, driver-bob, driver-carol, ...", "EVCHARGE_DEMO_DRIVERS"
+    )
+    session_s: float = opt(
+        8.0,
+        "Each supply ends by itself after this many seconds.",
+        "EVCHARGE_DEMO_SESSION_S",
+        flag="--session-seconds",
+    )
+    interval_s: float = opt(
+        4.0, "Seconds a driver waits between two requests.", "EVCHARGE_DEMO_INTERVAL_S", flag="--interval"
+    )
+    kafka: str = opt(DEFAULT_KAFKA, "Kafka to use; one is started there when none answers.", "EVCHARGE_KAFKA")
+    kafka_dir: Path | None = opt(
+        None,
+        "Data dir of the Kafka the demo starts when none answers at --kafka [default: <run dir>/../kafka].",
+        "EVCHARGE_KAFKA_DIR",
+    )
+    tcp_port: int = opt(7000, "Central's TCP port for monitors.", "EVCHARGE_CENTRAL_TCP_PORT")
+    http_port: int = opt(8000, "Central's HTTP port (API and web page).", "EVCHARGE_CENTRAL_HTTP_PORT")
+    run_dir: Path | None = opt(
+        None,
+        "Where logs, state and requests files go [default: ./evcharge-runs/<YYYYmmdd-HHMMSS>].",
+        "EVCHARGE_DEMO_RUN_DIR",
+    )
+    panel: bool | None = opt(
+        None,
+        "Central's live panel in this terminal until you press q; without it, a status line every few "
+        "seconds until the drivers are done [default: panel when stdout is a terminal].",
+        None,
+        flag="--panel/--no-panel",
+    )
+    duration_s: float | None = opt(
+        None, "Stop everything after this many seconds.", "EVCHARGE_DEMO_DURATION_S", flag="--duration"
+    )
+    status_interval_s: float = opt(
+        3.0,
+        "Seconds between two status lines (without the panel).",
+        "EVCHARGE_DEMO_STATUS_INTERVAL_S",
+        flag="--status-interval",
+    )
+    requests_dir: Path | None = opt(
+        None, "Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.", "EVCHARGE_DEMO_REQUESTS_DIR",
+        hidden=True,
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cps <= 999 or self.drivers < 0:
+            raise ValueError("--cps must be 1 to 999 and --drivers at least 0")
+        if self.session_s < 0 or self.interval_s < 0 or (self.duration_s is not None and self.duration_s < 0):
+            raise ValueError("--session-seconds, --interval and --duration cannot be negative")
 
 
 @dataclass
@@ -144,6 +198,7 @@ class Demo:
 
     def __post_init__(self) -> None:
         s = self.settings
+        assert s.run_dir is not None
         self.run_dir = s.run_dir.resolve()
         self.logs, self.state = self.run_dir / "logs", self.run_dir / "state"
         self.url = f"http://{LOOPBACK}:{s.http_port}"
@@ -222,14 +277,14 @@ class Demo:
         for port, flag in ((s.tcp_port, "--tcp-port"), (s.http_port, "--http-port")):
             if not port_free(LOOPBACK, port):
                 raise ConfigError(f"port {port} is in use: pick another with {flag}")
-        _, kafka_port = host_port(s.kafka, "--kafka")
+        _, kafka_port = _kafka_address(s.kafka)
         taken = {s.tcp_port, s.http_port, kafka_port, kafka_port + 1}
         self.engine_ports = dict(zip(cp_ids(s.cps), engine_ports(s.cps, taken), strict=True))
 
     def _start_kafka(self) -> None:
-        from evcharge.broker import LocalBroker
+        from evcharge.devtools.kafka import LocalBroker
 
-        host, port = host_port(self.settings.kafka, "--kafka")
+        host, port = _kafka_address(self.settings.kafka)
         if port_answers(host, port):
             self.say(f"Kafka: using the broker that answers at {self.settings.kafka}")
             return
@@ -257,33 +312,30 @@ class Demo:
 
     def _start_central(self) -> None:
         s = self.settings
-        args = [
-            "central",
-            "--kafka",
-            s.kafka,
-            "--db",
-            str(self.state / "central.sqlite"),
-            "--tcp-port",
-            str(s.tcp_port),
-            "--http-port",
-            str(s.http_port),
-        ]
         log_path = self.logs / "central.log"
+        settings = CentralSettings(
+            kafka=s.kafka,
+            store=str(self.state / "central.sqlite"),
+            state_dir=self.state,
+            tcp_port=s.tcp_port,
+            http_port=s.http_port,
+            panel=s.panel,
+        )
         if s.panel:
             self.say(
                 f"central: starting with its panel (press q there to end the demo; "
                 f"progress goes to {self.logs / 'demo.log'})"
             )
-            self.central = Child(
+            self.central = child(
                 "central",
-                [*args, "--panel"],
+                settings,
                 log_path,
                 env={"EVCHARGE_LOG_FILE": str(log_path)},
                 cwd=self.run_dir,
                 terminal=True,
             )
         else:
-            self.central = Child("central", [*args, "--no-panel"], log_path, cwd=self.run_dir)
+            self.central = child("central", settings, log_path, cwd=self.run_dir)
         self.central.start()
         if self._wait_for(lambda: self._get("/health")["status"] == "ok", "central's HTTP API"):
             self.say(f"central up at {self.url} (monitors on {LOOPBACK}:{s.tcp_port}, log {log_path})")
@@ -291,97 +343,76 @@ class Demo:
     def _start_cps(self) -> None:
         s = self.settings
         for cp, port in self.engine_ports.items():
+            engine = EngineSettings(
+                cp_id=cp,
+                port=port,
+                kafka=s.kafka,
+                state_dir=self.state,
+                max_session_s=s.session_s,
+                keys=False,
+            )
             self.engines.append(
-                Child(
-                    f"engine {cp}",
-                    [
-                        "engine",
-                        "--cp-id",
-                        cp,
-                        "--port",
-                        str(port),
-                        "--kafka",
-                        s.kafka,
-                        "--state-dir",
-                        str(self.state),
-                        "--max-session",
-                        str(s.session_s),
-                        "--no-keys",
-                    ],
-                    self.logs / f"engine-{cp}.log",
-                    cwd=self.run_dir,
+                child(
+                    "engine", engine, self.logs / f"engine-{cp}.log", name=f"engine {cp}", cwd=self.run_dir
                 ).start()
             )
-        # A monitor finds a refused engine port BROKEN within a second: engines listen first.
+        # A monitor finds a refused engine port BROKEN within a second, and an engine opens
+        # its port only once it reads its Kafka commands: engines answer first.
         ports = list(self.engine_ports.values())
         if not self._wait_for(
-            lambda: all(port_answers(LOOPBACK, p, 0.2) for p in ports), "the engines' health ports"
+            lambda: all(engine_status(LOOPBACK, p, 0.5) is not None for p in ports), "the engines to be ready"
         ):
             return
         for index, (cp, port) in enumerate(self.engine_ports.items()):
-            location = LOCATIONS[index % len(LOCATIONS)]
-            price = PRICES_EUR_KWH[index % len(PRICES_EUR_KWH)]
+            monitor = MonitorSettings(
+                cp_id=cp,
+                engine=f"{LOOPBACK}:{port}",
+                central=((LOOPBACK, s.tcp_port),),
+                location=LOCATIONS[index % len(LOCATIONS)],
+                price=PRICES[index % len(PRICES)],
+                state_dir=self.state,
+            )
             self.monitors.append(
-                Child(
-                    f"monitor {cp}",
-                    [
-                        "monitor",
-                        "--cp-id",
-                        cp,
-                        "--engine",
-                        f"{LOOPBACK}:{port}",
-                        "--central",
-                        f"{LOOPBACK}:{s.tcp_port}",
-                        "--location",
-                        location,
-                        "--price",
-                        f"{price:.2f}",
-                    ],
+                child(
+                    "monitor",
+                    monitor,
                     self.logs / f"monitor-{cp}.log",
+                    name=f"monitor {cp}",
                     cwd=self.run_dir,
                 ).start()
             )
         waiting = set(cp_ids(s.cps))
-        engines = dict(zip(cp_ids(s.cps), self.engines, strict=True))
 
-        def registered_and_ready() -> bool:
-            # Ready for drivers: ON at central and the engine reading its Kafka commands.
+        def registered() -> bool:
             for cp in self._get("/cp")["charging_points"]:
                 cp_id = cp["cp_id"]
-                if cp_id not in waiting or cp["status"] != "ON":
-                    continue
-                if "engine ready" in engines[cp_id].output():
+                if cp_id in waiting and cp["status"] == "ON":
                     waiting.discard(cp_id)
                     self.say(
-                        f"{cp_id} registered: {cp['location']}, "
-                        f"{cp['price_eur_kwh']:.2f} EUR/kWh, "
+                        f"{cp_id} registered: {cp['location']}, {price_text(cp['price'])} EUR/kWh, "
                         f"engine on {LOOPBACK}:{self.engine_ports[cp_id]}"
                     )
             return not waiting
 
-        self._wait_for(registered_and_ready, "every charging point to register")
+        self._wait_for(registered, "every charging point to register")
 
     def _start_drivers(self, requests: dict[str, Path]) -> None:
         s = self.settings
         for driver_id, path in requests.items():
-            self.drivers[driver_id] = Child(
-                driver_id,
-                [
-                    "driver",
-                    "--id",
-                    driver_id,
-                    "--requests",
-                    str(path),
-                    "--kafka",
-                    s.kafka,
-                    "--state-dir",
-                    str(self.state),
-                    "--interval",
-                    str(s.interval_s),
-                    "--central-url",
-                    self.url,
-                ],
+            driver = DriverSettings(
+                driver_id=driver_id,
+                requests=path,
+                kafka=s.kafka,
+                state_dir=self.state,
+                interval_s=s.interval_s,
+                central_url=self.url,
+                events=self.logs / f"{driver_id}.events.jsonl",
+            )
+            self.drivers[driver_id] = child(
+                "driver",
+                driver,
                 self.logs / f"{driver_id}.log",
+                name=driver_id,
                 env={"COLUMNS": "110"},
                 cwd=self.run_dir,
             ).start()
@@ -508,7 +539,7 @@ class Demo:
             self.out.print()
             title = f"{driver_id} (exit code {child.returncode}, log {child.log_path}):"
             self.out.print(title, style="bold", markup=False)
-            for line in driver_summary(child.output(), driver_id):
+            for line in driver_summary(self.logs / f"{driver_id}.events.jsonl", driver_id):
                 self.out.print(line, markup=False)
         self.out.print()
         self.out.print(f"logs: {self.logs}", markup=False)
@@ -521,6 +552,14 @@ class Demo:
             return 128 + self.signals[0]  # as the shell reports a command ended by that signal
         drivers_ok = all(child.returncode == 0 for child in self.drivers.values())
         return 1 if failed or not drivers_ok else 0
+
+
+def _kafka_address(bootstrap: str) -> tuple[str, int]:
+    """The demo runs one broker: the first of the bootstrap addresses."""
+    try:
+        return host_port(bootstrap.split(",")[0], "--kafka")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _count(n: int, noun: str) -> str:
@@ -556,143 +595,14 @@ def _restore_terminal(saved: list[Any] | None, central_code: int | None) -> None
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
 
 
-CpsOpt = Annotated[
-    int,
-    typer.Option(
-        "--cps",
-        envvar="EVCHARGE_DEMO_CPS",
-        min=1,
-        max=999,
-        help="Charging points to run: CP-001, CP-002, ...",
-    ),
-]
-DriversOpt = Annotated[
-    int,
-    typer.Option(
-        "--drivers",
-        envvar="EVCHARGE_DEMO_DRIVERS",
-        min=0,
-        help="Drivers to run: driver-alice, driver-bob, driver-carol, ...",
-    ),
-]
-SessionOpt = Annotated[
-    float,
-    typer.Option(
-        "--session-seconds",
-        envvar="EVCHARGE_MAX_SESSION_S",
-        min=0,
-        help="Each supply ends by itself after this many seconds (engine --max-session).",
-    ),
-]
-IntervalOpt = Annotated[
-    float,
-    typer.Option(
-        "--interval",
-        envvar="EVCHARGE_INTERVAL_S",
-        min=0,
-        help="Seconds a driver waits between two requests.",
-    ),
-]
-KafkaDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--kafka-dir",
-        envvar="EVCHARGE_KAFKA_DIR",
-        file_okay=False,
-        show_default=False,
-        help="Data dir of the Kafka the demo starts when none answers at --kafka "
-        "[default: <run dir>/../kafka].",
-    ),
-]
-TcpPortOpt = Annotated[
-    int,
-    typer.Option("--tcp-port", envvar="EVCHARGE_CENTRAL_TCP_PORT", help="Central's TCP port for monitors."),
-]
-HttpPortOpt = Annotated[
-    int,
-    typer.Option("--http-port", envvar="EVCHARGE_CENTRAL_HTTP_PORT", help="Central's HTTP API port."),
-]
-RunDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--run-dir",
-        envvar="EVCHARGE_DEMO_RUN_DIR",
-        file_okay=False,
-        show_default=False,
-        help="Where logs, state and requests files go [default: ./evcharge-runs/<YYYYmmdd-HHMMSS>].",
-    ),
-]
-PanelOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--panel/--no-panel",
-        show_default=False,
-        help="Central's live panel in this terminal until you press q; without it, a status line "
-        "every few seconds until the drivers are done "
-        "[default: panel when stdout is a terminal].",
-    ),
-]
-DurationOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--duration",
-        envvar="EVCHARGE_DEMO_DURATION_S",
-        min=0,
-        help="Stop everything after this many seconds.",
-    ),
-]
-StatusIntervalOpt = Annotated[
-    float,
-    typer.Option(
-        "--status-interval",
-        envvar="EVCHARGE_DEMO_STATUS_INTERVAL_S",
-        min=0.1,
-        help="Seconds between two status lines (without the panel).",
-    ),
-]
-RequestsDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--requests-dir",
-        envvar="EVCHARGE_DEMO_REQUESTS_DIR",
-        file_okay=False,
-        hidden=True,
-        help="Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.",
-    ),
-]
-
-
-def demo(
-    cps: CpsOpt = 4,
-    drivers: DriversOpt = 2,
-    session_seconds: SessionOpt = 8.0,
-    interval: IntervalOpt = 4.0,
-    kafka: Kafka = DEFAULT_KAFKA,
-    kafka_dir: KafkaDirOpt = None,
-    tcp_port: TcpPortOpt = 7000,
-    http_port: HttpPortOpt = 8000,
-    run_dir: RunDirOpt = None,
-    panel: PanelOpt = None,
-    duration: DurationOpt = None,
-    status_interval: StatusIntervalOpt = 3.0,
-    requests_dir: RequestsDirOpt = None,
-) -> None:
-    """Run the whole system on this machine: Kafka, central, CPs and drivers. Ctrl-C stops it."""
-    settings = DemoSettings(
-        cps=cps,
-        drivers=drivers,
-        session_s=session_seconds,
-        interval_s=interval,
-        kafka=kafka,
-        kafka_dir=kafka_dir,
-        tcp_port=tcp_port,
-        http_port=http_port,
-        run_dir=run_dir or Path("evcharge-runs") / datetime.now().strftime("%Y%m%d-%H%M%S"),
-        panel=sys.stdout.isatty() if panel is None else panel,
-        duration_s=duration,
-        status_interval_s=status_interval,
-        requests_dir=requests_dir,
-    )
+def run_demo(settings: DemoSettings) -> None:
+    """`evcharge demo`: run the whole system on this machine; Ctrl-C stops it."""
+    if settings.panel is None:
+        settings = dataclasses.replace(settings, panel=sys.stdout.isatty())
+    if settings.run_dir is None:
+        settings = dataclasses.replace(
+            settings, run_dir=Path("evcharge-runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+        )
     try:
         code = Demo(settings).run()
     except (ConfigError, BrokerError) as exc:

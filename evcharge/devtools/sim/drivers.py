@@ -15,24 +15,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import ConsumerRecord
-
-from evcharge.errors import ProtocolError
-from evcharge.messages import (
-    ChargeRequest,
-    ChargingProgress,
-    DriverUpdate,
-    RequestAccepted,
-    RequestDenied,
-    Ticket,
-    decode,
-)
-from evcharge.runtime.consumer import dead_letter
-from evcharge.runtime.kafka import TOPICS
+from evcharge.devtools.sim.fleet import Publisher
+from evcharge.devtools.sim.report import SimStats
+from evcharge.driver.conversation import DriverUpdate, Kind, Waiting, hear
+from evcharge.protocol.messages import ChargeRequest, RequestAccepted, RequestDenied, Ticket
+from evcharge.protocol.topics import dead_letter
+from evcharge.runtime.inbox import Delivery
 from evcharge.runtime.waits import sleep_unless
-from evcharge.sim.fleet import Publisher
-from evcharge.sim.report import SimStats
 
 ANSWER_TIMEOUT_S = 30.0  # a request with no accept/deny within this is an error
 TICKET_SLACK_S = 30.0  # beyond the session's own length
@@ -45,13 +36,10 @@ class Abandoned(Exception):
 
 @dataclass
 class _Request:
-    request_id: str
-    cp_id: str
+    waiting: Waiting
     sent_at: float  # monotonic
     answer: asyncio.Future[RequestAccepted | RequestDenied]
     ticket: asyncio.Future[Ticket]
-    session_id: str | None = None
-    first_reading: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,15 +95,16 @@ class SimDriver:
     async def _request(self, cp_id: str) -> None:
         loop = asyncio.get_running_loop()
         request = self._current = _Request(
-            request_id=uuid.uuid4().hex,
-            cp_id=cp_id,
+            waiting=Waiting(uuid.uuid4().hex, cp_id, 0),
             sent_at=time.monotonic(),
             answer=loop.create_future(),
             ticket=loop.create_future(),
         )
         try:
-            message = ChargeRequest(driver_id=self.driver_id, cp_id=cp_id, request_id=request.request_id)
-            if not await self._publisher.publish(TOPICS.driver_requests, self.driver_id, message):
+            message = ChargeRequest(
+                driver_id=self.driver_id, cp_id=cp_id, request_id=request.waiting.request_id
+            )
+            if not await self._publisher.publish(message):
                 return  # counted by the publisher
             self._stats.requests_sent += 1
             answer = await _within(request.answer, ANSWER_TIMEOUT_S)
@@ -130,34 +119,33 @@ class SimDriver:
         finally:
             self._current = None
 
-    def on_update(self, update: RequestAccepted | RequestDenied | ChargingProgress | Ticket) -> None:
+    def on_update(self, update: DriverUpdate) -> None:
         """An update from central, for this driver's current request or for one it gave up on."""
         request = self._current
         elapsed = time.monotonic() - request.sent_at if request else 0.0
-        if isinstance(update, ChargingProgress):
-            if request and update.session_id == request.session_id:
-                if not request.first_reading:
-                    request.first_reading = True
-                    self._stats.record("first_reading", elapsed)
-                return
-        elif request and update.request_id == request.request_id:
-            if isinstance(update, Ticket):
-                if not request.ticket.done():
-                    self._stats.tickets[update.end_reason.value] += 1
-                    self._stats.record("ticket", elapsed)
-                    request.ticket.set_result(update)
-                return
-            if not request.answer.done():
-                if isinstance(update, RequestAccepted):
-                    request.session_id = update.session_id
-                    self._stats.accepted += 1
-                    self._stats.record("accepted", elapsed)
-                else:
-                    self._stats.denied[update.code.value] += 1
-                    self._stats.record("denied", elapsed)
-                request.answer.set_result(update)
-                return
-        self._stats.late_updates += 1
+        heard = hear(request.waiting if request else None, update)
+        if request is None or not heard.mine:
+            if heard.kind is not Kind.PROGRESS:
+                self._stats.late_updates += 1
+            return
+        if heard.kind is Kind.PROGRESS:
+            if heard.first_reading:
+                self._stats.record("first_reading", elapsed)
+        elif heard.kind in (Kind.TICKET, Kind.REVISION):
+            assert isinstance(update, Ticket)
+            if not request.ticket.done():
+                self._stats.tickets[update.end_reason.value] += 1
+                self._stats.record("ticket", elapsed)
+                request.ticket.set_result(update)
+        elif not request.answer.done():
+            assert isinstance(update, (RequestAccepted, RequestDenied))
+            if isinstance(update, RequestAccepted):
+                self._stats.accepted += 1
+                self._stats.record("accepted", elapsed)
+            else:
+                self._stats.denied[update.code.value] += 1
+                self._stats.record("denied", elapsed)
+            request.answer.set_result(update)
 
     def abandon(self) -> None:
         """Fail the one waiter this driver awaits now (the answer, or else the ticket)."""
@@ -165,7 +153,7 @@ class SimDriver:
         if request is not None:
             if not request.answer.done():
                 request.answer.set_exception(Abandoned())
-            elif request.session_id is not None and not request.ticket.done():
+            elif request.waiting.session_id is not None and not request.ticket.done():
                 request.ticket.set_exception(Abandoned())
 
 
@@ -201,18 +189,19 @@ class DriverFleet:
         self._stats = stats
         self._publisher = publisher
 
-    async def on_updates(self, records: list[ConsumerRecord]) -> None:
-        for record in records:
-            driver = self.drivers.get(record.key.decode(errors="replace")) if record.key else None
-            if driver is None:
-                continue  # another simulator's or a real driver's update
-            try:
-                update = decode(record.value, DriverUpdate)
-            except ProtocolError as exc:
-                # Set aside like a real driver does; its warning is counted as an error of the run.
-                await self._publisher.publish_raw(*dead_letter(record, f"sim-{driver.driver_id}", str(exc)))
-                continue
-            driver.on_update(update)  # type: ignore[arg-type]
+    async def on_updates(self, deliveries: list[Delivery[DriverUpdate]]) -> None:
+        for delivery in deliveries:
+            driver = self.drivers.get(delivery.message.driver_id)
+            if driver is not None:  # else another simulator's or a real driver's update
+                driver.on_update(delivery.message)
+
+    async def dead_letter(self, record: Any, reason: str) -> None:
+        """Set aside like a real driver does; the inbox's warning is counted as an error of the run."""
+        await self._publisher.publish_raw(
+            *dead_letter(
+                record.topic, record.partition, record.offset, record.key, record.value, "sim-drivers", reason
+            )
+        )
 
     async def run(self, stop: asyncio.Event, abort: asyncio.Event) -> None:
         """Start the drivers over the ramp-up; after `stop`, each finishes the request it waits on.

@@ -1,7 +1,7 @@
 """Child `evcharge` processes with their own log files: started, signalled, restarted, stopped.
 
-Used by `evcharge demo` to run the whole system and by the tests to kill real
-processes with real signals.
+Used by `evcharge demo` to run the whole system, by the benchmark, and by the tests
+to kill real processes with real signals.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class Child:
     terminal: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
+    signalled_at: float | None = field(default=None, init=False)  # monotonic, the last signal sent
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     def start(self) -> Child:
@@ -70,6 +71,7 @@ class Child:
 
     def signal(self, signum: int) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.signalled_at = time.monotonic()
             self.process.send_signal(signum)
 
     def kill(self) -> None:
@@ -117,20 +119,3 @@ class Child:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-    """Poll `predicate` until it returns something truthy; AssertionError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while True:
-        try:
-            last = predicate()
-        except Exception as exc:  # the thing polled may not be up yet
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
-        time.sleep(interval_s)

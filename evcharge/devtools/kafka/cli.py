@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from evcharge.broker import (
+from evcharge.devtools.kafka import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     KAFKA_VERSION,

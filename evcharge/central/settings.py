@@ -1,0 +1,80 @@
+"""Every setting of `evcharge central`, defined once (flags and environment variables derive from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evcharge.config import DEFAULT_STATE_DIR, Logging, kafka_setting, opt, partitions_setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class CentralSettings(Logging):
+    kafka: str = kafka_setting()
+    store: str = opt(
+        str(DEFAULT_STATE_DIR / "central.sqlite"),
+        "Where central keeps its registry and sessions: a SQLite file (a path, or sqlite:///path), "
+        "or a shared PostgreSQL database (postgresql://USER:PASSWORD@HOST/DB) for several centrals.",
+        "EVCHARGE_CENTRAL_STORE",
+    )
+    host: str = opt("127.0.0.1", "Address to listen on (monitors and HTTP).", "EVCHARGE_CENTRAL_HOST")
+    tcp_port: int = opt(7000, "TCP port for monitors.", "EVCHARGE_CENTRAL_TCP_PORT")
+    http_port: int = opt(8000, "HTTP port: the API, the web page and /metrics.", "EVCHARGE_CENTRAL_HTTP_PORT")
+    partitions: int = partitions_setting()
+    request_ttl_s: float = opt(
+        60.0,
+        "Seconds a driver's request may wait in Kafka before it is refused as expired "
+        "(measured from when the broker received it, not from the driver's clock).",
+        "EVCHARGE_REQUEST_TTL_S",
+        flag="--request-ttl",
+    )
+    start_timeout_s: float = opt(
+        10.0,
+        "Seconds an engine has to start an authorised session.",
+        "EVCHARGE_START_TIMEOUT_S",
+        flag="--start-timeout",
+    )
+    heartbeat_timeout_s: float = opt(
+        3.0,
+        "Seconds of monitor silence before its CP shows DISCONNECTED.",
+        "EVCHARGE_HEARTBEAT_TIMEOUT_S",
+        flag="--heartbeat-timeout",
+    )
+    startup_grace_s: float = opt(
+        5.0,
+        "After a restart, seconds to wait for known CPs' monitors before judging queued requests.",
+        "EVCHARGE_STARTUP_GRACE_S",
+        flag="--startup-grace",
+    )
+    panel: bool | None = opt(
+        None,
+        "Live panel in the terminal (default: when stdout is a terminal).",
+        None,
+        flag="--panel/--no-panel",
+    )
+    require_auth: bool | None = opt(
+        None,
+        "CPs register with the join token, then their own secret; CP changes over HTTP need the operator "
+        "token (default: on when listening on a non-loopback address).",
+        "EVCHARGE_REQUIRE_AUTH",
+        flag="--require-auth/--no-require-auth",
+    )
+    join_token: str | None = opt(None, "Token a new CP shows to join.", "EVCHARGE_JOIN_TOKEN")
+    operator_token: str | None = opt(
+        None, "Bearer token for operator changes over HTTP (stop, resume, forget).", "EVCHARGE_OPERATOR_TOKEN"
+    )
+    audit_log: Path | None = opt(
+        None,
+        "Append-only audit log (default: audit.log beside a SQLite store, else in --state-dir).",
+        "EVCHARGE_AUDIT_LOG",
+    )
+    state_dir: Path = opt(
+        DEFAULT_STATE_DIR,
+        "Where central keeps files beside its store (audit log, panel log).",
+        "EVCHARGE_STATE_DIR",
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("request_ttl_s", "start_timeout_s", "heartbeat_timeout_s", "startup_grace_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} cannot be negative")

@@ -1,0 +1,133 @@
+"""A local PostgreSQL server for development and tests, in a directory of its own.
+
+Debian's server binaries (`/usr/lib/postgresql/<version>/bin`) run as the
+`postgres` user when we are root (PostgreSQL refuses to run as root), as
+ourselves otherwise. Nothing is installed or configured system-wide: the data
+directory, its socket and its log live in one folder, removed with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from evcharge.errors import BrokerError
+from evcharge.runtime.ports import port_answers
+
+SEARCH = ("/usr/lib/postgresql",)
+POSTGRES_MISSING = (
+    "PostgreSQL's server is needed for a PostgreSQL store (and its tests): install it "
+    "(Debian: apt-get install postgresql), or set EVCHARGE_PG_BIN to the folder with initdb and pg_ctl"
+)
+USER = "evcharge"
+
+
+def server_binaries() -> Path:
+    """The folder holding initdb, pg_ctl and postgres, newest version first."""
+    configured = os.environ.get("EVCHARGE_PG_BIN")
+    candidates = [Path(configured)] if configured else []
+    for root in SEARCH:
+        with contextlib.suppress(OSError):
+            versions = sorted(Path(root).iterdir(), key=lambda p: _version_key(p.name), reverse=True)
+            candidates += [v / "bin" for v in versions]
+    found = shutil.which("pg_ctl")
+    if found:
+        candidates.append(Path(found).resolve().parent)
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    raise BrokerError(POSTGRES_MISSING)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in name.split(".") if p.isdigit()) or (0,)
+
+
+class LocalPostgres:
+    """One PostgreSQL server on `host:port`, its data in `folder/data`."""
+
+    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.folder = folder.resolve()
+        self.port = port
+        self.host = host
+        self.data = self.folder / "data"
+        self.log_path = self.folder / "postgres.log"
+        self._as_postgres = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return self.url_for(USER)
+
+    def url_for(self, database: str) -> str:
+        return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
+
+    def _run(self, *argv: str | Path, timeout_s: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+        command = [str(a) for a in argv]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if check and result.returncode != 0:
+            raise BrokerError(f"{Path(str(argv[0])).name} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-800:]}")
+        return result
+
+    def start(self, timeout_s: float = 60) -> None:
+        """initdb (once), then start the server and wait until it takes connections."""
+        binaries = server_binaries()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self._as_postgres:
+            # The postgres user must own its folder and reach it; nothing else changes hands.
+            entry = pwd.getpwnam("postgres")
+            os.chown(self.folder, entry.pw_uid, entry.pw_gid)
+            self.folder.chmod(0o700)
+        if not (self.data / "PG_VERSION").exists():
+            self._run(binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -h {self.host} -k {self.folder} -c fsync=on -c max_connections=200"
+        self._run(binaries / "pg_ctl", "-D", self.data, "-l", self.log_path, "-o", options, "-w", "-t", str(int(timeout_s)), "start",
+                  timeout_s=timeout_s + 10)  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while not port_answers(self.host, self.port, 0.5):
+            if time.monotonic() > deadline:
+                raise BrokerError(f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}")
+            time.sleep(0.1)
+        self.create_database(USER)
+
+    def create_database(self, name: str) -> str:
+        """A database of its own (a test's); returns its URL. Fine if it exists."""
+        binaries = server_binaries()
+        result = self._run(binaries / "createdb", "-h", self.host, "-p", str(self.port), "-U", USER, name, check=False)
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            raise BrokerError(f"createdb {name} failed: {result.stderr.strip()}")
+        return self.url_for(name)
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """A crash of the server, for the tests that prove central waits it out."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.data / "PG_VERSION").exists():
+            return
+        self._run(server_binaries() / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+        pid = self.pid
+        if pid is not None:  # a crashed postmaster leaves its pid file; make sure nothing lingers
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""Every setting of `evcharge sim`, defined once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from evcharge.config import (
+    DEFAULT_CENTRAL,
+    DEFAULT_CENTRAL_URL,
+    Logging,
+    host_ports,
+    kafka_setting,
+    opt,
+    partitions_setting,
+    show_host_ports,
+)
+from evcharge.errors import ConfigError
+
+ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}\Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimSettings(Logging):
+    cps: int = opt(100, "Simulated charging points (engine + real monitor each).", "EVCHARGE_SIM_CPS")
+    drivers: int = opt(100, "Simulated drivers.", "EVCHARGE_SIM_DRIVERS")
+    kafka: str = kafka_setting()
+    central: tuple[tuple[str, int], ...] = opt(
+        host_ports(DEFAULT_CENTRAL, "--central"),
+        "Central's monitor port HOST:PORT (several, comma-separated).",
+        "EVCHARGE_CENTRAL",
+        parse=lambda text: host_ports(text, "--central"),
+        show=show_host_ports,
+    )
+    central_url: str = opt(
+        DEFAULT_CENTRAL_URL, "Central's HTTP API, polled to see the CPs registered.", "EVCHARGE_CENTRAL_URL"
+    )
+    duration_s: float = opt(
+        30.0, "Seconds of load after the ramp-up.", "EVCHARGE_SIM_DURATION_S", flag="--duration"
+    )
+    ramp_up_s: float = opt(
+        10.0,
+        "Seconds over which CPs and drivers start (0: all at once, to measure registration).",
+        "EVCHARGE_SIM_RAMP_UP_S",
+        flag="--ramp-up",
+    )
+    request_rate: float = opt(5.0, "Charge requests per second, whole fleet.", "EVCHARGE_SIM_REQUEST_RATE")
+    session_s: float = opt(
+        5.0,
+        "A simulated supply ends after this many seconds.",
+        "EVCHARGE_SIM_SESSION_S",
+        flag="--session-seconds",
+    )
+    meter_interval_s: float = opt(
+        1.0, "Seconds between meter readings.", "EVCHARGE_SIM_METER_INTERVAL_S", flag="--meter-interval"
+    )
+    fault_rate_per_min: float = opt(
+        0.0,
+        "Chance per CP per minute of a simulated engine fault (KO for 4-8 s).",
+        "EVCHARGE_SIM_FAULT_RATE",
+        flag="--fault-rate",
+    )
+    cp_prefix: str = opt(
+        "SIM", "CP ids are PREFIX-0001...; distinct per simulator.", "EVCHARGE_SIM_CP_PREFIX"
+    )
+    driver_prefix: str = opt("sim-driver", "Driver ids are PREFIX-0001...", "EVCHARGE_SIM_DRIVER_PREFIX")
+    seed: int | None = opt(None, "Seed for prices, CP choice and think times.", "EVCHARGE_SIM_SEED")
+    json_path: Path | None = opt(
+        None, "Also write the report as JSON to this file.", "EVCHARGE_SIM_JSON", flag="--json"
+    )
+    partitions: int = partitions_setting()
+
+    def check(self) -> None:
+        for name, prefix in (("--cp-prefix", self.cp_prefix), ("--driver-prefix", self.driver_prefix)):
+            if not ID_PREFIX.match(prefix):
+                raise ConfigError(f"{name} {prefix!r}: letters, digits, '.', '_' and '-' only")
+        if self.cps < 1 or self.drivers < 0 or self.request_rate <= 0 or self.meter_interval_s <= 0:
+            raise ConfigError("--cps must be at least 1, --request-rate and --meter-interval above 0")
+        if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
+            raise ConfigError("durations and rates cannot be negative")

@@ -1,0 +1,343 @@
+"""Central's decisions, driven in-process with a fake clock: no network, no broker, milliseconds.
+
+Each test builds central's state, feeds one input to a pure decision and checks the
+change it returns: what becomes durable, what memory shows after it is applied,
+what must be sent, and what the observers are told.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from evcharge.central import decisions, facts
+from evcharge.central.credentials import hash_secret
+from evcharge.central.decisions import Rules
+from evcharge.central.ledger import SessionState
+from evcharge.central.state import CentralState, Change, Outcome
+from evcharge.central.status import CpStatus
+from evcharge.protocol.messages import (
+    ChargeRequest,
+    DenyCode,
+    EndReason,
+    Health,
+    MeterReading,
+    Register,
+    RequestAccepted,
+    RequestDenied,
+    ResumeCp,
+    SessionEnded,
+    SessionStarted,
+    StartSupply,
+    StopCp,
+    StopRequest,
+    StopSupply,
+    Ticket,
+)
+
+NOW = 1_700_000_000.0
+RULES = Rules(request_ttl_s=60, start_timeout_s=10)
+SECRET = "s" * 43
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"id-{next(self._ids)}"
+
+
+def register_frame(cp_id: str = "CP-1", instance: str = "mon-1", health: Health = Health.OK, **kw) -> Register:
+    return Register(
+        cp_id=cp_id, location="Alicante", price=300_000, max_w=22_000, health=health, instance=instance, pid=42, **kw
+    )
+
+
+def applied(state: CentralState, change: Change | None) -> Change:
+    assert change is not None
+    state.apply(change)
+    return change
+
+
+def joined(state: CentralState, clock: Clock, cp_id: str = "CP-1", **kw) -> None:
+    decision = decisions.register(
+        state, register_frame(cp_id, **kw), "127.0.0.1:5555", stored_hash=None, rules=RULES, now=clock.now,
+        new_id=clock.new_id,
+    )  # fmt: skip
+    assert decision.refusal is None
+    applied(state, decision.change)
+
+
+def charge(state: CentralState, clock: Clock, cp_id: str = "CP-1", request_id: str = "r-1", **kw):
+    request = ChargeRequest(driver_id="alice", cp_id=cp_id, request_id=request_id)
+    decision = decisions.charge(
+        state, request, earlier=kw.pop("earlier", None), waited_s=kw.pop("waited_s", 0.0), rules=RULES,
+        now=clock.now, new_id=clock.new_id,
+    )  # fmt: skip
+    applied(state, decision.change)
+    return decision
+
+
+def event(state: CentralState, clock: Clock, *events, loaded=None):
+    decision = decisions.apply_events(state, list(events), loaded=loaded or {}, now=clock.now, new_id=clock.new_id)
+    applied(state, decision.change)
+    return decision
+
+
+# ------------------------------------------------------------------ registration
+
+
+def test_a_new_cp_registers_and_shows_on_with_a_fact_for_the_observers() -> None:
+    state, clock = CentralState(), Clock()
+    decision = decisions.register(
+        state, register_frame(), "127.0.0.1:5555", stored_hash=None, rules=RULES, now=clock.now, new_id=clock.new_id
+    )
+    assert decision.change.cps["CP-1"].registered_at == NOW
+    assert state.status("CP-1") is None, "nothing shows before the change is applied"
+    state.apply(decision.change)
+    assert state.status("CP-1") is CpStatus.ON
+    assert state.links["CP-1"].pid == 42
+    assert any(isinstance(f, facts.CpRegistered) and f.new for f in decision.change.facts)
+
+
+def test_a_second_live_monitor_is_refused_and_the_first_keeps_the_cp() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    decision = decisions.register(
+        state, register_frame(instance="mon-2"), "10.0.0.9:1", stored_hash=None, rules=RULES, now=clock.now,
+        new_id=clock.new_id,
+    )  # fmt: skip
+    assert decision.refusal is not None and decision.refusal.code == "duplicate_cp"
+    assert not decision.change.durable and state.links["CP-1"].instance == "mon-1"
+
+
+def test_the_same_monitor_reconnecting_is_accepted_and_a_known_cp_keeps_its_stopped_flag() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    applied(state, decisions.set_stopped(state, ["CP-1"], True, by="panel", now=NOW, new_id=clock.new_id).change)
+    joined(state, clock)
+    assert state.cps["CP-1"].stopped and state.status("CP-1") is CpStatus.STOPPED
+
+
+def test_with_a_join_token_a_new_cp_keeps_the_hash_of_its_own_secret_in_the_same_change() -> None:
+    state, clock = CentralState(), Clock()
+    rules = Rules(join_token="join")
+    frame = register_frame(token="join", secret=SECRET)
+    decision = decisions.register(state, frame, "p", stored_hash=None, rules=rules, now=NOW, new_id=clock.new_id)
+    assert decision.change.secrets == {"CP-1": hash_secret(SECRET)}
+    assert "CP-1" in decision.change.cps, "registration and secret in one unit of work"
+
+
+def test_credentials_that_do_not_hold_are_refused_with_the_reason() -> None:
+    state, clock = CentralState(), Clock()
+    rules = Rules(join_token="join")
+    cases = {
+        "bad_token": (register_frame(token="guess", secret=SECRET), None),
+        "weak_secret": (register_frame(token="join", secret="short"), None),
+        "bad_secret": (register_frame(token="join", secret=SECRET), hash_secret("another" * 8)),
+    }
+    for code, (frame, stored) in cases.items():
+        decision = decisions.register(state, frame, "p", stored_hash=stored, rules=rules, now=NOW, new_id=clock.new_id)
+        assert decision.refusal is not None and decision.refusal.code == code
+        assert not decision.change.durable, f"{code}: nothing kept"
+        assert isinstance(decision.change.facts[0], facts.RegistrationRefused)
+
+
+# -------------------------------------------------------------- health and links
+
+
+def test_a_heartbeat_that_changes_nothing_decides_nothing() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    assert decisions.heartbeat(state, "CP-1", "mon-1", Health.OK, engine=None, detail="", now=NOW, new_id=clock.new_id) is None
+    assert decisions.heartbeat(state, "CP-1", "stale", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id) is None
+
+
+def test_ko_while_supplying_closes_the_session_provisionally_at_the_last_reading() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    session_id = charge(state, clock).result.session_id
+    event(state, clock, SessionStarted(cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000))
+    event(state, clock, MeterReading(cp_id="CP-1", session_id=session_id, seq=1, power_w=22_000, wh=6, micro_eur=1_800))
+    change = applied(
+        state,
+        decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="fault", now=NOW + 5, new_id=clock.new_id),
+    )
+    ticket = next(m for m in change.messages if isinstance(m, Ticket))
+    stop = next(m for m in change.messages if isinstance(m, StopSupply))
+    assert (ticket.wh, ticket.micro_eur, ticket.end_reason, ticket.provisional) == (6, 1_800, EndReason.ENGINE_FAILURE, True)
+    assert stop.session_id == session_id
+    assert state.status("CP-1") is CpStatus.BROKEN and state.detail["CP-1"] == "fault"
+    assert state.session_on("CP-1") is None
+
+
+def test_ko_before_the_engine_started_closes_the_session_not_started() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    charge(state, clock)
+    change = applied(
+        state, decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id)
+    )
+    ticket = next(m for m in change.messages if isinstance(m, Ticket))
+    assert (ticket.end_reason, ticket.provisional, ticket.wh) == (EndReason.NOT_STARTED, False, 0)
+
+
+def test_a_monitor_leaving_shows_disconnected_but_its_session_goes_on() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    charge(state, clock)
+    applied(state, decisions.monitor_left(state, "CP-1", "mon-1", "connection lost"))
+    assert state.status("CP-1") is CpStatus.DISCONNECTED
+    assert state.session_on("CP-1") is not None, "the engine still reports through Kafka"
+    assert decisions.monitor_left(state, "CP-1", "mon-1", "again") is None
+
+
+# ------------------------------------------------------------------- requests
+
+
+def test_an_accepted_request_creates_the_session_and_owes_the_engine_and_the_driver() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock, engine="engine-7")
+    decision = charge(state, clock)
+    outcome = decision.result
+    assert outcome.outcome is Outcome.ACCEPTED
+    start, accepted = decision.change.messages
+    assert isinstance(start, StartSupply) and start.engine == "engine-7" and start.price == 300_000
+    assert isinstance(accepted, RequestAccepted) and accepted.session_id == outcome.session_id
+    assert state.status("CP-1") is CpStatus.SUPPLYING
+
+
+def test_each_denial_has_its_code_and_reason() -> None:
+    clock = Clock()
+    state = CentralState()
+    joined(state, clock, "CP-ON")
+    joined(state, clock, "CP-BUSY")
+    charge(state, clock, "CP-BUSY", "r-0")
+    joined(state, clock, "CP-STOP")
+    applied(state, decisions.set_stopped(state, ["CP-STOP"], True, by="t", now=NOW, new_id=clock.new_id).change)
+    joined(state, clock, "CP-KO", health=Health.KO)
+    joined(state, clock, "CP-GONE")
+    applied(state, decisions.monitor_left(state, "CP-GONE", "mon-1", "gone"))
+    expected = {
+        "CP-BUSY": DenyCode.BUSY,
+        "CP-STOP": DenyCode.STOPPED,
+        "CP-KO": DenyCode.BROKEN,
+        "CP-GONE": DenyCode.DISCONNECTED,
+        "CP-NONE": DenyCode.UNKNOWN_CP,
+    }
+    for n, (cp_id, code) in enumerate(expected.items()):
+        decision = charge(state, clock, cp_id, f"r-{n + 1}")
+        assert decision.result.outcome is Outcome.DENIED and decision.result.code == code.value, cp_id
+        [denied] = decision.change.messages
+        assert isinstance(denied, RequestDenied) and denied.code is code and cp_id in denied.reason
+
+
+def test_a_request_that_waited_past_its_ttl_is_denied_expired() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    decision = charge(state, clock, waited_s=61)
+    assert decision.result.code == DenyCode.EXPIRED.value
+    assert state.status("CP-1") is CpStatus.ON
+
+
+def test_a_replayed_request_is_decided_once_even_when_the_cp_is_free_again() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    first = charge(state, clock).result
+    replay = charge(state, clock, earlier=first)
+    assert replay.result == first and not replay.change.durable
+
+
+def test_a_driver_stops_only_its_own_session() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    session_id = charge(state, clock).result.session_id
+    mine = decisions.stop_request(state, StopRequest(driver_id="alice", session_id=session_id), now=NOW, new_id=clock.new_id)
+    [stop] = mine.messages
+    assert isinstance(stop, StopSupply) and stop.reason is EndReason.DRIVER
+    theirs = decisions.stop_request(state, StopRequest(driver_id="mallory", session_id=session_id), now=NOW, new_id=clock.new_id)
+    [denied] = theirs.messages
+    assert isinstance(denied, RequestDenied) and denied.code is DenyCode.NOT_YOURS and denied.driver_id == "mallory"
+
+
+# --------------------------------------------------------------------- events
+
+
+def test_events_for_an_unknown_cp_or_session_are_rejected_for_dead_letters() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    reading = MeterReading(cp_id="CP-1", session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1)
+    stranger = MeterReading(cp_id="CP-X", session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1)
+    decision = event(state, clock, reading, stranger)
+    assert set(decision.result) == {0, 1} and "not a known charging point" in decision.result[1]
+
+
+def test_a_local_plug_in_is_billed_like_any_session() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    started = SessionStarted(cp_id="CP-1", session_id="local-1", driver_id="local", seq=0, started_at=NOW, price=300_000)
+    ended = SessionEnded(cp_id="CP-1", session_id="local-1", seq=1, wh=12, micro_eur=3_600, ended_at=NOW, reason=EndReason.UNPLUGGED)
+    decision = event(state, clock, started, ended)
+    assert any(isinstance(m, Ticket) and m.wh == 12 for m in decision.change.messages)
+    assert any(isinstance(f, facts.LocalSupply) for f in decision.change.facts)
+
+
+def test_late_readings_for_a_session_central_closed_come_from_the_store_and_revise_the_ticket() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    session_id = charge(state, clock).result.session_id
+    event(state, clock, SessionStarted(cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000))
+    change = applied(state, decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id))
+    closed = change.sessions[session_id]
+    assert session_id not in state.sessions, "an ended session leaves memory"
+    late = [
+        MeterReading(cp_id="CP-1", session_id=session_id, seq=1, power_w=22_000, wh=6, micro_eur=1_800),
+        SessionEnded(cp_id="CP-1", session_id=session_id, seq=2, wh=6, micro_eur=1_800, ended_at=NOW, reason=EndReason.INTERRUPTED),
+    ]
+    decision = event(state, clock, *late, loaded={session_id: closed})
+    [revised] = [m for m in decision.change.messages if isinstance(m, Ticket)]
+    assert (revised.wh, revised.revision, revised.replaces) == (6, 2, closed.ticket_id)
+    assert any(isinstance(f, facts.TicketRevised) for f in decision.change.facts)
+
+
+def test_sessions_nobody_started_in_time_are_closed_not_started() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    charge(state, clock)
+    assert decisions.expire_unstarted(state, rules=RULES, now=NOW + 9, new_id=clock.new_id) is None
+    change = applied(state, decisions.expire_unstarted(state, rules=RULES, now=NOW + 11, new_id=clock.new_id))
+    [session] = change.sessions.values()
+    assert session.state is SessionState.ENDED and session.end_reason is EndReason.NOT_STARTED
+    assert any(isinstance(m, StopSupply) for m in change.messages), "the engine is told, should it come back"
+
+
+# ------------------------------------------------------------------- operator
+
+
+def test_stop_all_is_one_operation_over_the_cps_it_changes() -> None:
+    state, clock = CentralState(), Clock()
+    for cp_id in ("CP-1", "CP-2", "CP-3"):
+        joined(state, clock, cp_id)
+    applied(state, decisions.set_stopped(state, ["CP-2"], True, by="panel", now=NOW, new_id=clock.new_id).change)
+    decision = decisions.set_stopped(state, None, True, by="http", peer="10.0.0.1", now=NOW, new_id=clock.new_id)
+    assert decision.result == ["CP-1", "CP-3"]
+    assert [type(m) for m in decision.change.messages] == [StopCp, StopCp]
+    resumed = decisions.set_stopped(state, None, False, by="http", now=NOW, new_id=clock.new_id)
+    assert resumed.result == ["CP-2"] and isinstance(resumed.change.messages[0], ResumeCp)
+    unknown = decisions.set_stopped(state, ["CP-9"], True, by="http", now=NOW, new_id=clock.new_id)
+    assert unknown.refusal is not None and unknown.refusal.code == "unknown_cp"
+
+
+def test_forgetting_needs_a_disconnected_idle_cp() -> None:
+    state, clock = CentralState(), Clock()
+    joined(state, clock)
+    assert decisions.forget(state, "CP-1", by="t").refusal.code == "cp_connected"
+    charge(state, clock)
+    applied(state, decisions.monitor_left(state, "CP-1", "mon-1", "gone"))
+    assert decisions.forget(state, "CP-1", by="t").refusal.code == "cp_busy"
+    state.sessions.clear()
+    state.on_cp.clear()
+    decision = decisions.forget(state, "CP-1", by="t")
+    applied(state, decision.change)
+    assert "CP-1" not in state.cps and decision.change.forget == ["CP-1"]
