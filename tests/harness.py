@@ -349,10 +349,20 @@ class System:
             monitor = (listed.get(cp.cp_id) or {}).get("monitor")
             found[cp.monitor.name] = Identity(monitor["instance"], monitor["pid"]) if monitor else None
         for driver_id, process in self.drivers.items():
-            ready = [e for e in self.events(driver_id) if e["event"] == "ready"]
-            alive = ready and process.alive and ready[-1]["pid"] == process.pid and _running(ready[-1]["pid"])
-            found[process.name] = Identity(ready[-1]["instance"], ready[-1]["pid"]) if alive else None
+            found[process.name] = self._driver_identity(driver_id, process)
         return found
+
+    def _driver_identity(self, driver_id: str, process: Child) -> Identity | None:
+        """A driver says who it is in its event stream; it counts while it runs or once it
+        finished its requests by itself (its summary follows its last start)."""
+        events = self.events(driver_id)
+        starts = [i for i, e in enumerate(events) if e["event"] == "ready"]
+        if not starts:
+            return None
+        ready = events[starts[-1]]
+        finished = any(e["event"] == "summary" for e in events[starts[-1] :]) and process.returncode == 0
+        running = process.alive and _running(ready["pid"])
+        return Identity(ready["instance"], ready["pid"]) if running or finished else None
 
     def assert_only_restarted(self, before: dict[str, Identity | None], restarted: set[str]) -> None:
         """Those named were restarted (by us: a new instance, our own child) and the rest were not.

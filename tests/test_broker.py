@@ -17,11 +17,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from evcharge.broker import KAFKA_VERSION, LocalBroker, cache_dir
+from evcharge.devtools.kafka import KAFKA_VERSION, LocalBroker, cache_dir
 from evcharge.errors import BrokerError
 from tests.kafka_fixture import ExternalBroker, free_ports
 
-CLI = "from evcharge.broker_cli import app; app()"
+CLI = "from evcharge.devtools.kafka.cli import app; app()"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

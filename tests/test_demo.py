@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from evcharge.demo import driver_ids, driver_summary, engine_ports, generated_requests, status_line
+from evcharge.devtools.demo import driver_ids, driver_summary, engine_ports, generated_requests, status_line
 from evcharge.driver.requests_file import parse_requests
-from evcharge.supervisor import wait_until
-from tests.harness import TICKET
+from tests.harness import wait_until
 from tests.kafka_fixture import free_ports
 
 # ---------------------------------------------------------------- pure helpers, no broker
@@ -29,28 +28,28 @@ def test_status_line_names_each_cp_and_who_charges_where() -> None:
         {
             "cp_id": "CP-002",
             "status": "SUPPLYING",
-            "session": {"driver_id": "driver-alice", "kwh": 0.01222},
+            "session": {"driver_id": "driver-alice", "wh": 12},
         },
         {"cp_id": "CP-003", "status": None, "session": None},
     ]
-    assert status_line(cps) == "CP-001 ON, CP-002 SUPPLYING (driver-alice 0.0122 kWh), CP-003 ?"
+    assert status_line(cps) == "CP-001 ON, CP-002 SUPPLYING (driver-alice 0.012 kWh), CP-003 ?"
     assert status_line([]) == "no charging point registered yet"
 
 
-def test_driver_summary_is_the_last_table_or_else_the_last_lines() -> None:
-    log = "\n".join(
-        [
-            "→ requesting a charge at CP-001",
-            "      driver-bob: 1 requests      ",
-            "┏━━━┓",
-            "│ 1 │",
-            "└───┘",
-            "summary: 1 requests, 0.0183 kWh, 0.0051 EUR",
-            "INFO bye",
-        ]
-    )
-    assert driver_summary(log, "driver-bob") == log.splitlines()[1:6]
-    assert driver_summary("a\n\nb\nc", "driver-bob", tail=2) == ["b", "c"]
+def test_driver_summary_comes_from_the_driver_s_own_summary_event(tmp_path) -> None:
+    events = tmp_path / "driver-bob.events.jsonl"
+    summary = {
+        "event": "summary", "requests": 2, "wh": 48, "micro_eur": 14_400, "unanswered": 0,
+        "outcomes": [
+            {"index": 0, "cp_id": "CP-002", "outcome": "completed", "wh": 48, "micro_eur": 14_400},
+            {"index": 1, "cp_id": "CP-009", "outcome": "denied", "wh": None, "micro_eur": None},
+        ],
+    }  # fmt: skip
+    events.write_text(json.dumps({"event": "ready"}) + "\n" + json.dumps(summary) + "\n")
+    lines = driver_summary(events, "driver-bob")
+    assert lines[0] == "driver-bob: 2 requests, 0.048 kWh, 0.0144 EUR"
+    assert "CP-002" in lines[1] and "0.048 kWh" in lines[1] and "denied" in lines[2]
+    assert driver_summary(tmp_path / "none.jsonl", "driver-bob") == ["driver-bob gave no summary (it did not finish its requests)"]
 
 
 def test_drivers_beyond_the_named_ones_get_numbers_and_seeded_requests() -> None:
@@ -140,8 +139,9 @@ def test_the_demo_runs_every_driver_to_its_summary_and_leaves_no_process_behind(
         for driver_id in REQUESTS:
             screen = (run_dir / "logs" / f"{driver_id}.log").read_text()
             assert "summary: 2 requests" in screen, screen
-            assert len(TICKET.findall(screen)) == 2, screen
-            assert "summary: 2 requests" in output  # shown again in the demo's own summary
+            events = [json.loads(line) for line in (run_dir / "logs" / f"{driver_id}.events.jsonl").read_text().splitlines()]
+            assert sum(e["event"] == "ticket" for e in events) == 2, screen
+            assert f"{driver_id}: 2 requests" in output  # shown again in the demo's own summary
         assert leftovers(run_dir) == []
 
 

@@ -1,4 +1,5 @@
-"""The shared Kafka runtime against the real broker: order, resume, and surviving a broker crash."""
+"""The shared Kafka runtime against the real broker: order, resume, dead letters, a handler that
+cannot record, and surviving a broker crash."""
 
 from __future__ import annotations
 
@@ -7,22 +8,30 @@ import signal
 from dataclasses import dataclass, field
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from evcharge.broker import LocalBroker
-from evcharge.runtime.consumer import ConsumerLoop
-from evcharge.runtime.kafka import (
-    TOPICS,
-    all_partitions,
-    ensure_topics,
-    key_partition,
-    new_producer,
-    partition_for_key,
-)
-from evcharge.runtime.outbox import OutboxRelay, OutboxRow
+from evcharge.devtools.kafka import LocalBroker
+from evcharge.errors import ProtocolError, StorageFull
+from evcharge.protocol.topics import TOPICS, Topic
+from evcharge.runtime.inbox import Delivery, Inbox, Subscription
+from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
+from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
+from evcharge.runtime.retry import RetryPolicy
 from tests.kafka_fixture import free_ports
 
 pytestmark = pytest.mark.kafka
+FAST = RetryPolicy(initial_delay_s=0.05, max_delay_s=0.2)
+
+
+class Raw:
+    """Bytes as they are; b"garbage" is refused, as an undecodable record would be."""
+
+    def decode(self, data: bytes) -> bytes:
+        if data == b"garbage":
+            raise ProtocolError("garbage is not a message")
+        return data
+
+
+RAW = {topic.value: Raw() for topic in Topic}
 
 
 @dataclass
@@ -43,42 +52,64 @@ class ListOutbox:
         gone = set(row_ids)
         self.rows = [r for r in self.rows if r.row_id not in gone]
 
+    async def outbox_stats(self) -> OutboxStats:
+        return OutboxStats(len(self.rows), None)
+
 
 class Collector:
-    def __init__(self, key: str | None = None) -> None:
-        self.key = key
+    def __init__(self) -> None:
         self.values: list[bytes] = []
+        self.dead: list[tuple[bytes, str]] = []
         self.changed = asyncio.Event()
 
-    async def handle(self, records: list[ConsumerRecord]) -> None:
-        for r in records:
-            if self.key is None or r.key == self.key.encode():
-                self.values.append(r.value)
+    async def handle(self, deliveries: list[Delivery[bytes]]) -> None:
+        self.values += [d.message for d in deliveries]
+        self.changed.set()
+
+    async def dead_letter(self, record, reason: str) -> None:
+        self.dead.append((record.value, reason))
         self.changed.set()
 
     async def wait_for(self, count: int, timeout_s: float) -> None:
         async with asyncio.timeout(timeout_s):
-            while len(self.values) < count:
+            while len(self.values) + len(self.dead) < count:
                 self.changed.clear()
                 await self.changed.wait()
 
 
-def one_partition(bootstrap: str, topic: str, key: str):
-    async def assign(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        counts = await ensure_topics(bootstrap)
-        return [key_partition(counts, topic, key)]
+def inbox(bootstrap: str, group: str, collector: Collector, *subscriptions: Subscription, **kw) -> Inbox:
+    return Inbox(
+        bootstrap=bootstrap,
+        group_id=group,
+        subscriptions=list(subscriptions),
+        codecs=RAW,
+        topics=TOPICS,
+        handle=kw.pop("handle", collector.handle),
+        dead_letter=collector.dead_letter,
+        partitions=8,
+        policy=FAST,
+        **kw,
+    )
 
-    return assign
 
-
-async def run_loop(loop: ConsumerLoop, collector: Collector, count: int, timeout_s: float = 30) -> None:
+async def run_until(box: Inbox, collector: Collector, count: int, timeout_s: float = 30) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(loop.run(stop))
+    task = asyncio.create_task(box.run(stop))
     try:
         await collector.wait_for(count, timeout_s)
     finally:
         stop.set()
         await task
+
+
+async def produce(bootstrap: str, topic: str, key: str, values: list[bytes]) -> None:
+    producer = new_producer(bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
 
 
 def test_partition_for_key_matches_the_producer_default() -> None:
@@ -90,129 +121,119 @@ def test_partition_for_key_matches_the_producer_default() -> None:
             assert partition_for_key(key, n) == partitioner(key.encode(), list(range(n)), list(range(n)))
 
 
-async def test_ensure_topics_is_idempotent_and_concurrent(kafka_broker) -> None:
-    results = await asyncio.gather(*(ensure_topics(kafka_broker.bootstrap) for _ in range(5)))
-    assert all(set(TOPICS.all()) <= set(r) for r in results)
+async def test_ensure_topics_is_idempotent_concurrent_and_stamps_requests_at_the_broker(kafka_broker) -> None:
+    results = await asyncio.gather(*(ensure_topics(kafka_broker.bootstrap, TOPICS) for _ in range(5)))
+    assert all({t.name for t in TOPICS} <= set(r) for r in results)
     assert len({tuple(sorted(r.items())) for r in results}) == 1
+    await produce(kafka_broker.bootstrap, Topic.DRIVER_REQUESTS, "driver-stamp", [b"hello"])
+    collector = Collector()
+    box = inbox(kafka_broker.bootstrap, "stamp-group", collector, Subscription(Topic.DRIVER_REQUESTS, "driver-stamp"))
+    stamped: list[int] = []
+
+    async def handle(deliveries: list[Delivery[bytes]]) -> None:
+        stamped.extend(d.record.timestamp_type for d in deliveries)
+        await collector.handle(deliveries)
+
+    box._handle = handle
+    await run_until(box, collector, 1)
+    assert stamped == [1], "LogAppendTime: the broker's clock, not the driver's"
 
 
-async def test_keyed_messages_arrive_in_order_on_the_keys_partition(kafka_broker) -> None:
+async def test_keyed_messages_arrive_in_order_and_only_the_keys_own(kafka_broker) -> None:
     bootstrap = kafka_broker.bootstrap
-    counts = await ensure_topics(bootstrap)
+    counts = await ensure_topics(bootstrap, TOPICS)
+    keys = ["CP-101", "CP-102", "CP-103"]
     producer = new_producer(bootstrap)
     await producer.start()
     try:
-        keys = ["CP-101", "CP-102", "CP-103"]
         for i in range(60):
             for key in keys:
-                metadata = await producer.send_and_wait(
-                    TOPICS.cp_events, f"{key}:{i}".encode(), key=key.encode()
-                )
-                assert metadata.partition == key_partition(counts, TOPICS.cp_events, key).partition
+                metadata = await producer.send_and_wait(Topic.CP_EVENTS, f"{key}:{i}".encode(), key=key.encode())
+                assert metadata.partition == key_partition(counts, Topic.CP_EVENTS, key).partition
     finally:
         await producer.stop()
     for key in keys:
-        collector = Collector(key)
-        loop = ConsumerLoop(
-            bootstrap,
-            f"order-{key}",
-            one_partition(bootstrap, TOPICS.cp_events, key),
-            collector.handle,
-        )
-        await run_loop(loop, collector, 60)
+        collector = Collector()
+        await run_until(inbox(bootstrap, f"order-{key}", collector, Subscription(Topic.CP_EVENTS, key)), collector, 60)
         assert collector.values[:60] == [f"{key}:{i}".encode() for i in range(60)]
 
 
-async def test_a_restarted_consumer_resumes_at_its_committed_offset(kafka_broker) -> None:
-    bootstrap = kafka_broker.bootstrap
-    await ensure_topics(bootstrap)
-    producer = new_producer(bootstrap)
-    await producer.start()
-    key = "driver-resume"
-    try:
-        for i in range(5):
-            await producer.send_and_wait(TOPICS.driver_updates, f"first-{i}".encode(), key=key.encode())
-        first = Collector(key)
-        loop = ConsumerLoop(
-            bootstrap,
-            "resume-group",
-            one_partition(bootstrap, TOPICS.driver_updates, key),
-            first.handle,
-        )
-        await run_loop(loop, first, 5)
-        assert first.values == [f"first-{i}".encode() for i in range(5)]
-
-        for i in range(3):
-            await producer.send_and_wait(TOPICS.driver_updates, f"second-{i}".encode(), key=key.encode())
-        second = Collector(key)
-        loop = ConsumerLoop(
-            bootstrap,
-            "resume-group",
-            one_partition(bootstrap, TOPICS.driver_updates, key),
-            second.handle,
-        )
-        await run_loop(loop, second, 3)
-        assert second.values == [f"second-{i}".encode() for i in range(3)]
-    finally:
-        await producer.stop()
+async def test_a_restarted_inbox_resumes_at_its_committed_offset(kafka_broker) -> None:
+    bootstrap, key = kafka_broker.bootstrap, "driver-resume"
+    await produce(bootstrap, Topic.DRIVER_UPDATES, key, [f"first-{i}".encode() for i in range(5)])
+    first = Collector()
+    await run_until(inbox(bootstrap, "resume-group", first, Subscription(Topic.DRIVER_UPDATES, key)), first, 5)
+    assert first.values == [f"first-{i}".encode() for i in range(5)]
+    await produce(bootstrap, Topic.DRIVER_UPDATES, key, [f"second-{i}".encode() for i in range(3)])
+    second = Collector()
+    await run_until(inbox(bootstrap, "resume-group", second, Subscription(Topic.DRIVER_UPDATES, key)), second, 3)
+    assert second.values == [f"second-{i}".encode() for i in range(3)]
 
 
-async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(
-    kafka_broker,
-) -> None:
-    bootstrap = kafka_broker.bootstrap
-    await ensure_topics(bootstrap)
-    producer = new_producer(bootstrap)
-    await producer.start()
-    key = "driver-fresh"
-    try:
-        await producer.send_and_wait(TOPICS.driver_updates, b"old", key=key.encode())
-        collector = Collector(key)
-        loop = ConsumerLoop(
-            bootstrap,
-            "fresh-group",
-            one_partition(bootstrap, TOPICS.driver_updates, key),
-            collector.handle,
-            new_group_starts_at_end=True,
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(loop.run(stop))
-        async with asyncio.timeout(30):
-            await loop.ready.wait()
-        # The starting position was committed: even a crash now would resume here.
-        await producer.send_and_wait(TOPICS.driver_updates, b"new", key=key.encode())
-        await collector.wait_for(1, 30)
-        stop.set()
-        await task
-        assert collector.values == [b"new"]
-    finally:
-        await producer.stop()
+async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(kafka_broker) -> None:
+    bootstrap, key = kafka_broker.bootstrap, "driver-fresh"
+    await produce(bootstrap, Topic.DRIVER_UPDATES, key, [b"old"])
+    collector = Collector()
+    box = inbox(bootstrap, "fresh-group", collector, Subscription(Topic.DRIVER_UPDATES, key), new_group_starts_at_end=True)
+    stop = asyncio.Event()
+    task = asyncio.create_task(box.run(stop))
+    async with asyncio.timeout(30):
+        await box.ready.wait()
+    # The starting position was committed: even a crash now would resume here.
+    await produce(bootstrap, Topic.DRIVER_UPDATES, key, [b"new"])
+    await collector.wait_for(1, 30)
+    stop.set()
+    await task
+    assert collector.values == [b"new"]
 
 
-async def test_relay_and_consumer_survive_a_broker_crash_without_losing_a_message(tmp_path) -> None:
-    """SIGKILL the broker while the relay publishes and a consumer reads; restart it; every
+async def test_an_undecodable_record_is_set_aside_and_the_rest_goes_on(kafka_broker) -> None:
+    bootstrap, key = kafka_broker.bootstrap, "CP-dead-letter"
+    await produce(bootstrap, Topic.CP_EVENTS, key, [b"one", b"garbage", b"two"])
+    collector = Collector()
+    await run_until(inbox(bootstrap, "dead-group", collector, Subscription(Topic.CP_EVENTS, key)), collector, 3)
+    assert collector.values == [b"one", b"two"]
+    assert collector.dead == [(b"garbage", "garbage is not a message")]
+
+
+async def test_a_handler_that_cannot_record_gets_the_same_records_again_until_it_can(kafka_broker) -> None:
+    bootstrap, key = kafka_broker.bootstrap, "CP-disk-full"
+    await produce(bootstrap, Topic.CP_EVENTS, key, [b"a", b"b"])
+    collector = Collector()
+    attempts: list[list[bytes]] = []
+
+    async def full_twice(deliveries: list[Delivery[bytes]]) -> None:
+        attempts.append([d.message for d in deliveries])
+        if len(attempts) <= 2:
+            raise StorageFull("the disk is full")
+        await collector.handle(deliveries)
+
+    box = inbox(bootstrap, "full-group", collector, Subscription(Topic.CP_EVENTS, key), handle=full_twice)
+    await run_until(box, collector, 2)
+    assert collector.values == [b"a", b"b"]
+    assert attempts[0] == attempts[1] == attempts[2] == [b"a", b"b"], "nothing skipped, nothing committed meanwhile"
+
+
+async def test_relay_and_inbox_survive_a_broker_crash_without_losing_a_message(tmp_path) -> None:
+    """SIGKILL the broker while the relay publishes and an inbox reads; restart it; every
     acknowledged message arrives, in order per key."""
     port, controller = free_ports(2)
     broker = LocalBroker(data_dir=tmp_path / "kafka", port=port, controller_port=controller)
     broker.start()
     try:
         bootstrap = broker.bootstrap
-        counts = await ensure_topics(bootstrap)
+        await ensure_topics(bootstrap, TOPICS)
         outbox = ListOutbox()
-        relay = OutboxRelay(outbox, bootstrap)
+        relay = OutboxRelay(outbox, bootstrap, policy=FAST)
         keys = ["CP-201", "CP-202"]
         collector = Collector()
-
-        async def assign(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-            return all_partitions(counts, TOPICS.cp_events)
-
-        loop = ConsumerLoop(bootstrap, "crash-group", assign, collector.handle)
+        box = inbox(bootstrap, "crash-group", collector, Subscription(Topic.CP_EVENTS))
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(loop.run(stop))]
+        tasks = [asyncio.create_task(relay.run(stop)), asyncio.create_task(box.run(stop))]
         total = 0
         for i in range(40):
             for key in keys:
-                outbox.add(TOPICS.cp_events, key, f"{key}:{i}".encode())
+                outbox.add(Topic.CP_EVENTS, key, f"{key}:{i}".encode())
                 total += 1
             relay.wake()
             await asyncio.sleep(0.05)
@@ -230,7 +251,6 @@ async def test_relay_and_consumer_survive_a_broker_crash_without_losing_a_messag
         for key in keys:
             mine = [v for v in collector.values if v.startswith(key.encode())]
             # At least once across a crash: a duplicate may appear, a loss or reordering may not.
-            deduplicated = list(dict.fromkeys(mine))
-            assert deduplicated == [f"{key}:{i}".encode() for i in range(40)]
+            assert list(dict.fromkeys(mine)) == [f"{key}:{i}".encode() for i in range(40)]
     finally:
         broker.stop()

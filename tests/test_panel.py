@@ -8,11 +8,14 @@ import time
 import pytest
 from rich.console import Console
 
+from evcharge.central.decisions import Rules
+from evcharge.central.observers import Messages
 from evcharge.central.operator_keys import Action, Command, KeyPad, execute, resolve_cp
 from evcharge.central.panel import natural_key, render
-from evcharge.central.service import CentralService, MonitorLink
+from evcharge.central.service import CentralService
+from evcharge.central.state import Outcome
 from evcharge.central.status import CpStatus
-from evcharge.central.store import CentralStore
+from evcharge.central.store import open_store
 from evcharge.protocol.messages import ChargeRequest, Health, Register
 
 
@@ -22,33 +25,30 @@ def _text(renderable, width: int = 120) -> str:
     return console.export_text()
 
 
-def _link(instance: str) -> MonitorLink:
-    return MonitorLink(instance=instance, peer="127.0.0.1:1", close=lambda reason: None)
-
-
-async def _register(service: CentralService, n: int, location: str = "Alicante") -> MonitorLink:
-    link = _link(f"i{n}")
+async def _register(service: CentralService, n: int, location: str = "Alicante") -> str:
+    instance = f"i{n}"
     await service.register(
         Register(
-            cp_id=f"CP-{n:03d}",
-            location=location,
-            price_eur_kwh=0.3,
-            max_kw=22,
-            health=Health.OK,
-            instance=f"i{n}",
+            cp_id=f"CP-{n:03d}", location=location, price=300_000, max_w=22_000, health=Health.OK, instance=instance
         ),
-        link,
+        "127.0.0.1:1",
     )
-    return link
+    return instance
 
 
 @pytest.fixture
 async def service(tmp_path):
-    store = await CentralStore.open(tmp_path / "c.sqlite")
-    service = CentralService(store)
+    store = await open_store(tmp_path / "c.sqlite")
+    messages = Messages()
+    service = CentralService(store, Rules(), observers=[messages])
+    service.messages = messages
     await service.load()
     yield service
     await store.close()
+
+
+def frame(service: CentralService, **kw):
+    return render(service.state, service.messages, time.time(), **kw)
 
 
 @pytest.fixture
@@ -59,23 +59,23 @@ async def four_cps(service):
     await _register(service, 3, "Murcia")
     link4 = await _register(service, 4, "Valencia")
     await service.heartbeat("CP-002", link2, Health.KO)
-    await service.stop_cp("CP-003")
-    await service.monitor_gone("CP-004", link4, "connection reset")
+    await service.set_stopped(["CP-003"], True, "panel")
+    await service.monitor_left("CP-004", link4, "connection reset")
     outcome = await service.charge(ChargeRequest(driver_id="driver-alice", cp_id="CP-001", request_id="r1"))
-    assert outcome.outcome == "accepted"
+    assert outcome.outcome is Outcome.ACCEPTED
     return service
 
 
 async def test_panel_shows_every_cp_in_its_status(four_cps):
     service = four_cps
-    assert [service.status(f"CP-00{n}") for n in range(1, 5)] == [
+    assert [service.state.status(f"CP-00{n}") for n in range(1, 5)] == [
         CpStatus.SUPPLYING,
         CpStatus.BROKEN,
         CpStatus.STOPPED,
         CpStatus.DISCONNECTED,
     ]
 
-    text = _text(render(service, time.time(), width=120, height=45))
+    text = _text(frame(service, width=120, height=45))
 
     for n, place in enumerate(["Alicante", "Elche", "Murcia", "Valencia"], start=1):
         assert f"CP-00{n}" in text
@@ -89,7 +89,7 @@ async def test_panel_shows_every_cp_in_its_status(four_cps):
 
 
 async def test_ongoing_requests_and_messages(four_cps):
-    text = _text(render(four_cps, time.time(), width=120, height=45))
+    text = _text(frame(four_cps, width=120, height=45))
     requests = text[text.index("Ongoing requests") : text.index("Messages")]
     assert "driver-alice" in requests
     assert "CP-001" in requests
@@ -102,8 +102,8 @@ async def test_ongoing_requests_and_messages(four_cps):
 
 async def test_only_the_newest_messages_are_drawn(service):
     for n in range(30):
-        service._say(f"message number {n:02d}")
-    text = _text(render(service, time.time()))
+        service.messages.say(f"message number {n:02d}")
+    text = _text(frame(service))
     assert "message number 29" in text
     assert "message number 20" in text
     assert "message number 19" not in text
@@ -111,7 +111,7 @@ async def test_only_the_newest_messages_are_drawn(service):
 
 async def test_colours_follow_the_status(four_cps):
     console = Console(record=True, width=120, file=io.StringIO(), color_system="truecolor")
-    console.print(render(four_cps, time.time(), width=120, height=45))
+    console.print(frame(four_cps, width=120, height=45))
     html = console.export_html(inline_styles=True)
     # rich's "dark_orange" is #ff8700; "red" is #800000 in the standard palette.
     assert "#ff8700" in html
@@ -119,7 +119,7 @@ async def test_colours_follow_the_status(four_cps):
 
 
 async def test_empty_service_renders(service):
-    text = _text(render(service, time.time()))
+    text = _text(frame(service))
     assert "No charging points yet" in text
     assert "none" in text
 
@@ -128,8 +128,7 @@ async def test_hundreds_of_cps_are_capped_and_fast(service):
     for n in range(1, 501):
         await _register(service, n)
     started = time.perf_counter()
-    frame = render(service, time.time(), width=120, height=45)
-    text = _text(frame)
+    text = _text(frame(service, width=120, height=45))
     elapsed = time.perf_counter() - started
     tiles = text[: text.index("Ongoing requests")]
     assert "CP-001" in tiles
@@ -178,20 +177,20 @@ async def test_operator_commands_go_through_the_service(four_cps):
     service = four_cps
     notice = await execute(service, Command(Action.RESUME, "3"))
     assert notice.text == "CP-003 resumed"
-    assert service.status("CP-003") is CpStatus.ON
+    assert service.state.status("CP-003") is CpStatus.ON
 
     notice = await execute(service, Command(Action.STOP, "CP-099"))
     assert notice.level == "error" and "CP-099" in notice.text
 
     notice = await execute(service, Command(Action.STOP_ALL))
     assert notice.text == "stopped 4 charging points"
-    assert all(live.record.stopped for live in service.cps.values())
-    text = _text(render(service, time.time()))
+    assert all(record.stopped for record in service.state.cps.values())
+    text = _text(frame(service))
     assert text.count("Out of order") == 2  # CP-002 is BROKEN and CP-004 DISCONNECTED first
 
     notice = await execute(service, Command(Action.RESUME_ALL))
     assert notice.text == "resumed 4 charging points"
-    assert not any(live.record.stopped for live in service.cps.values())
+    assert not any(record.stopped for record in service.state.cps.values())
 
 
 async def test_footer_shows_typing_and_notices(service):
@@ -199,8 +198,8 @@ async def test_footer_shows_typing_and_notices(service):
     pad = KeyPad()
     for key in "s1":
         pad.feed(key)
-    text = _text(render(service, time.time(), prompt=pad.prompt))
+    text = _text(frame(service, prompt=pad.prompt))
     assert "stop CP" in text and ": 1" in text
     notice = await execute(service, Command(Action.STOP, "nope"))
-    text = _text(render(service, time.time(), notice=notice))
+    text = _text(frame(service, notice=notice))
     assert "no charging point matches 'nope'" in text

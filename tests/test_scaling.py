@@ -8,7 +8,10 @@ import time
 
 import pytest
 
-from evcharge.supervisor import Child, wait_until
+from evcharge.devtools.probes import engine_status
+from evcharge.devtools.supervisor import Child
+from tests.harness import wait_until
+from tests.kafka_fixture import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -95,13 +98,14 @@ def test_duplicate_ids_are_refused_and_the_live_instance_keeps_working(system) -
 
     # A second engine with the same id elsewhere (another state dir, another port) is
     # not the one the CP's monitor vouches for: it must stay out of the CP's sessions.
+    stray_port = free_port()
     stray = Child(
         "engine stray",
-        ["engine", "--cp-id", cp.cp_id, "--port", "0", "--kafka", system.kafka,
+        ["engine", "--cp-id", cp.cp_id, "--port", str(stray_port), "--kafka", system.kafka,
          "--state-dir", str(system.root / "elsewhere"), "--no-keys"],
         system.logs / "engine-stray.log",
     ).start()  # fmt: skip
-    wait_until(lambda: "engine ready" in stray.output(), 30, "the stray engine to read its commands")
+    wait_until(lambda: engine_status("127.0.0.1", stray_port), 30, "the stray engine to read its commands")
 
     second_monitor = Child(
         "monitor twin",
@@ -140,7 +144,9 @@ def test_duplicate_ids_are_refused_and_the_live_instance_keeps_working(system) -
         alice, 60
     )  # first let the live one finish, then prove the lock while it runs again
     system.start_driver(alice, [cp.cp_id, cp.cp_id])  # a new file: a new plan for the same driver
-    wait_until(lambda: system.drivers[alice].output().count(" ready (Kafka") == 2, 30, "alice running again")
+    wait_until(
+        lambda: sum(e["event"] == "ready" for e in system.events(alice)) == 2, 30, "alice running again"
+    )
     second_driver.start()
     assert second_driver.wait(30) == 2
     assert "already running" in second_driver.output()

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 
 import pytest
 from rich.console import Console
 
 from evcharge.cp.engine_state import EngineState
-from evcharge.messages import (
+from evcharge.devtools.sim.drivers import DriverSettings, SimDriver
+from evcharge.devtools.sim.fleet import Fleet, FleetSettings, SimEngine
+from evcharge.devtools.sim.report import LatencySummary, SimStats, percentile, render
+from evcharge.devtools.supervisor import Child
+from evcharge.protocol.messages import (
     ChargeRequest,
     ChargingProgress,
     DenyCode,
@@ -29,11 +32,8 @@ from evcharge.messages import (
     StopCp,
     Ticket,
 )
+from evcharge.protocol.topics import route
 from evcharge.runtime.tcp import FramedConnection
-from evcharge.sim.drivers import DriverSettings, SimDriver
-from evcharge.sim.fleet import Fleet, FleetSettings, SimEngine
-from evcharge.sim.report import LatencySummary, SimStats, percentile, render
-from evcharge.supervisor import Child
 
 # ------------------------------------------------------------------ the report, pure
 
@@ -99,8 +99,8 @@ class _Recorder:
         self.sent: list[tuple[str, str, object]] = []
         self._published = asyncio.Event()
 
-    async def publish(self, topic: str, key: str, message: object) -> bool:
-        self.sent.append((topic, key, message))
+    async def publish(self, message: object) -> bool:
+        self.sent.append((*route(message), message))  # type: ignore[arg-type]
         self._published.set()
         return True
 
@@ -118,14 +118,13 @@ def _start(cp_id: str, session_id: str = "s1") -> StartSupply:
         cp_id=cp_id,
         session_id=session_id,
         driver_id="d1",
-        price_eur_kwh=0.3,
-        expires_at=time.time() + 10,
+        price=300_000,
     )
 
 
 async def test_simulated_engine_answers_the_real_health_protocol() -> None:
     stats = SimStats(cps=1, drivers=0)
-    engine = SimEngine(EngineState("SIMT-1", 22.0, 0.3), _Recorder(), stats, lambda e, s: None)  # type: ignore[arg-type]
+    engine = SimEngine(EngineState("SIMT-1", 22_000, 300_000), _Recorder(), stats, lambda e, s: None)  # type: ignore[arg-type]
     port = await engine.start()
     try:
         conn = await FramedConnection.open("127.0.0.1", port, timeout_s=2)
@@ -146,18 +145,18 @@ async def test_the_fleet_clock_meters_each_session_on_its_own_cadence_until_it_e
     stats = SimStats(cps=1, drivers=0)
     recorder = _Recorder()
     settings = FleetSettings(
-        1, "SIMT", "127.0.0.1", 1, 0, session_s=0.3, meter_interval_s=0.1, fault_rate_per_min=0
+        1, "SIMT", (("127.0.0.1", 1),), 0, session_s=0.3, meter_interval_s=0.1, fault_rate_per_min=0
     )
     fleet = Fleet(settings, recorder, stats, random.Random(1))  # type: ignore[arg-type]
     engine = SimEngine(
-        EngineState("SIMT-1", 22.0, 0.3, max_session_s=0.3), recorder, stats, fleet._supply_began
+        EngineState("SIMT-1", 22_000, 300_000, max_session_ms=300), recorder, stats, fleet._supply_began
     )  # type: ignore[arg-type]
     fleet.engines["SIMT-1"] = engine
     stop = asyncio.Event()
     clock = asyncio.create_task(fleet._clock(stop))
     try:
-        await engine.apply(_start("SIMT-1"))
-        await engine.apply(_start("SIMT-1"))  # delivered twice: still one session, one schedule
+        await engine.apply(_start("SIMT-1"), set())
+        await engine.apply(_start("SIMT-1"), set())  # delivered twice: still one session, one schedule
         async with asyncio.timeout(5):
             await recorder.wait_for(SessionEnded)
     finally:
@@ -174,7 +173,7 @@ async def test_the_fleet_clock_meters_each_session_on_its_own_cadence_until_it_e
     assert [e.seq for e in events] == [0, 1, 2, 3, 4]  # type: ignore[attr-defined]
     assert events[-1].reason is EndReason.COMPLETED  # type: ignore[attr-defined]
     assert {key for _, key, _ in recorder.sent} == {"SIMT-1"}
-    await engine.apply(StopCp(cp_id="SIMT-1"))
+    await engine.apply(StopCp(cp_id="SIMT-1"), set())
     assert engine.state.stopped and stats.commands == {"StartSupply": 2, "StopCp": 1}
 
 
@@ -198,10 +197,10 @@ async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_
                 request_id=request.request_id,
                 session_id="s1",
                 cp_id="SIMT-1",
-                price_eur_kwh=0.3,
+                price=300_000,
             )
         )
-        progress = dict(driver_id="d-0001", session_id="s1", cp_id="SIMT-1", kw=22, kwh=0, eur=0)
+        progress = dict(driver_id="d-0001", session_id="s1", cp_id="SIMT-1", power_w=22_000, wh=0, micro_eur=0)
         driver.on_update(ChargingProgress(seq=0, **progress))
         driver.on_update(ChargingProgress(seq=1, **progress))
         driver.on_update(
@@ -212,9 +211,9 @@ async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_
                 cp_id="SIMT-1",
                 started_at=1,
                 ended_at=2,
-                kwh=0.1,
-                eur=0.03,
-                price_eur_kwh=0.3,
+                wh=100,
+                micro_eur=30_000,
+                price=300_000,
                 end_reason=EndReason.COMPLETED,
             )
         )

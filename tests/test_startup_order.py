@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from evcharge.broker import LocalBroker
-from evcharge.supervisor import wait_until
+from evcharge.devtools.kafka import LocalBroker
+from tests.harness import wait_until
 from tests.harness import System
 from tests.kafka_fixture import free_ports
 

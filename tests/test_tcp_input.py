@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evcharge.messages import ErrorReply, Health, Heartbeat, TcpFrame, decode, encode
-from evcharge.runtime.framing import FrameDecoder, encode_frame
+from evcharge.protocol.framing import FrameDecoder, encode_frame
+from evcharge.protocol.messages import TCP_FRAMES, ErrorReply, Health, Heartbeat, encode
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -32,7 +32,7 @@ def exchange(port: int, payload: bytes, *, timeout_s: float = 8.0) -> bytes:
 
 
 def replies(data: bytes) -> list:
-    return [decode(frame, TcpFrame) for frame in FrameDecoder().feed(data)]
+    return [TCP_FRAMES.decode(frame) for frame in FrameDecoder().feed(data)]
 
 
 @pytest.fixture
