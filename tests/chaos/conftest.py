@@ -60,6 +60,8 @@ class Scenario:
             problems.append(f"unexpected errors in the logs {self.system.logs}: {unexpected}")
         if not row.get("charged"):
             problems.append("no session delivered any energy: the scenario proved nothing")
+        if row.get("unanswered"):
+            problems.append(f"{row['unanswered']} requests got no answer")
         if failure is None and problems:
             failure = "; ".join(problems)[:2000]
         row["result"] = "ok" if failure is None else f"FAILED: {failure}"
