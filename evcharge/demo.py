@@ -475,7 +475,8 @@ class Demo:
 
     def _force_exit(self) -> None:
         """Second signal: SIGKILL every child (and our Kafka) and leave at once."""
-        os.write(sys.stderr.fileno(), b"second signal: killing every process of the demo\n")
+        with contextlib.suppress(OSError):  # the terminal may be gone: kill all the same
+            os.write(sys.stderr.fileno(), b"second signal: killing every process of the demo\n")
         with contextlib.suppress(Exception):
             children = [*self.drivers.values(), *self.monitors, *self.engines, self.central]
             for child in children:

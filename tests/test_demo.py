@@ -342,6 +342,21 @@ def test_a_signal_to_the_demo_stops_every_process_of_it(kafka_broker, tmp_path, 
 
 @pytest.mark.kafka
 @pytest.mark.processes
+def test_a_second_signal_kills_every_process_of_the_demo_at_once(kafka_broker, tmp_path) -> None:
+    place = Place.on(kafka_broker.bootstrap)
+    with running_demo(tmp_path, place, cps=1, drivers=1, requests=LONG_REQUESTS) as demo:
+        demo.wait_started()
+        # Two different signals: two of the same kind may reach the demo as one.
+        demo.process.send_signal(signal.SIGTERM)
+        demo.process.send_signal(signal.SIGINT)
+        output, _ = demo.process.communicate(timeout=30)
+        assert demo.process.returncode == 130, output
+        assert "second signal: killing every process of the demo" in output
+        wait_until(lambda: not leftovers(demo.run_dir), 10, "the SIGKILLed children to be gone")
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
 def test_a_sigkilled_demo_takes_every_child_and_its_kafka_along_and_its_ports_serve_again(
     tmp_path,
 ) -> None:
