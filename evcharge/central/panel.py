@@ -7,6 +7,7 @@ turns keystrokes into commands; `run_panel` wires both to the screen and stdin.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import itertools
 import logging
@@ -334,6 +335,15 @@ class _PanelScreen:
         self._live: Live | None = None
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except OSError as exc:
+            # The terminal closed under us (SIGHUP): central goes on stopping, without a screen.
+            if exc.errno not in (errno.EIO, errno.ENXIO, errno.EBADF):
+                raise
+            logging.getLogger("evcharge.central").info("the panel's terminal is gone (%s)", exc)
+
+    async def _run(self) -> None:
         console = Console()
         with (
             terminal_keys(self._on_keys) as keys_on,

@@ -2,6 +2,9 @@
 
 Kafka (reused, or started and stopped again), central, an engine and a monitor per CP and
 a few drivers, each the same `evcharge` subcommand a person would run, with its own log.
+However the demo ends (q in the panel, Ctrl-C, SIGTERM, a closed terminal, even SIGKILL),
+nothing it started outlives it: the signals go down one ordered shutdown, and every child,
+the Kafka it started included, gets SIGTERM from the kernel if the demo dies first.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ CHILD_STOP_TIMEOUT_S = 15.0
 # A Ctrl-C in the panel's terminal reaches central too: give it this long to stop by itself.
 CENTRAL_OWN_STOP_S = 5.0
 POLL_S = 0.2
+# A closed terminal (SIGHUP) ends the demo as SIGTERM does.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def cp_ids(count: int) -> list[str]:
@@ -219,7 +224,8 @@ class Demo:
         with (self.logs / "demo.log").open("a", encoding="utf-8") as log:
             log.write(f"{datetime.now():%H:%M:%S} {text}\n")
         if not self.quiet:
-            self.err.print(text, style=style, markup=False)
+            with contextlib.suppress(OSError):  # a closed terminal must not stop the shutdown
+                self.err.print(text, style=style, markup=False)
 
     # ------------------------------------------------------------ run
 
@@ -230,7 +236,7 @@ class Demo:
         requests = self._requests_files()
         self._check_ports()
         self._start_kafka()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
         self.saved_tty = _terminal_state()
         failed, error, error_hidden = False, "", False
@@ -246,7 +252,8 @@ class Demo:
         finally:
             self._shutdown()
         if error_hidden:  # it happened under the panel: show it now the screen is ours again
-            self.err.print(error, style="red", markup=False)
+            with contextlib.suppress(OSError):
+                self.err.print(error, style="red", markup=False)
         return self._summary(failed)
 
     def _requests_files(self) -> dict[str, Path]:
@@ -289,13 +296,18 @@ class Demo:
             self.say(f"Kafka: using the broker that answers at {self.settings.kafka}")
             return
         data_dir = self.settings.kafka_dir or self.run_dir.parent / "kafka"
-        broker = LocalBroker(data_dir=data_dir, host=host, port=port)
+        # Its JVM gets SIGTERM from the kernel when the demo dies, even by SIGKILL, and
+        # then shuts down by itself (in under a second on this machine).
+        broker = LocalBroker(data_dir=data_dir, host=host, port=port, die_with_parent=True)
         self.say(f"no Kafka answers at {broker.bootstrap}: starting one (data {broker.data_dir})")
 
         def interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt  # LocalBroker.start then kills a half-started JVM
+            # LocalBroker.start then kills a half-started JVM; one interrupted just after it
+            # was ready is not yet ours to stop, and ends with the demo by its death signal.
+            raise KeyboardInterrupt
 
-        signal.signal(signal.SIGTERM, interrupt)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, interrupt)
         starting = f"Starting Kafka at {broker.bootstrap} (data {broker.data_dir})…"
         with self.err.status(starting) as spinner:
 
@@ -482,6 +494,10 @@ class Demo:
     # ------------------------------------------------------- shutdown
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP and self.signals:
+            # A hangup comes more than once (from the shell, then the kernel): not a request
+            # to force, and nobody is left at that terminal to insist.
+            return
         self.signals.append(signum)
         if len(self.signals) > 1:
             self._force_exit()
@@ -490,7 +506,8 @@ class Demo:
 
     def _force_exit(self) -> None:
         """Second signal: SIGKILL every child (and our Kafka) and leave at once."""
-        os.write(sys.stderr.fileno(), b"second signal: killing every process of the demo\n")
+        with contextlib.suppress(OSError):  # the terminal may be gone: kill all the same
+            os.write(sys.stderr.fileno(), b"second signal: killing every process of the demo\n")
         with contextlib.suppress(Exception):
             children = [*self.drivers.values(), *self.monitors, *self.engines, self.central]
             for child in children:
@@ -533,8 +550,17 @@ class Demo:
                 self.say(f"error: {exc}", style="red")
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     def _summary(self, failed: bool) -> int:
+        with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP): nobody to tell
+            self._print_summary()
+        if self.signals:
+            return 128 + self.signals[0]  # as the shell reports a command ended by that signal
+        drivers_ok = all(child.returncode == 0 for child in self.drivers.values())
+        return 1 if failed or not drivers_ok else 0
+
+    def _print_summary(self) -> None:
         for driver_id, child in self.drivers.items():
             self.out.print()
             title = f"{driver_id} (exit code {child.returncode}, log {child.log_path}):"
@@ -548,10 +574,6 @@ class Demo:
             "demo.log (this demo's progress)",
             markup=False,
         )
-        if self.signals:
-            return 128 + self.signals[0]  # as the shell reports a command ended by that signal
-        drivers_ok = all(child.returncode == 0 for child in self.drivers.values())
-        return 1 if failed or not drivers_ok else 0
 
 
 def _kafka_address(bootstrap: str) -> tuple[str, int]:
@@ -587,9 +609,10 @@ def _terminal_state() -> list[Any] | None:
 
 def _restore_terminal(saved: list[Any] | None, central_code: int | None) -> None:
     """A killed panel cannot restore the terminal itself: leave its screen, show the cursor."""
-    if central_code not in (None, 0) and sys.stdout.isatty():
-        sys.stdout.write("\x1b[?1049l\x1b[?25h")
-        sys.stdout.flush()
+    with contextlib.suppress(OSError):  # a terminal that was closed has nothing to restore
+        if central_code not in (None, 0) and sys.stdout.isatty():
+            sys.stdout.write("\x1b[?1049l\x1b[?25h")
+            sys.stdout.flush()
     if saved is not None:
         with contextlib.suppress(termios.error, OSError):
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)

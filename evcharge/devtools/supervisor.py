@@ -1,11 +1,14 @@
 """Child `evcharge` processes with their own log files: started, signalled, restarted, stopped.
 
 Used by `evcharge demo` to run the whole system, by the benchmark, and by the tests
-to kill real processes with real signals.
+to kill real processes with real signals. A child dies with the process that started
+it, even a SIGKILLed one (see evcharge.runtime.lifetime), so none is ever left running
+headless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from evcharge.runtime.lifetime import die_with_parent
 
 
 @dataclass
@@ -27,7 +32,8 @@ class Child:
     env: dict[str, str] | None = None
     cwd: Path | None = None
     # On the caller's terminal (central's panel in the demo): same process group,
-    # stdin and stdout inherited; only stderr goes to the log.
+    # stdin and stdout inherited; only stderr goes to the log. It ignores the terminal's
+    # hangup: the caller gets it too and stops its children in order, this one included.
     terminal: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
@@ -35,6 +41,7 @@ class Child:
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     def start(self) -> Child:
+        """Start it from the main thread: the kernel ends it when the starting thread ends."""
         if self.alive:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self._close_log()  # the previous run's, if it ended on its own
@@ -44,8 +51,9 @@ class Child:
         self._log.write(f"--- start #{self.starts} of {self.name}\n".encode())
         self._log.flush()
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "evcharge", *self.args]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "evcharge", *self.args],
+            die_with_parent(command, ignore_hangup=self.terminal),
             stdout=None if self.terminal else self._log,
             stderr=self._log if self.terminal else subprocess.STDOUT,
             stdin=None if self.terminal else subprocess.DEVNULL,
@@ -70,9 +78,15 @@ class Child:
         return self.process.poll() if self.process else None
 
     def signal(self, signum: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.signalled_at = time.monotonic()
-            self.process.send_signal(signum)
+        """To its whole process group when it has its own, so whatever it started gets it too."""
+        if self.process is None or self.process.poll() is not None:
+            return  # past this check it is unreaped: its pid, so its group id, is not reused
+        self.signalled_at = time.monotonic()
+        if self.terminal:
+            self.process.send_signal(signum)  # its group is the caller's own
+            return
+        with contextlib.suppress(ProcessLookupError):  # exited just now
+            os.killpg(self.process.pid, signum)
 
     def kill(self) -> None:
         """SIGKILL: a crash, with no chance to clean up."""
@@ -101,9 +115,9 @@ class Child:
             return None
         if self.process.poll() is None:
             self.thaw()  # a frozen process cannot act on SIGTERM
-            self.process.send_signal(signal.SIGTERM)
+            self.signal(signal.SIGTERM)
             if self.wait(timeout_s) is None:
-                self.process.kill()
+                self.signal(signal.SIGKILL)
                 self.wait(5)
         self._close_log()
         return self.process.returncode

@@ -48,4 +48,6 @@ def terminal_keys(on_keys: Callable[[str], None]) -> Iterator[bool]:
         finally:
             loop.remove_reader(fd)
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        # A terminal that was closed (SIGHUP) cannot be restored, and need not be.
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -1,4 +1,4 @@
-"""`evcharge kafka start|stop|status`: thin commands over evcharge.broker.LocalBroker."""
+"""`evcharge kafka start|stop|status`: thin commands over evcharge.devtools.kafka.LocalBroker."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Start, stop and inspect a real single-node Apache Kafka broker (KRaft) on loopback.
 
 Kafka itself comes from Maven Central as plain jars (fetched once per machine into a
-cache dir) and runs as a detached JVM, so it outlives the command that started it.
+cache dir) and runs as a detached JVM, so it outlives the command that started it, unless
+asked to die with it (`die_with_parent`, for the demo: SIGTERM to the JVM, which then
+shuts down by itself, however its parent ended).
 Everything about one broker lives in its data dir:
 
     <data_dir>/server.properties   written on every start from host/port/controller_port
@@ -41,6 +43,7 @@ from evcharge.devtools.kafka.fetch import (
     say,
 )
 from evcharge.errors import BrokerError
+from evcharge.runtime.lifetime import die_with_parent
 from evcharge.runtime.ports import port_answers, port_free
 
 JVM_FLAGS: tuple[str, ...] = ("-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true")
@@ -178,6 +181,8 @@ class LocalBroker:
     port: int = DEFAULT_PORT
     controller_port: int | None = None  # None: port + 1
     cache: Path | None = None  # None: cache_dir(), shared by every broker on the machine
+    # The JVMs this object starts get SIGTERM when the starting process (its main thread) ends.
+    die_with_parent: bool = False
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -381,7 +386,7 @@ class LocalBroker:
         )
 
     def _java_cmd(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
-        return [
+        cmd = [
             java,
             *JVM_FLAGS,
             f"-Dlog4j2.configurationFile={self.log4j_path}",
@@ -390,6 +395,7 @@ class LocalBroker:
             main,
             *args,
         ]
+        return die_with_parent(cmd) if self.die_with_parent else cmd
 
     def _format(self, java: str, libs: Path) -> None:
         cmd = self._java_cmd(
