@@ -71,6 +71,7 @@ class ChargePoint:
     engine: Child
     monitor: Child
     engine_port: int
+    state_dir: Path  # where the engine keeps its record
 
     def identity(self) -> Identity | None:
         status = engine_status(LOOPBACK, self.engine_port, 1.0)
@@ -79,15 +80,15 @@ class ChargePoint:
     def ready(self) -> bool:
         return engine_status(LOOPBACK, self.engine_port, 0.5) is not None
 
-    def engine_sessions(self, state_dir: Path) -> dict[str, dict[str, Any]]:
+    def engine_sessions(self, state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
         """The engine's own durable record of its sessions (what its meter said)."""
-        path = state_dir / f"engine-{self.cp_id}.sqlite"
+        path = self.state_dir / f"engine-{self.cp_id}.sqlite"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
             db.row_factory = sqlite3.Row
             return {r["session_id"]: dict(r) for r in db.execute("SELECT * FROM sessions")}
 
-    def engine_outbox(self, state_dir: Path) -> int:
-        path = state_dir / f"engine-{self.cp_id}.sqlite"
+    def engine_outbox(self, state_dir: Path | None = None) -> int:
+        path = self.state_dir / f"engine-{self.cp_id}.sqlite"
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
             return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
@@ -161,24 +162,28 @@ class System:
             **{**self.central_overrides, **overrides},
         )
 
-    def central_child(self, **overrides: Any) -> Child:
+    def central_child(self, env: dict[str, str] | None = None, **overrides: Any) -> Child:
         """Central as this system runs it, not started yet."""
-        return child("central", self.central_settings(**overrides), self.logs / "central.log")
+        return child("central", self.central_settings(**overrides), self.logs / "central.log", env=env)
 
-    def start_central(self) -> Child:
-        self.central = self.central_child().start()
+    def start_central(self, env: dict[str, str] | None = None) -> Child:
+        if self.central is not None:
+            self.central.stop()  # a central started before (maybe dead): its log file closed
+        self.central = self.central_child(env).start()
         wait_until(lambda: self.get("/health")["status"] == "ok", 30, "central's HTTP API")
         return self.central
 
     def engine_settings(self, cp_id: str, port: int, **overrides: Any) -> EngineSettings:
         return EngineSettings(
-            cp_id=cp_id,
-            port=port,
-            kafka=self.kafka,
-            state_dir=self.state_dir,
-            max_session_s=self.max_session_s,
-            keys=False,
-            **overrides,
+            **{
+                "cp_id": cp_id,
+                "port": port,
+                "kafka": self.kafka,
+                "state_dir": self.state_dir,
+                "max_session_s": self.max_session_s,
+                "keys": False,
+                **overrides,
+            }
         )
 
     def monitor_settings(self, cp_id: str, port: int, **overrides: Any) -> MonitorSettings:
@@ -201,9 +206,10 @@ class System:
         **engine_overrides: Any,
     ) -> ChargePoint:
         (port,) = free_ports(1)
+        settings = self.engine_settings(cp_id, port, **engine_overrides)
         engine = child(
             "engine",
-            self.engine_settings(cp_id, port, **engine_overrides),
+            settings,
             self.logs / f"engine-{cp_id}.log",
             name=f"engine {cp_id}",
             env=engine_env,
@@ -214,7 +220,7 @@ class System:
             self.logs / f"monitor-{cp_id}.log",
             name=f"monitor {cp_id}",
         ).start()
-        cp = self.cps[cp_id] = ChargePoint(cp_id, engine, monitor, port)
+        cp = self.cps[cp_id] = ChargePoint(cp_id, engine, monitor, port, settings.state_dir)
         if wait:
             self.wait_status(cp_id, "ON", 30)
             self.wait_engine_ready(cp)

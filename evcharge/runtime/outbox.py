@@ -19,6 +19,7 @@ from typing import Protocol
 import aiosqlite
 from aiokafka import AIOKafkaProducer
 
+from evcharge.errors import StoreUnavailable
 from evcharge.runtime.kafka import new_producer
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.sqlite import Database
@@ -71,6 +72,9 @@ class OutboxRelay:
         # leader) publishes nothing more.
         self._may_publish = may_publish
         self._watch = LinkWatch(log, "Kafka", bootstrap)
+        self._store_watch = LinkWatch(
+            log, "the outbox relay", "", ("{what} cannot update its store ({error}){retry}", "{what} updates its store again")
+        )
         self.published = 0
 
     def wake(self) -> None:
@@ -90,15 +94,25 @@ class OutboxRelay:
         producer = new_producer(self._bootstrap)
         try:
             await producer.start()
+            store_backoff = self._policy.backoff()
             while not stop.is_set():
                 # Cleared before reading, not after: a wake() while the batch is read
                 # must not be lost, or new rows would wait for the idle poll.
                 self._wake.clear()
-                if await self._publish_batch(producer):
-                    attempts.succeeded()
+                try:
+                    published = await self._publish_batch(producer)
+                except StoreUnavailable as exc:
+                    # Published, but not yet forgotten: the rows go again later (consumers
+                    # deduplicate); Kafka is fine, so the producer stays.
+                    delay = store_backoff.next_delay()
+                    self._store_watch.failed(exc, delay)
+                    await wait_first(stop, timeout_s=delay)
                     continue
+                self._store_watch.succeeded()
+                store_backoff.reset()
                 attempts.succeeded()
-                await wait_first(stop, self._wake, timeout_s=IDLE_POLL_S)
+                if not published:
+                    await wait_first(stop, self._wake, timeout_s=IDLE_POLL_S)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     await self._publish_batch(producer)  # a last flush on the way out
