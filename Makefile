@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PYTEST := $(BIN)/pytest
+PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install test test-fast lint demo chaos-test chaos-random bench kafka-up kafka-down kafka-status clean
+.PHONY: install system-deps test test-fast lint demo chaos-test chaos-random chaos-soak mutants bench \
+	kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,33 +17,47 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Everything: fast unit tests, the real broker, real processes, and the chaos scenarios.
-test: $(STAMP)
-	$(PYTEST) -q -p no:cacheprovider tests
+# Debian packages the tests use (faketime, the PostgreSQL server), installed when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+# Everything: lint and types, fast tests of the logic, the real broker and PostgreSQL, real
+# processes, the chaos scenarios (randomized run included). About 20 minutes on 2 cores.
+test: $(STAMP) system-deps lint
+	$(PYTEST) -q tests
 
 # Only the pure logic: seconds, no Kafka.
 test-fast: $(STAMP)
-	$(PYTEST) -q -p no:cacheprovider tests/test_unit_*.py tests/test_panel.py
+	$(PYTEST) -q tests/test_unit_*.py tests/test_panel.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check evcharge tests bench
-	$(BIN)/ruff format --check evcharge tests bench
+	$(BIN)/ruff check evcharge tests bench scripts
+	$(BIN)/ruff format --check evcharge tests bench scripts
+	$(BIN)/mypy
 
 demo: $(STAMP)
 	$(BIN)/evcharge demo
 
-chaos-test: $(STAMP)
-	$(PYTEST) -q -p no:cacheprovider -m chaos tests/chaos -rA
+chaos-test: $(STAMP) system-deps
+	$(PYTEST) -q -m chaos tests/chaos -rA
 
-# Random kills and freezes under load; the seed is printed so a failure can be replayed.
+# Random overlapping failures under load; the seed is printed so a failure can be replayed.
 SEED ?=
 ROUNDS ?= 10
-chaos-random: $(STAMP)
-	EVCHARGE_CHAOS_SEED=$(SEED) EVCHARGE_CHAOS_ROUNDS=$(ROUNDS) $(PYTEST) -q -s -p no:cacheprovider tests/chaos/test_random.py
+chaos-random: $(STAMP) system-deps
+	EVCHARGE_CHAOS_SEED=$(SEED) EVCHARGE_CHAOS_ROUNDS=$(ROUNDS) $(PYTEST) -q -s tests/chaos/test_random.py
 
-# Speed and scale beside the goals: a table, and bench/results.json. BENCH_ARGS=--quick for ~3 minutes.
+# As many rounds as asked (the time allowed grows with them): make chaos-soak ROUNDS=200
+chaos-soak: $(STAMP) system-deps
+	EVCHARGE_CHAOS_SEED=$(SEED) EVCHARGE_CHAOS_ROUNDS=$(ROUNDS) $(PYTEST) -q -s tests/chaos/test_random.py
+
+# Targeted mutants of the code that keeps the promises, each in a scratch copy: every one must be killed.
+mutants: $(STAMP) system-deps
+	$(BIN)/python scripts/mutants.py
+
+# Speed and scale beside the goals: a table, and bench/results.json. BENCH_ARGS=--quick for a shorter run.
 BENCH_ARGS ?=
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 kafka-up: $(STAMP)
@@ -55,4 +70,4 @@ kafka-status: $(STAMP)
 	$(BIN)/evcharge kafka status --port $(KAFKA_PORT)
 
 clean:
-	rm -rf $(VENV) evcharge-state evcharge-runs chaos-report.json .pytest_cache
+	rm -rf $(VENV) evcharge-state evcharge-runs chaos-report.json .pytest_cache .mypy_cache

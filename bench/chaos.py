@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from evcharge.broker import LocalBroker
+from evcharge.supervisor import Child
+
 from bench.loop import LoopThread
 from bench.probe import ProbeFailed, Prober
 from bench.stats import summary
 from bench.system import BenchSystem, log_count, wait_for
-from evcharge.broker import LocalBroker
-from evcharge.supervisor import Child
 
 SERVE_TIMEOUT_S = 30.0
 KAFKA_START_TIMEOUT_S = 120.0

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from evcharge.supervisor import Child
+
 from bench.procs import rss_mb
 from bench.system import BenchSystem, log_count, new_system, wait_for
-from evcharge.supervisor import Child
 
 # What each role says once it serves: central answers /health; the others log a line.
 ENGINE_READY = "engine ready"

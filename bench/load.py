@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evcharge.supervisor import Child
+
 from bench.loop import LoopThread
 from bench.probe import LagProbe
 from bench.procs import cpu_s, rss_mb
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
-from evcharge.supervisor import Child
 
 SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1

@@ -18,25 +18,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from evcharge.errors import ProtocolError
-from evcharge.messages import (
+from evcharge.driver.conversation import DriverUpdate, Kind, hear
+from evcharge.protocol.messages import (
     ChargeRequest,
-    ChargingProgress,
-    DriverUpdate,
     RequestAccepted,
     RequestDenied,
     StopRequest,
     Ticket,
-    decode,
     encode,
 )
-from evcharge.runtime.consumer import ConsumerLoop
+from evcharge.protocol.topics import CODECS, TOPICS, Topic
+from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import (
     REQUEST_TIMEOUT_MS,
-    TOPICS,
     all_partitions,
     ensure_topics,
-    key_partition,
     new_consumer,
     new_producer,
 )
@@ -81,12 +77,17 @@ class Prober:
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def start(self, timeout_s: float = 60) -> None:
-        consumer = ConsumerLoop(
-            self.bootstrap,
-            f"bench-{self.driver_id}",
-            self._assign,
-            self._on_updates,
+        consumer = Inbox(
+            bootstrap=self.bootstrap,
+            group_id=f"bench-{self.driver_id}",
+            subscriptions=[Subscription(Topic.DRIVER_UPDATES, key=self.driver_id)],
+            codecs=CODECS,
+            topics=TOPICS,
+            handle=self._on_updates,
+            dead_letter=_ignore,
+            partitions=self.partitions,
             new_group_starts_at_end=True,
+            name="bench probe",
         )
         self._consumer_task = asyncio.get_running_loop().create_task(consumer.run(self._stop))
         async with asyncio.timeout(timeout_s):
@@ -125,29 +126,21 @@ class Prober:
             raise
         self._producer = producer
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        counts = await ensure_topics(self.bootstrap, self.partitions)
-        return [key_partition(counts, TOPICS.driver_updates, self.driver_id)]
-
     async def _send(self, message: ChargeRequest | StopRequest) -> None:
         if self._producer is None:
             await self._new_producer()
         assert self._producer is not None
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await self._producer.send_and_wait(
-                TOPICS.driver_requests, encode(message), key=self.driver_id.encode()
+                Topic.DRIVER_REQUESTS, encode(message), key=self.driver_id.encode()
             )
 
-    async def _on_updates(self, records: list[ConsumerRecord]) -> None:
-        for record in records:
-            if record.key != self.driver_id.encode():
-                continue
+    async def _on_updates(self, deliveries: list[Delivery[DriverUpdate]]) -> None:
+        for delivery in deliveries:
             at = time.monotonic()
-            try:
-                update = decode(record.value, DriverUpdate)
-            except ProtocolError:
-                continue
-            if isinstance(update, (RequestAccepted, RequestDenied)):
+            update = delivery.message
+            kind = hear(None, update).kind
+            if kind in (Kind.ACCEPTED, Kind.DENIED):
                 if isinstance(update, RequestAccepted):
                     # Before any progress of the same batch is looked at.
                     self._sessions.setdefault(update.session_id, self._new_session())
@@ -157,13 +150,13 @@ class Prober:
                 elif isinstance(update, RequestAccepted):
                     # An answer nobody waits for any more (a retried request): free the CP again.
                     self._own(self._stop_session(update.session_id))
-            elif isinstance(update, ChargingProgress):
+            elif kind is Kind.PROGRESS:
                 session = self._sessions.get(update.session_id)
                 if session is not None:
                     _settle(session.started, at)
                     if update.seq >= 1:
                         _settle(session.reading, at)
-            elif isinstance(update, Ticket):
+            elif isinstance(update, Ticket):  # a first ticket or its revision: the session is over
                 session = self._sessions.pop(update.session_id, None)
                 if session is not None:
                     _settle(session.ticket, at)
@@ -288,6 +281,10 @@ class Prober:
         return results[0] if results else None
 
 
+async def _ignore(record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+    """The probe measures; what it cannot read is central's to explain, not a figure."""
+
+
 def _settle(future: asyncio.Future[float], at: float) -> None:
     if not future.done():
         future.set_result(at)
@@ -357,9 +354,9 @@ class LagProbe:
         self._updates: list[TopicPartition] = []
 
     async def start(self) -> None:
-        counts = await ensure_topics(self.bootstrap, self.partitions)
-        self._tps = all_partitions(counts, TOPICS.cp_events)
-        self._updates = all_partitions(counts, TOPICS.driver_updates)
+        counts = await ensure_topics(self.bootstrap, TOPICS, self.partitions)
+        self._tps = all_partitions(counts, [Topic.CP_EVENTS])
+        self._updates = all_partitions(counts, [Topic.DRIVER_UPDATES])
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS
         )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from evcharge.broker import KAFKA_VERSION, LocalBroker
 from rich.console import Console
 
 from bench import chaos, footprint, latency, load, profile, report
@@ -30,7 +31,6 @@ from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
 from bench.system import BenchSystem, new_system
-from evcharge.broker import KAFKA_VERSION, LocalBroker
 from evcharge.logs import setup_logging
 from tests.kafka_fixture import free_ports
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evcharge.supervisor import Child
+
 from tests.harness import System
 
 POLL_S = 0.01

@@ -91,13 +91,12 @@ def command(
         o = _opt(f)
         assert o is not None
         flag = flag_of(f)
-        decls = [flag] if not flag.startswith("--") or "/" in flag else [flag]
         has_default = f.default is not dataclasses.MISSING
         default = f.default if has_default else ...
         if has_default and o.parse is not None and default is not None:
             default = (o.show or str)(default)
         annotation = _cli_type(hints[f.name], o)
-        option = typer.Option(default, *decls, envvar=o.env, help=o.help, hidden=o.hidden, show_default=True)
+        option = typer.Option(default, flag, envvar=o.env, help=o.help, hidden=o.hidden, show_default=True)
         parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option))
         annotations[f.name] = annotation
     for extra_name, (annotation, option) in (extra or {}).items():

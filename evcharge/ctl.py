@@ -67,9 +67,8 @@ def cp_list(central_url: CentralUrl = DEFAULT_CENTRAL_URL) -> None:
     for cp in _call("GET", f"{central_url}/cp")["charging_points"]:
         session = cp["session"]
         extra = f"  {session['driver_id']} {kwh_text(session['wh'])} kWh" if session else ""
-        typer.echo(
-            f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price_text(cp['price'])} EUR/kWh{extra}"
-        )
+        price = price_text(cp["price"])
+        typer.echo(f"{cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price} EUR/kWh{extra}")
 
 
 @cp_app.command("show")

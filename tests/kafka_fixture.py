@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from evcharge.devtools.kafka import LocalBroker
+from evcharge.runtime.ports import free_ports
 
 LOOPBACK = "127.0.0.1"
-
-
-def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
-    """`count` distinct TCP ports that are free right now on `host`.
-
-    All sockets stay bound until every port is picked, so the kernel cannot hand out
-    the same port twice.
-    """
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free right now on `host` (127.0.0.1 by default)."""
-    return free_ports(1, host)[0]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evcharge.devtools.postgres import LocalPostgres
-from tests.kafka_fixture import free_port
+from evcharge.runtime.ports import free_port
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from evcharge.devtools.kafka import KAFKA_VERSION, LocalBroker, cache_dir
 from evcharge.errors import BrokerError
-from tests.kafka_fixture import ExternalBroker, free_ports
+from evcharge.runtime.ports import free_ports
+from tests.kafka_fixture import ExternalBroker
 
 CLI = "from evcharge.devtools.kafka.cli import app; app()"
 

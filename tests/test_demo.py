@@ -28,7 +28,7 @@ from evcharge.devtools.demo import driver_ids, driver_summary, engine_ports, gen
 from evcharge.driver.requests_file import parse_requests
 from evcharge.runtime.ports import port_free
 from tests.harness import wait_until
-from tests.kafka_fixture import free_port, free_ports
+from evcharge.runtime.ports import free_port, free_ports
 from tests.test_lifetime import runs
 
 # ---------------------------------------------------------------- pure helpers, no broker
@@ -61,7 +61,9 @@ def test_driver_summary_comes_from_the_driver_s_own_summary_event(tmp_path) -> N
     lines = driver_summary(events, "driver-bob")
     assert lines[0] == "driver-bob: 2 requests, 0.048 kWh, 0.0144 EUR"
     assert "CP-002" in lines[1] and "0.048 kWh" in lines[1] and "denied" in lines[2]
-    assert driver_summary(tmp_path / "none.jsonl", "driver-bob") == ["driver-bob gave no summary (it did not finish its requests)"]
+    assert driver_summary(tmp_path / "none.jsonl", "driver-bob") == [
+        "driver-bob gave no summary (it did not finish its requests)"
+    ]
 
 
 def test_drivers_beyond_the_named_ones_get_numbers_and_seeded_requests() -> None:

@@ -69,7 +69,12 @@ async def test_a_request_that_waited_in_kafka_past_its_ttl_is_refused_as_expired
     cp = system.add_cp(system.ident("CP-001"))
     driver = system.ident("driver-late")
     system.central.stop()
-    await send(system.kafka, Topic.DRIVER_REQUESTS, driver, encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="stale-1")))
+    await send(
+        system.kafka,
+        Topic.DRIVER_REQUESTS,
+        driver,
+        encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="stale-1")),
+    )
     await asyncio.sleep(3)  # the request waits in Kafka, longer than its TTL, while central is down
     system.start_central()
     found = await read_until(system.kafka, Topic.DRIVER_UPDATES, driver, answer_to("stale-1"))
@@ -110,11 +115,13 @@ async def test_unusable_records_are_dead_lettered_with_the_reason_and_central_ca
     driver, ghost = system.ident("garbage"), system.ident("CP-ghost")
     future = encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="future-1", v=3))
     negative = (
-        b'{"type": "meter", "cp_id": "%s", "session_id": "s1", "seq": 1, "power_w": 1, "wh": -1, "micro_eur": 0}'
-        % cp.cp_id.encode()
+        b'{"type": "meter", "cp_id": "%s", "session_id": "s1", "seq": 1, '
+        b'"power_w": 1, "wh": -1, "micro_eur": 0}' % cp.cp_id.encode()
     )
     unknown_cp = encode(MeterReading(cp_id=ghost, session_id="s2", seq=1, power_w=1, wh=1, micro_eur=1))
-    unknown_session = encode(MeterReading(cp_id=cp.cp_id, session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1))
+    unknown_session = encode(
+        MeterReading(cp_id=cp.cp_id, session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1)
+    )
     cases = {
         (Topic.DRIVER_REQUESTS, driver, b"\x00\xffnot json"): "JSON",
         (Topic.DRIVER_REQUESTS, driver, b'{"type": "charge_request"}'): "missing required field",
@@ -146,7 +153,11 @@ async def test_an_engine_and_a_driver_set_undecodable_records_aside_and_carry_on
     alice = system.ident("driver-alice")
     await send(system.kafka, Topic.CP_COMMANDS, cp.cp_id, b'{"type": "start_supply", "cp_id": 42}')
     system.start_driver(alice, [cp.cp_id, cp.cp_id], interval_s=0.2)
-    wait_until(lambda: any(e["event"] == "accepted" for e in system.events(alice)), 30, "alice's first request accepted")
+    wait_until(
+        lambda: any(e["event"] == "accepted" for e in system.events(alice)),
+        30,
+        "alice's first request accepted",
+    )
     await send(system.kafka, Topic.DRIVER_UPDATES, alice, b"\x01 not an update")
 
     def letter_from(consumer: str, payload: bytes):
@@ -173,3 +184,26 @@ async def test_an_engine_and_a_driver_set_undecodable_records_aside_and_carry_on
     system.wait_driver_done(alice, 60)
     assert [t.reason for t in system.tickets(alice)] == ["completed", "completed"]
     system.assert_invariants()
+
+
+async def test_a_replayed_request_id_is_decided_once_even_when_the_cp_is_free_again(system) -> None:
+    system.max_session_s = 2
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    driver = system.ident("driver-again")
+    request = encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="again-1"))
+    await send(system.kafka, Topic.DRIVER_REQUESTS, driver, request)
+    wait_until(
+        lambda: [s for s in system.sessions() if s["state"] == "ended"], 30, "the first session to end"
+    )
+    assert system.status(cp.cp_id) == "ON", "the CP is free again"
+    await send(system.kafka, Topic.DRIVER_REQUESTS, driver, request)  # the same request id, later
+    await send(
+        system.kafka,
+        Topic.DRIVER_REQUESTS,
+        driver,
+        encode(ChargeRequest(driver_id=driver, cp_id=cp.cp_id, request_id="fresh-2")),
+    )
+    wait_until(lambda: len(system.sessions()) == 2, 30, "the fresh request's session")
+    by_request = {s["request_id"] for s in system.sessions()}
+    assert by_request == {"again-1", "fresh-2"}, "the replay started nothing"

@@ -16,7 +16,7 @@ from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
 from evcharge.runtime.retry import RetryPolicy
-from tests.kafka_fixture import free_ports
+from evcharge.runtime.ports import free_ports
 
 pytestmark = pytest.mark.kafka
 FAST = RetryPolicy(initial_delay_s=0.05, max_delay_s=0.2)
@@ -127,7 +127,9 @@ async def test_ensure_topics_is_idempotent_concurrent_and_stamps_requests_at_the
     assert len({tuple(sorted(r.items())) for r in results}) == 1
     await produce(kafka_broker.bootstrap, Topic.DRIVER_REQUESTS, "driver-stamp", [b"hello"])
     collector = Collector()
-    box = inbox(kafka_broker.bootstrap, "stamp-group", collector, Subscription(Topic.DRIVER_REQUESTS, "driver-stamp"))
+    box = inbox(
+        kafka_broker.bootstrap, "stamp-group", collector, Subscription(Topic.DRIVER_REQUESTS, "driver-stamp")
+    )
     stamped: list[int] = []
 
     async def handle(deliveries: list[Delivery[bytes]]) -> None:
@@ -148,13 +150,17 @@ async def test_keyed_messages_arrive_in_order_and_only_the_keys_own(kafka_broker
     try:
         for i in range(60):
             for key in keys:
-                metadata = await producer.send_and_wait(Topic.CP_EVENTS, f"{key}:{i}".encode(), key=key.encode())
+                metadata = await producer.send_and_wait(
+                    Topic.CP_EVENTS, f"{key}:{i}".encode(), key=key.encode()
+                )
                 assert metadata.partition == key_partition(counts, Topic.CP_EVENTS, key).partition
     finally:
         await producer.stop()
     for key in keys:
         collector = Collector()
-        await run_until(inbox(bootstrap, f"order-{key}", collector, Subscription(Topic.CP_EVENTS, key)), collector, 60)
+        await run_until(
+            inbox(bootstrap, f"order-{key}", collector, Subscription(Topic.CP_EVENTS, key)), collector, 60
+        )
         assert collector.values[:60] == [f"{key}:{i}".encode() for i in range(60)]
 
 
@@ -162,19 +168,31 @@ async def test_a_restarted_inbox_resumes_at_its_committed_offset(kafka_broker) -
     bootstrap, key = kafka_broker.bootstrap, "driver-resume"
     await produce(bootstrap, Topic.DRIVER_UPDATES, key, [f"first-{i}".encode() for i in range(5)])
     first = Collector()
-    await run_until(inbox(bootstrap, "resume-group", first, Subscription(Topic.DRIVER_UPDATES, key)), first, 5)
+    await run_until(
+        inbox(bootstrap, "resume-group", first, Subscription(Topic.DRIVER_UPDATES, key)), first, 5
+    )
     assert first.values == [f"first-{i}".encode() for i in range(5)]
     await produce(bootstrap, Topic.DRIVER_UPDATES, key, [f"second-{i}".encode() for i in range(3)])
     second = Collector()
-    await run_until(inbox(bootstrap, "resume-group", second, Subscription(Topic.DRIVER_UPDATES, key)), second, 3)
+    await run_until(
+        inbox(bootstrap, "resume-group", second, Subscription(Topic.DRIVER_UPDATES, key)), second, 3
+    )
     assert second.values == [f"second-{i}".encode() for i in range(3)]
 
 
-async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(kafka_broker) -> None:
+async def test_a_new_group_that_starts_at_the_end_skips_history_but_misses_nothing_after(
+    kafka_broker,
+) -> None:
     bootstrap, key = kafka_broker.bootstrap, "driver-fresh"
     await produce(bootstrap, Topic.DRIVER_UPDATES, key, [b"old"])
     collector = Collector()
-    box = inbox(bootstrap, "fresh-group", collector, Subscription(Topic.DRIVER_UPDATES, key), new_group_starts_at_end=True)
+    box = inbox(
+        bootstrap,
+        "fresh-group",
+        collector,
+        Subscription(Topic.DRIVER_UPDATES, key),
+        new_group_starts_at_end=True,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(box.run(stop))
     async with asyncio.timeout(30):
@@ -191,7 +209,9 @@ async def test_an_undecodable_record_is_set_aside_and_the_rest_goes_on(kafka_bro
     bootstrap, key = kafka_broker.bootstrap, "CP-dead-letter"
     await produce(bootstrap, Topic.CP_EVENTS, key, [b"one", b"garbage", b"two"])
     collector = Collector()
-    await run_until(inbox(bootstrap, "dead-group", collector, Subscription(Topic.CP_EVENTS, key)), collector, 3)
+    await run_until(
+        inbox(bootstrap, "dead-group", collector, Subscription(Topic.CP_EVENTS, key)), collector, 3
+    )
     assert collector.values == [b"one", b"two"]
     assert collector.dead == [(b"garbage", "garbage is not a message")]
 
@@ -211,7 +231,9 @@ async def test_a_handler_that_cannot_record_gets_the_same_records_again_until_it
     box = inbox(bootstrap, "full-group", collector, Subscription(Topic.CP_EVENTS, key), handle=full_twice)
     await run_until(box, collector, 2)
     assert collector.values == [b"a", b"b"]
-    assert attempts[0] == attempts[1] == attempts[2] == [b"a", b"b"], "nothing skipped, nothing committed meanwhile"
+    assert attempts[0] == attempts[1] == attempts[2] == [b"a", b"b"], (
+        "nothing skipped, nothing committed meanwhile"
+    )
 
 
 async def test_relay_and_inbox_survive_a_broker_crash_without_losing_a_message(tmp_path) -> None:

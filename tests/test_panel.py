@@ -29,7 +29,12 @@ async def _register(service: CentralService, n: int, location: str = "Alicante")
     instance = f"i{n}"
     await service.register(
         Register(
-            cp_id=f"CP-{n:03d}", location=location, price=300_000, max_w=22_000, health=Health.OK, instance=instance
+            cp_id=f"CP-{n:03d}",
+            location=location,
+            price=300_000,
+            max_w=22_000,
+            health=Health.OK,
+            instance=instance,
         ),
         "127.0.0.1:1",
     )

@@ -11,7 +11,7 @@ import pytest
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
 from tests.harness import wait_until
-from tests.kafka_fixture import free_port
+from evcharge.runtime.ports import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 

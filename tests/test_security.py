@@ -53,7 +53,9 @@ def test_a_cp_joins_with_the_token_and_keeps_its_own_secret_of_which_central_kee
     assert secret not in dump, "the secret itself is nowhere in central's database"
 
     # Somebody who knows the join token but not the secret cannot take the CP id over.
-    impostor = monitor(system, cp, "impostor", "--join-token", JOIN, "--state-dir", str(system.root / "other"))
+    impostor = monitor(
+        system, cp, "impostor", "--join-token", JOIN, "--state-dir", str(system.root / "other")
+    )
     assert impostor.wait(30) == 2
     assert "must register with its own secret" in impostor.output()
     assert system.status(cp.cp_id) == "ON", "the live CP is unaffected"
@@ -82,7 +84,9 @@ def test_forgetting_a_cp_forgets_its_secret_and_it_may_join_again_as_new(secured
     system.wait_status(cp.cp_id, "DISCONNECTED", 10)
     assert system.request("DELETE", f"/cp/{cp.cp_id}", token=OPERATOR)[0] == 200
     with sqlite3.connect(f"file:{system.state_dir / 'central.sqlite'}?mode=ro", uri=True) as db:
-        assert db.execute("SELECT COUNT(*) FROM cp_credentials WHERE cp_id = ?", (cp.cp_id,)).fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM cp_credentials WHERE cp_id = ?", (cp.cp_id,)).fetchone() == (
+            0,
+        )
     # A new monitor for the id, with a secret of its own and the join token, joins as a new CP.
     (system.state_dir / f"monitor-{cp.cp_id}.secret").unlink()
     cp.monitor.start()
@@ -110,7 +114,9 @@ def test_every_operator_change_over_http_needs_the_operator_token(secured) -> No
     status, body = system.post(f"/cp/{cp.cp_id}/stop", token=OPERATOR)
     assert status == 200 and body["status"] == "STOPPED"
     ctl = Child(
-        "ctl", ["ctl", "cp", "resume", cp.cp_id, "--central-url", system.url, "--token", OPERATOR], system.logs / "ctl.log"
+        "ctl",
+        ["ctl", "cp", "resume", cp.cp_id, "--central-url", system.url, "--token", OPERATOR],
+        system.logs / "ctl.log",
     ).start()
     assert ctl.wait(20) == 0, ctl.output()
     assert system.status(cp.cp_id) == "ON"
@@ -130,13 +136,22 @@ def test_the_audit_log_has_a_line_of_each_kind_with_who_and_from_where(secured) 
     alice = system.ident("driver-alice")
     system.start_driver(alice, [cp.cp_id, system.ident("CP-nowhere")], interval_s=0.2)
     system.wait_driver_done(alice, 60)
-    wait_until(lambda: any(a["action"] == "session_end" for a in audit_lines(system)), 10, "the session's end audited")
+    wait_until(
+        lambda: any(a["action"] == "session_end" for a in audit_lines(system)),
+        10,
+        "the session's end audited",
+    )
 
     lines = audit_lines(system)
     assert all({"at", "who", "from", "action", "result"} <= set(a) for a in lines)
     by = {(a["action"], a["result"].split(":")[0]): a for a in lines}
-    assert by[("register", "ok")]["who"] == cp.cp_id and by[("register", "ok")]["from"].startswith("127.0.0.1:")
-    assert by[("register", "refused")]["who"] == stranger.cp_id and "bad_token" in by[("register", "refused")]["result"]
+    assert by[("register", "ok")]["who"] == cp.cp_id and by[("register", "ok")]["from"].startswith(
+        "127.0.0.1:"
+    )
+    assert (
+        by[("register", "refused")]["who"] == stranger.cp_id
+        and "bad_token" in by[("register", "refused")]["result"]
+    )
     refused_http = by[(f"/cp/{cp.cp_id}/stop", "refused")]
     assert refused_http["who"] == "unknown" and refused_http["from"] == "127.0.0.1"
     assert by[("stop_cp", "ok")]["who"] == "http" and by[("stop_cp", "ok")]["from"] == "127.0.0.1"
@@ -157,7 +172,16 @@ def test_central_refuses_to_start_with_only_one_of_the_two_tokens(system) -> Non
 
 
 def test_central_on_a_network_address_refuses_to_start_without_tokens(system) -> None:
-    args = ["central", "--no-panel", "--host", "0.0.0.0", "--kafka", system.kafka, "--store", str(system.root / "c.sqlite")]
+    args = [
+        "central",
+        "--no-panel",
+        "--host",
+        "0.0.0.0",
+        "--kafka",
+        system.kafka,
+        "--store",
+        str(system.root / "c.sqlite"),
+    ]
     process = Child("central-open", args, system.logs / "open.log").start()
     assert process.wait(30) == 2
     assert "--join-token and --operator-token" in process.output()

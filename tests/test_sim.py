@@ -200,7 +200,9 @@ async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_
                 price=300_000,
             )
         )
-        progress = dict(driver_id="d-0001", session_id="s1", cp_id="SIMT-1", power_w=22_000, wh=0, micro_eur=0)
+        progress = dict(
+            driver_id="d-0001", session_id="s1", cp_id="SIMT-1", power_w=22_000, wh=0, micro_eur=0
+        )
         driver.on_update(ChargingProgress(seq=0, **progress))
         driver.on_update(ChargingProgress(seq=1, **progress))
         driver.on_update(

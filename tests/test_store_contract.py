@@ -19,7 +19,7 @@ from evcharge.central.store.sqlite import SqliteStore
 from evcharge.errors import ConfigError, StoreUnavailable
 from evcharge.protocol.messages import CP_COMMANDS, DRIVER_UPDATES, DenyCode, EndReason, RequestDenied, StopCp
 from evcharge.protocol.topics import Topic
-from tests.kafka_fixture import free_port
+from evcharge.runtime.ports import free_port
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -43,13 +43,15 @@ def record(cp_id: str = "CP-1", **kw) -> CpRecord:
 
 
 def session(session_id: str = "s-1", **kw) -> Session:
-    base = {"session_id": session_id, "request_id": "r-1", "cp_id": "CP-1", "driver_id": "alice", "price": 300_000,
-            "created_at": 100.0}  # fmt: skip
+    base = {"session_id": session_id, "request_id": "r-1", "cp_id": "CP-1", "driver_id": "alice",
+            "price": 300_000, "created_at": 100.0}  # fmt: skip
     return Session(**{**base, **kw})
 
 
 def denied(request_id: str = "r-1") -> RequestDenied:
-    return RequestDenied(driver_id="alice", request_id=request_id, cp_id="CP-1", code=DenyCode.BUSY, reason="busy")
+    return RequestDenied(
+        driver_id="alice", request_id=request_id, cp_id="CP-1", code=DenyCode.BUSY, reason="busy"
+    )
 
 
 async def test_a_fresh_store_is_empty(store: CentralStore) -> None:
@@ -59,7 +61,9 @@ async def test_a_fresh_store_is_empty(store: CentralStore) -> None:
 
 
 async def test_a_commit_writes_records_and_their_messages_together_and_in_order(store: CentralStore) -> None:
-    outcome = RequestOutcome("r-1", "alice", "CP-1", Outcome.DENIED, code="busy", reason="busy", decided_at=5.0)
+    outcome = RequestOutcome(
+        "r-1", "alice", "CP-1", Outcome.DENIED, code="busy", reason="busy", decided_at=5.0
+    )
     change = Change(
         cps={"CP-1": record()},
         secrets={"CP-1": "ab" * 32},
@@ -86,7 +90,9 @@ async def test_a_commit_writes_records_and_their_messages_together_and_in_order(
 async def test_a_failed_commit_leaves_nothing_of_it(store: CentralStore) -> None:
     broken = session("s-2", request_id=None)  # the store refuses a session without a request id
     with pytest.raises(Exception):  # noqa: B017 - each database names its own constraint error
-        await store.commit(Change(cps={"CP-1": record()}, sessions={"s-2": broken}, messages=[StopCp(cp_id="CP-1")]))
+        await store.commit(
+            Change(cps={"CP-1": record()}, sessions={"s-2": broken}, messages=[StopCp(cp_id="CP-1")])
+        )
     assert await store.load_cps() == []
     assert await store.outbox.outbox_batch(10) == []
 
@@ -94,7 +100,8 @@ async def test_a_failed_commit_leaves_nothing_of_it(store: CentralStore) -> None
 async def test_sessions_and_records_are_updated_in_place(store: CentralStore) -> None:
     await store.commit(Change(cps={"CP-1": record()}, sessions={"s-1": session()}))
     ended = session(state=SessionState.ENDED, wh=48, micro_eur=14_400, end_reason=EndReason.COMPLETED,
-                    meter_final=True, ticket_revision=1, ticket_id="t-1", billed_wh=48, billed_micro_eur=14_400)  # fmt: skip
+                    meter_final=True, ticket_revision=1, ticket_id="t-1", billed_wh=48,
+                    billed_micro_eur=14_400)  # fmt: skip
     await store.commit(Change(cps={"CP-1": record(stopped=True)}, sessions={"s-1": ended}))
     assert (await store.load_cps())[0].stopped is True
     assert await store.load_active_sessions() == []
@@ -149,7 +156,7 @@ async def test_a_second_central_on_the_same_sqlite_file_is_refused_naming_the_fi
     assert isinstance(first, SqliteStore)
     first.claim("central pid 4242 (monitors on 127.0.0.1:7000)")
     try:
-        with pytest.raises(ConfigError, match="pid 4242.*only one central"):
+        with pytest.raises(ConfigError, match=r"pid 4242.*only one central"):
             await open_store(tmp_path / "central.sqlite")
     finally:
         await first.close()

@@ -49,7 +49,9 @@ def test_two_cps_two_drivers_every_request_ends_with_a_matching_ticket(system) -
         assert ticket.micro_eur == cost_micro_eur(ticket.wh, price)
     # One reading a second, cumulative, on the driver's event stream and screen.
     first = next(e for e in system.events(alice) if e["event"] == "accepted")["session_id"]
-    readings = [e["wh"] for e in system.events(alice) if e["event"] == "progress" and e["session_id"] == first]
+    readings = [
+        e["wh"] for e in system.events(alice) if e["event"] == "progress" and e["session_id"] == first
+    ]
     assert readings == [0] + [energy_wh(22_000, 1000 * k) for k in range(1, seconds + 1)]
     assert METER_LINE.search(alice_screen)
     audit = system.assert_invariants()
@@ -79,7 +81,9 @@ def test_a_cp_added_during_a_session_is_available_at_once_and_the_session_goes_o
     system.wait_status(cp1.cp_id, "SUPPLYING", 20)
     cp5 = system.add_cp(system.ident("CP-005"))
     assert system.status(cp1.cp_id) == "SUPPLYING"
-    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-bob"), "cp_id": cp5.cp_id})
+    status, body = system.post(
+        "/request/charge", {"driver_id": system.ident("driver-bob"), "cp_id": cp5.cp_id}
+    )
     assert status == 201, body
     system.wait_driver_done(alice, 60)
     (ticket,) = system.tickets(alice)
@@ -131,7 +135,9 @@ def test_engine_fault_shows_broken_with_why_and_clearing_it_restores_the_cp(syst
 
     ctl("fault")
     system.wait_status(cp.cp_id, "BROKEN", 10)
-    wait_until(lambda: system.get(f"/cp/{cp.cp_id}")["detail"] == "fault raised at the CP", 5, "why it is broken")
+    wait_until(
+        lambda: system.get(f"/cp/{cp.cp_id}")["detail"] == "fault raised at the CP", 5, "why it is broken"
+    )
     status, body = system.post("/request/charge", {"driver_id": system.ident("d"), "cp_id": cp.cp_id})
     assert status == 409 and body["error"] == "broken"
     ctl("clear")
@@ -139,7 +145,9 @@ def test_engine_fault_shows_broken_with_why_and_clearing_it_restores_the_cp(syst
     assert "health restored" in cp.monitor.output()
 
 
-def test_central_restarted_loads_its_registry_and_shows_cps_disconnected_until_monitors_return(system) -> None:
+def test_central_restarted_loads_its_registry_and_shows_cps_disconnected_until_monitors_return(
+    system,
+) -> None:
     system.start_central()
     cp1 = system.add_cp(system.ident("CP-001"), location="Alicante")
     cp2 = system.add_cp(system.ident("CP-002"), location="Elche")
@@ -220,7 +228,9 @@ def test_the_interactive_driver_lists_requests_stops_and_quits(system) -> None:
             wait_until(lambda: METER_LINE.search(log_path.read_text()), 10, "a live reading")
             process.stdin.write(b"stop\n")
             process.stdin.flush()
-            wait_until(lambda: "ended=driver" in log_path.read_text(), 15, "the ticket of the stopped session")
+            wait_until(
+                lambda: "ended=driver" in log_path.read_text(), 15, "the ticket of the stopped session"
+            )
             process.stdin.write(b"quit\n")
             process.stdin.flush()
             assert process.wait(20) == 0
@@ -233,3 +243,51 @@ def test_the_interactive_driver_lists_requests_stops_and_quits(system) -> None:
     assert f"✔ {cp.cp_id}" in screen and "ON" in screen
     [session] = system.sessions()
     assert session["driver_id"] == driver and session["end_reason"] == "driver" and session["wh"] > 0
+
+
+def test_an_engine_restarted_after_a_crash_closes_the_session_at_its_last_recorded_reading(system) -> None:
+    system.max_session_s = 60
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    alice = system.ident("driver-alice")
+    system.start_driver(alice, [cp.cp_id], settle_timeout_s=60)
+    wait_until(
+        lambda: sum(e["event"] == "progress" and e["seq"] > 1 for e in system.events(alice)) >= 2,
+        20,
+        "readings",
+    )
+    cp.engine.kill()
+    (recorded,) = cp.engine_sessions().values()
+    assert not recorded["ended"] and recorded["seq"] >= 3
+    cp.engine.start()
+    system.wait_driver_done(alice, 60)
+    (closed,) = cp.engine_sessions().values()
+    assert closed["end_reason"] == "interrupted"
+    assert (closed["wh"], closed["micro_eur"]) == (recorded["wh"], recorded["micro_eur"]), (
+        "the last recorded reading"
+    )
+    assert closed["seq"] == recorded["seq"] + 1
+    [ticket] = system.final_tickets(alice).values()
+    assert (ticket.wh, ticket.micro_eur) == (recorded["wh"], recorded["micro_eur"])
+    system.assert_invariants()
+
+
+def test_a_session_the_engine_never_starts_gets_a_zero_ticket_from_central(system) -> None:
+    system.central_overrides = {"start_timeout_s": 1.0}
+    system.start_central()
+    cp = system.add_cp(system.ident("CP-001"))
+    alice = system.ident("driver-alice")
+    cp.engine.freeze()  # alive to the kernel, so the CP still shows ON for a moment: the start goes unread
+    try:
+        status, body = system.post("/request/charge", {"driver_id": alice, "cp_id": cp.cp_id})
+        assert status == 201, body
+        wait_until(lambda: system.sessions()[0]["state"] == "ended", 30, "central to give up on the start")
+        [session] = system.sessions()
+        assert (session["end_reason"], session["wh"], session["micro_eur"]) == ("not_started", 0, 0)
+    finally:
+        cp.engine.thaw()
+    # The thawed engine reads the start and central's withdrawal together: it refuses, supplies nothing.
+    wait_until(lambda: cp.engine_sessions(), 30, "the engine to answer the withdrawn start")
+    [record] = cp.engine_sessions().values()
+    assert record["end_reason"] == "refused"
+    system.wait_status(cp.cp_id, "ON", 30)

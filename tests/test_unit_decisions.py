@@ -48,9 +48,18 @@ class Clock:
         return f"id-{next(self._ids)}"
 
 
-def register_frame(cp_id: str = "CP-1", instance: str = "mon-1", health: Health = Health.OK, **kw) -> Register:
+def register_frame(
+    cp_id: str = "CP-1", instance: str = "mon-1", health: Health = Health.OK, **kw
+) -> Register:
     return Register(
-        cp_id=cp_id, location="Alicante", price=300_000, max_w=22_000, health=health, instance=instance, pid=42, **kw
+        cp_id=cp_id,
+        location="Alicante",
+        price=300_000,
+        max_w=22_000,
+        health=health,
+        instance=instance,
+        pid=42,
+        **kw,
     )
 
 
@@ -80,7 +89,9 @@ def charge(state: CentralState, clock: Clock, cp_id: str = "CP-1", request_id: s
 
 
 def event(state: CentralState, clock: Clock, *events, loaded=None):
-    decision = decisions.apply_events(state, list(events), loaded=loaded or {}, now=clock.now, new_id=clock.new_id)
+    decision = decisions.apply_events(
+        state, list(events), loaded=loaded or {}, now=clock.now, new_id=clock.new_id
+    )
     applied(state, decision.change)
     return decision
 
@@ -91,7 +102,13 @@ def event(state: CentralState, clock: Clock, *events, loaded=None):
 def test_a_new_cp_registers_and_shows_on_with_a_fact_for_the_observers() -> None:
     state, clock = CentralState(), Clock()
     decision = decisions.register(
-        state, register_frame(), "127.0.0.1:5555", stored_hash=None, rules=RULES, now=clock.now, new_id=clock.new_id
+        state,
+        register_frame(),
+        "127.0.0.1:5555",
+        stored_hash=None,
+        rules=RULES,
+        now=clock.now,
+        new_id=clock.new_id,
     )
     assert decision.change.cps["CP-1"].registered_at == NOW
     assert state.status("CP-1") is None, "nothing shows before the change is applied"
@@ -115,7 +132,9 @@ def test_a_second_live_monitor_is_refused_and_the_first_keeps_the_cp() -> None:
 def test_the_same_monitor_reconnecting_is_accepted_and_a_known_cp_keeps_its_stopped_flag() -> None:
     state, clock = CentralState(), Clock()
     joined(state, clock)
-    applied(state, decisions.set_stopped(state, ["CP-1"], True, by="panel", now=NOW, new_id=clock.new_id).change)
+    applied(
+        state, decisions.set_stopped(state, ["CP-1"], True, by="panel", now=NOW, new_id=clock.new_id).change
+    )
     joined(state, clock)
     assert state.cps["CP-1"].stopped and state.status("CP-1") is CpStatus.STOPPED
 
@@ -124,7 +143,9 @@ def test_with_a_join_token_a_new_cp_keeps_the_hash_of_its_own_secret_in_the_same
     state, clock = CentralState(), Clock()
     rules = Rules(join_token="join")
     frame = register_frame(token="join", secret=SECRET)
-    decision = decisions.register(state, frame, "p", stored_hash=None, rules=rules, now=NOW, new_id=clock.new_id)
+    decision = decisions.register(
+        state, frame, "p", stored_hash=None, rules=rules, now=NOW, new_id=clock.new_id
+    )
     assert decision.change.secrets == {"CP-1": hash_secret(SECRET)}
     assert "CP-1" in decision.change.cps, "registration and secret in one unit of work"
 
@@ -138,7 +159,9 @@ def test_credentials_that_do_not_hold_are_refused_with_the_reason() -> None:
         "bad_secret": (register_frame(token="join", secret=SECRET), hash_secret("another" * 8)),
     }
     for code, (frame, stored) in cases.items():
-        decision = decisions.register(state, frame, "p", stored_hash=stored, rules=rules, now=NOW, new_id=clock.new_id)
+        decision = decisions.register(
+            state, frame, "p", stored_hash=stored, rules=rules, now=NOW, new_id=clock.new_id
+        )
         assert decision.refusal is not None and decision.refusal.code == code
         assert not decision.change.durable, f"{code}: nothing kept"
         assert isinstance(decision.change.facts[0], facts.RegistrationRefused)
@@ -150,23 +173,50 @@ def test_credentials_that_do_not_hold_are_refused_with_the_reason() -> None:
 def test_a_heartbeat_that_changes_nothing_decides_nothing() -> None:
     state, clock = CentralState(), Clock()
     joined(state, clock)
-    assert decisions.heartbeat(state, "CP-1", "mon-1", Health.OK, engine=None, detail="", now=NOW, new_id=clock.new_id) is None
-    assert decisions.heartbeat(state, "CP-1", "stale", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id) is None
+    assert (
+        decisions.heartbeat(
+            state, "CP-1", "mon-1", Health.OK, engine=None, detail="", now=NOW, new_id=clock.new_id
+        )
+        is None
+    )
+    assert (
+        decisions.heartbeat(
+            state, "CP-1", "stale", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id
+        )
+        is None
+    )
 
 
 def test_ko_while_supplying_closes_the_session_provisionally_at_the_last_reading() -> None:
     state, clock = CentralState(), Clock()
     joined(state, clock)
     session_id = charge(state, clock).result.session_id
-    event(state, clock, SessionStarted(cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000))
-    event(state, clock, MeterReading(cp_id="CP-1", session_id=session_id, seq=1, power_w=22_000, wh=6, micro_eur=1_800))
+    event(
+        state,
+        clock,
+        SessionStarted(
+            cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000
+        ),
+    )
+    event(
+        state,
+        clock,
+        MeterReading(cp_id="CP-1", session_id=session_id, seq=1, power_w=22_000, wh=6, micro_eur=1_800),
+    )
     change = applied(
         state,
-        decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="fault", now=NOW + 5, new_id=clock.new_id),
+        decisions.heartbeat(
+            state, "CP-1", "mon-1", Health.KO, engine=None, detail="fault", now=NOW + 5, new_id=clock.new_id
+        ),
     )
     ticket = next(m for m in change.messages if isinstance(m, Ticket))
     stop = next(m for m in change.messages if isinstance(m, StopSupply))
-    assert (ticket.wh, ticket.micro_eur, ticket.end_reason, ticket.provisional) == (6, 1_800, EndReason.ENGINE_FAILURE, True)
+    assert (ticket.wh, ticket.micro_eur, ticket.end_reason, ticket.provisional) == (
+        6,
+        1_800,
+        EndReason.ENGINE_FAILURE,
+        True,
+    )
     assert stop.session_id == session_id
     assert state.status("CP-1") is CpStatus.BROKEN and state.detail["CP-1"] == "fault"
     assert state.session_on("CP-1") is None
@@ -177,7 +227,10 @@ def test_ko_before_the_engine_started_closes_the_session_not_started() -> None:
     joined(state, clock)
     charge(state, clock)
     change = applied(
-        state, decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id)
+        state,
+        decisions.heartbeat(
+            state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id
+        ),
     )
     ticket = next(m for m in change.messages if isinstance(m, Ticket))
     assert (ticket.end_reason, ticket.provisional, ticket.wh) == (EndReason.NOT_STARTED, False, 0)
@@ -215,7 +268,9 @@ def test_each_denial_has_its_code_and_reason() -> None:
     joined(state, clock, "CP-BUSY")
     charge(state, clock, "CP-BUSY", "r-0")
     joined(state, clock, "CP-STOP")
-    applied(state, decisions.set_stopped(state, ["CP-STOP"], True, by="t", now=NOW, new_id=clock.new_id).change)
+    applied(
+        state, decisions.set_stopped(state, ["CP-STOP"], True, by="t", now=NOW, new_id=clock.new_id).change
+    )
     joined(state, clock, "CP-KO", health=Health.KO)
     joined(state, clock, "CP-GONE")
     applied(state, decisions.monitor_left(state, "CP-GONE", "mon-1", "gone"))
@@ -253,12 +308,20 @@ def test_a_driver_stops_only_its_own_session() -> None:
     state, clock = CentralState(), Clock()
     joined(state, clock)
     session_id = charge(state, clock).result.session_id
-    mine = decisions.stop_request(state, StopRequest(driver_id="alice", session_id=session_id), now=NOW, new_id=clock.new_id)
+    mine = decisions.stop_request(
+        state, StopRequest(driver_id="alice", session_id=session_id), now=NOW, new_id=clock.new_id
+    )
     [stop] = mine.messages
     assert isinstance(stop, StopSupply) and stop.reason is EndReason.DRIVER
-    theirs = decisions.stop_request(state, StopRequest(driver_id="mallory", session_id=session_id), now=NOW, new_id=clock.new_id)
+    theirs = decisions.stop_request(
+        state, StopRequest(driver_id="mallory", session_id=session_id), now=NOW, new_id=clock.new_id
+    )
     [denied] = theirs.messages
-    assert isinstance(denied, RequestDenied) and denied.code is DenyCode.NOT_YOURS and denied.driver_id == "mallory"
+    assert (
+        isinstance(denied, RequestDenied)
+        and denied.code is DenyCode.NOT_YOURS
+        and denied.driver_id == "mallory"
+    )
 
 
 # --------------------------------------------------------------------- events
@@ -276,8 +339,18 @@ def test_events_for_an_unknown_cp_or_session_are_rejected_for_dead_letters() -> 
 def test_a_local_plug_in_is_billed_like_any_session() -> None:
     state, clock = CentralState(), Clock()
     joined(state, clock)
-    started = SessionStarted(cp_id="CP-1", session_id="local-1", driver_id="local", seq=0, started_at=NOW, price=300_000)
-    ended = SessionEnded(cp_id="CP-1", session_id="local-1", seq=1, wh=12, micro_eur=3_600, ended_at=NOW, reason=EndReason.UNPLUGGED)
+    started = SessionStarted(
+        cp_id="CP-1", session_id="local-1", driver_id="local", seq=0, started_at=NOW, price=300_000
+    )
+    ended = SessionEnded(
+        cp_id="CP-1",
+        session_id="local-1",
+        seq=1,
+        wh=12,
+        micro_eur=3_600,
+        ended_at=NOW,
+        reason=EndReason.UNPLUGGED,
+    )
     decision = event(state, clock, started, ended)
     assert any(isinstance(m, Ticket) and m.wh == 12 for m in decision.change.messages)
     assert any(isinstance(f, facts.LocalSupply) for f in decision.change.facts)
@@ -287,13 +360,32 @@ def test_late_readings_for_a_session_central_closed_come_from_the_store_and_revi
     state, clock = CentralState(), Clock()
     joined(state, clock)
     session_id = charge(state, clock).result.session_id
-    event(state, clock, SessionStarted(cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000))
-    change = applied(state, decisions.heartbeat(state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id))
+    event(
+        state,
+        clock,
+        SessionStarted(
+            cp_id="CP-1", session_id=session_id, driver_id="alice", seq=0, started_at=NOW, price=300_000
+        ),
+    )
+    change = applied(
+        state,
+        decisions.heartbeat(
+            state, "CP-1", "mon-1", Health.KO, engine=None, detail="", now=NOW, new_id=clock.new_id
+        ),
+    )
     closed = change.sessions[session_id]
     assert session_id not in state.sessions, "an ended session leaves memory"
     late = [
         MeterReading(cp_id="CP-1", session_id=session_id, seq=1, power_w=22_000, wh=6, micro_eur=1_800),
-        SessionEnded(cp_id="CP-1", session_id=session_id, seq=2, wh=6, micro_eur=1_800, ended_at=NOW, reason=EndReason.INTERRUPTED),
+        SessionEnded(
+            cp_id="CP-1",
+            session_id=session_id,
+            seq=2,
+            wh=6,
+            micro_eur=1_800,
+            ended_at=NOW,
+            reason=EndReason.INTERRUPTED,
+        ),
     ]
     decision = event(state, clock, *late, loaded={session_id: closed})
     [revised] = [m for m in decision.change.messages if isinstance(m, Ticket)]
@@ -319,8 +411,12 @@ def test_stop_all_is_one_operation_over_the_cps_it_changes() -> None:
     state, clock = CentralState(), Clock()
     for cp_id in ("CP-1", "CP-2", "CP-3"):
         joined(state, clock, cp_id)
-    applied(state, decisions.set_stopped(state, ["CP-2"], True, by="panel", now=NOW, new_id=clock.new_id).change)
-    decision = decisions.set_stopped(state, None, True, by="http", peer="10.0.0.1", now=NOW, new_id=clock.new_id)
+    applied(
+        state, decisions.set_stopped(state, ["CP-2"], True, by="panel", now=NOW, new_id=clock.new_id).change
+    )
+    decision = decisions.set_stopped(
+        state, None, True, by="http", peer="10.0.0.1", now=NOW, new_id=clock.new_id
+    )
     assert decision.result == ["CP-1", "CP-3"]
     assert [type(m) for m in decision.change.messages] == [StopCp, StopCp]
     resumed = decisions.set_stopped(state, None, False, by="http", now=NOW, new_id=clock.new_id)

@@ -44,7 +44,9 @@ def engine(max_session_ms: int = 0, power_w: int = POWER_W) -> EngineState:
 
 
 def command(session_id: str = "s-1", engine_id: str | None = None) -> StartSupply:
-    return StartSupply(cp_id=CP, session_id=session_id, driver_id="alice", price=DRIVER_PRICE, engine=engine_id)
+    return StartSupply(
+        cp_id=CP, session_id=session_id, driver_id="alice", price=DRIVER_PRICE, engine=engine_id
+    )
 
 
 def supplying(max_session_ms: int = 0) -> EngineState:
@@ -62,7 +64,11 @@ def only(events: list[CpEvent], kind: type) -> CpEvent:
 
 
 def test_prices_and_powers_typed_by_people_become_exact_integers() -> None:
-    assert parse_price("0.32") == 320_000 and parse_price(0.3) == 300_000 and parse_price("1.234567") == 1_234_567
+    assert (
+        parse_price("0.32") == 320_000
+        and parse_price(0.3) == 300_000
+        and parse_price("1.234567") == 1_234_567
+    )
     assert parse_power("22") == 22_000 and parse_power("7.4") == 7_400
     for bad in ("abc", "0.1234567", "-1", "101", "nan"):
         with pytest.raises(ValueError):
@@ -101,7 +107,12 @@ def test_the_meter_bills_from_the_total_time_not_from_rounded_steps() -> None:
 def test_a_start_supplies_at_the_drivers_price_from_seq_0() -> None:
     state = engine()
     started = only(state.start(command(), NOW), SessionStarted)
-    assert (started.seq, started.price, started.driver_id, started.started_at) == (0, DRIVER_PRICE, "alice", NOW)
+    assert (started.seq, started.price, started.driver_id, started.started_at) == (
+        0,
+        DRIVER_PRICE,
+        "alice",
+        NOW,
+    )
     assert state.supply is not None and state.supply.meter.price == DRIVER_PRICE
 
 
@@ -132,7 +143,12 @@ def test_each_tick_is_a_cumulative_reading_and_the_configured_length_completes_i
     assert (first.seq, first.wh, second.seq, second.wh) == (1, 10, 2, 20)
     reading, ended = state.tick(1000, NOW + 3)
     assert isinstance(reading, MeterReading) and isinstance(ended, SessionEnded)
-    assert (ended.seq, ended.wh, ended.micro_eur, ended.reason) == (4, 30, cost_micro_eur(30, DRIVER_PRICE), EndReason.COMPLETED)
+    assert (ended.seq, ended.wh, ended.micro_eur, ended.reason) == (
+        4,
+        30,
+        cost_micro_eur(30, DRIVER_PRICE),
+        EndReason.COMPLETED,
+    )
     assert state.supply is None
 
 

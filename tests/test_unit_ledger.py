@@ -41,20 +41,32 @@ def ids():
 
 
 def new_session() -> Session:
-    return Session(session_id=SID, request_id="req-1", cp_id=CP, driver_id="alice", price=PRICE, created_at=CREATED)
+    return Session(
+        session_id=SID, request_id="req-1", cp_id=CP, driver_id="alice", price=PRICE, created_at=CREATED
+    )
 
 
 def started(seq: int = 0) -> SessionStarted:
-    return SessionStarted(cp_id=CP, session_id=SID, driver_id="alice", seq=seq, started_at=STARTED, price=PRICE)
+    return SessionStarted(
+        cp_id=CP, session_id=SID, driver_id="alice", seq=seq, started_at=STARTED, price=PRICE
+    )
 
 
 def reading(seq: int, wh: int, power_w: int = 11_000) -> MeterReading:
-    return MeterReading(cp_id=CP, session_id=SID, seq=seq, power_w=power_w, wh=wh, micro_eur=cost_micro_eur(wh, PRICE))
+    return MeterReading(
+        cp_id=CP, session_id=SID, seq=seq, power_w=power_w, wh=wh, micro_eur=cost_micro_eur(wh, PRICE)
+    )
 
 
 def ended(seq: int, wh: int, reason: EndReason = EndReason.DRIVER) -> SessionEnded:
     return SessionEnded(
-        cp_id=CP, session_id=SID, seq=seq, wh=wh, micro_eur=cost_micro_eur(wh, PRICE), ended_at=ENDED, reason=reason
+        cp_id=CP,
+        session_id=SID,
+        seq=seq,
+        wh=wh,
+        micro_eur=cost_micro_eur(wh, PRICE),
+        ended_at=ENDED,
+        reason=reason,
     )
 
 
@@ -109,7 +121,7 @@ def test_readings_take_the_meters_figures_and_the_end_bills_them_exactly() -> No
 
 def test_a_refused_start_ends_the_session_not_started_with_a_zero_ticket() -> None:
     refused = SessionRefused(cp_id=CP, session_id=SID, reason="engine fault", ts=1_001.0)
-    session, sent = run(new_session(), [refused])
+    _, sent = run(new_session(), [refused])
     [ticket] = tickets(sent)
     assert (ticket.end_reason, ticket.wh, ticket.micro_eur) == (EndReason.NOT_STARTED, 0, 0)
 
@@ -119,7 +131,7 @@ def test_a_refused_start_ends_the_session_not_started_with_a_zero_ticket() -> No
 
 def test_a_replayed_or_out_of_order_event_changes_nothing() -> None:
     events = full_sequence()
-    once, sent_once = run(new_session(), events)
+    once, _ = run(new_session(), events)
     twice, sent_twice = run(new_session(), [*events[:3], events[1], events[0], *events[3:], *events])
     assert (once.wh, once.micro_eur, once.last_seq) == (twice.wh, twice.micro_eur, twice.last_seq)
     assert len(tickets(sent_twice)) == 1
@@ -158,7 +170,9 @@ def test_readings_central_had_not_seen_revise_its_ticket_once_with_the_meters_fi
     assert correction.replaces == first[0].id
     assert correction.end_reason is EndReason.ENGINE_FAILURE, "the session ended because its engine failed"
     assert revised.meter_final and (revised.billed_wh, revised.billed_micro_eur) == (300, 120_000)
-    assert not any(isinstance(u, ChargingProgress) for u in sent), "the driver hears no progress of an ended session"
+    assert not any(isinstance(u, ChargingProgress) for u in sent), (
+        "the driver hears no progress of an ended session"
+    )
 
 
 def test_the_meter_confirming_central_s_figures_turns_the_provisional_ticket_final() -> None:

@@ -16,8 +16,8 @@ from evcharge.protocol.messages import (
     SCHEMA_VERSION,
     Ack,
     ChargeRequest,
-    Codec,
     ChargingProgress,
+    Codec,
     ControlResult,
     CpCommand,
     CpEvent,
@@ -65,9 +65,7 @@ SAMPLES: dict[object, list[msgspec.Struct]] = {
         StopRequest(driver_id="alice", session_id=SID),
     ],
     DriverUpdate: [
-        RequestAccepted(
-            driver_id="alice", request_id="r-1", session_id=SID, cp_id="CP-1", price=350_000
-        ),
+        RequestAccepted(driver_id="alice", request_id="r-1", session_id=SID, cp_id="CP-1", price=350_000),
         RequestDenied(
             driver_id="alice",
             request_id="r-1",

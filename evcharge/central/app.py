@@ -48,9 +48,8 @@ class CentralApp:
         s = self.settings
         store = await open_store(s.store)
         if isinstance(store, SqliteStore):
-            store.claim(
-                f"central pid {os.getpid()} (monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port})"
-            )
+            where = f"monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port}"
+            store.claim(f"central pid {os.getpid()} ({where})")
         relay = OutboxRelay(store.outbox, s.kafka)
         messages, counters = Messages(), Counters()
         audit = AuditLog(self.audit_path(store))

@@ -100,7 +100,8 @@ def register(
             cp_id,
             peer,
             "duplicate_cp",
-            f"{cp_id} already has a live monitor connected from {link.peer}; stop it first or use another CP id",
+            f"{cp_id} already has a live monitor connected from {link.peer}; "
+            "stop it first or use another CP id",
         )
     known = state.cps.get(cp_id)
     record = CpRecord(

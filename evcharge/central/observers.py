@@ -56,7 +56,8 @@ def describe(fact: f.Fact) -> tuple[str, str] | None:
             figures = f"{kwh_text(s.wh)} kWh, {eur_text(s.micro_eur)} EUR"
             if by_central:
                 return (
-                    f"{s.cp_id}: session {s.session_id[:8]} of {s.driver_id} closed by central ({reason}): {figures}",
+                    f"{s.cp_id}: session {s.session_id[:8]} of {s.driver_id} closed by central "
+                    f"({reason}): {figures}",
                     "warning",
                 )
             return (

@@ -293,7 +293,7 @@ def _sessions_by_cp(active: Iterable[Session]) -> dict[str, Session]:
     return {session.cp_id: session for session in active}
 
 
-def natural_key(cp_id: str) -> tuple:
+def natural_key(cp_id: str) -> tuple[int | str, ...]:
     """CP-2 before CP-10: digit runs compare as numbers."""
     parts = re.split(r"(\d+)", cp_id)
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))

@@ -144,6 +144,8 @@ class CentralState:
             if session.active:
                 self.sessions[session.session_id] = session
                 self.on_cp[session.cp_id] = session.session_id
-            elif self.sessions.pop(session.session_id, None) is not None:
-                if self.on_cp.get(session.cp_id) == session.session_id:
-                    del self.on_cp[session.cp_id]
+            elif (
+                self.sessions.pop(session.session_id, None) is not None
+                and self.on_cp.get(session.cp_id) == session.session_id
+            ):
+                del self.on_cp[session.cp_id]

@@ -286,7 +286,8 @@ class Engine:
             m = state.supply.meter
             return (
                 f"{health}, supplying session {state.supply.session_id[:8]} to "
-                f"{state.supply.driver_id}: {kw_text(m.power_w)} kW, {kwh_text(m.wh)} kWh, {eur_text(m.micro_eur)} EUR"
+                f"{state.supply.driver_id}: {kw_text(m.power_w)} kW, {kwh_text(m.wh)} kWh, "
+                f"{eur_text(m.micro_eur)} EUR"
             )
         return f"{health}, {'stopped by the operator' if state.stopped else 'idle'}"
 

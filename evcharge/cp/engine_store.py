@@ -90,7 +90,8 @@ class EngineStore:
         async with self._db.transaction() as db:
             if stopped is not None:
                 await db.execute(
-                    "INSERT INTO settings VALUES ('stopped', ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    "INSERT INTO settings VALUES ('stopped', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                     ("1" if stopped else "0",),
                 )
             for event in events:

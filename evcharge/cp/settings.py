@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evcharge.config import (
     DEFAULT_CENTRAL,
@@ -28,7 +29,7 @@ def default_engine_port(cp_id: str) -> int:
     return ENGINE_BASE_PORT + int(digits[-3:]) if digits else ENGINE_BASE_PORT
 
 
-def _cp_id() -> str:
+def _cp_id() -> Any:
     return required("This charging point's id, e.g. CP-005.", "EVCHARGE_CP_ID", flag="--cp-id")
 
 

@@ -182,9 +182,11 @@ class DemoSettings:
         flag="--status-interval",
     )
     requests_dir: Path | None = opt(
-        None, "Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.", "EVCHARGE_DEMO_REQUESTS_DIR",
+        None,
+        "Driver driver-X reads DIR/driver-X.txt instead of the shipped examples.",
+        "EVCHARGE_DEMO_REQUESTS_DIR",
         hidden=True,
-    )  # fmt: skip
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.cps <= 999 or self.drivers < 0:
@@ -561,9 +563,9 @@ class Demo:
         return 1 if failed or not drivers_ok else 0
 
     def _print_summary(self) -> None:
-        for driver_id, child in self.drivers.items():
+        for driver_id, process in self.drivers.items():
             self.out.print()
-            title = f"{driver_id} (exit code {child.returncode}, log {child.log_path}):"
+            title = f"{driver_id} (exit code {process.returncode}, log {process.log_path}):"
             self.out.print(title, style="bold", markup=False)
             for line in driver_summary(self.logs / f"{driver_id}.events.jsonl", driver_id):
                 self.out.print(line, markup=False)
@@ -590,14 +592,14 @@ def _count(n: int, noun: str) -> str:
 
 def _stop_together(children: list[Child]) -> None:
     """SIGTERM to all, then wait for all, so a group stops in one grace period, not one each."""
-    for child in children:
-        child.thaw()
-        child.signal(signal.SIGTERM)
+    for process in children:
+        process.thaw()
+        process.signal(signal.SIGTERM)
     deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
-    for child in children:
-        if child.alive and child.wait(max(deadline - time.monotonic(), 0.0)) is None:
-            child.kill()
-        child.stop()  # exited already: only closes its log file
+    for process in children:
+        if process.alive and process.wait(max(deadline - time.monotonic(), 0.0)) is None:
+            process.kill()
+        process.stop()  # exited already: only closes its log file
 
 
 def _terminal_state() -> list[Any] | None:

@@ -67,13 +67,16 @@ class LocalPostgres:
     def url_for(self, database: str) -> str:
         return f"postgresql://{USER}@{self.host}:{self.port}/{database}"
 
-    def _run(self, *argv: str | Path, timeout_s: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, *argv: str | Path, timeout_s: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         command = [str(a) for a in argv]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
         if check and result.returncode != 0:
-            raise BrokerError(f"{Path(str(argv[0])).name} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-800:]}")
+            said = (result.stderr or result.stdout).strip()[-800:]
+            raise BrokerError(f"{Path(str(argv[0])).name} failed ({result.returncode}): {said}")
         return result
 
     def start(self, timeout_s: float = 60) -> None:
@@ -86,21 +89,39 @@ class LocalPostgres:
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self.folder.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
-            self._run(binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = f"-p {self.port} -h {self.host} -k {self.folder} -c fsync=on -c max_connections=200"
-        self._run(binaries / "pg_ctl", "-D", self.data, "-l", self.log_path, "-o", options, "-w", "-t", str(int(timeout_s)), "start",
-                  timeout_s=timeout_s + 10)  # fmt: skip
+            self._run(
+                binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
+            )
+        options = f"-p {self.port} -h {self.host} -k {self.folder} -c max_connections=200"
+        wait = str(int(timeout_s))
+        pg_ctl: list[str | Path] = [
+            binaries / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.log_path,
+            "-o",
+            options,
+            "-w",
+            "-t",
+            wait,
+        ]
+        self._run(*pg_ctl, "start", timeout_s=timeout_s + 10)
         deadline = time.monotonic() + timeout_s
         while not port_answers(self.host, self.port, 0.5):
             if time.monotonic() > deadline:
-                raise BrokerError(f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}")
+                raise BrokerError(
+                    f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}"
+                )
             time.sleep(0.1)
         self.create_database(USER)
 
     def create_database(self, name: str) -> str:
         """A database of its own (a test's); returns its URL. Fine if it exists."""
         binaries = server_binaries()
-        result = self._run(binaries / "createdb", "-h", self.host, "-p", str(self.port), "-U", USER, name, check=False)
+        result = self._run(
+            binaries / "createdb", "-h", self.host, "-p", str(self.port), "-U", USER, name, check=False
+        )
         if result.returncode != 0 and "already exists" not in result.stderr:
             raise BrokerError(f"createdb {name} failed: {result.stderr.strip()}")
         return self.url_for(name)

@@ -21,25 +21,29 @@ from evcharge.protocol.messages import TCP_FRAMES, HealthCheck, HealthStatus, en
 
 def engine_status(host: str, port: int, timeout_s: float = 1.0) -> HealthStatus | None:
     """What the engine on `host:port` says of itself, or None when it does not answer."""
-    with contextlib.suppress(OSError, ProtocolError, TimeoutError):
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            sock.settimeout(timeout_s)
-            sock.sendall(encode_frame(encode(HealthCheck(corr=1))))
-            decoder = FrameDecoder()
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    return None
-                for payload in decoder.feed(chunk):
-                    frame = TCP_FRAMES.decode(payload)
-                    if isinstance(frame, HealthStatus):
-                        return frame
+    with (
+        contextlib.suppress(OSError, ProtocolError, TimeoutError),
+        socket.create_connection((host, port), timeout=timeout_s) as sock,
+    ):
+        sock.settimeout(timeout_s)
+        sock.sendall(encode_frame(encode(HealthCheck(corr=1))))
+        decoder = FrameDecoder()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            for payload in decoder.feed(chunk):
+                frame = TCP_FRAMES.decode(payload)
+                if isinstance(frame, HealthStatus):
+                    return frame
     return None
 
 
 def http_json(url: str, timeout_s: float = 2.0) -> Any:
     """GET `url` as JSON; None when nothing answers (or answers an error)."""
-    with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return json.load(response)
+    with (
+        contextlib.suppress(OSError, ValueError, urllib.error.URLError),
+        urllib.request.urlopen(url, timeout=timeout_s) as response,
+    ):
+        return json.load(response)
     return None

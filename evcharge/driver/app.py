@@ -166,13 +166,14 @@ class Driver:
     async def _await_outcome(self, waiting: Waiting, answer: asyncio.Future[Outcome]) -> Outcome | None:
         """The request's outcome, or None when the driver is stopping (the answer will wait in Kafka)."""
         started = time.monotonic()
-        stopping = asyncio.ensure_future(self._stop.wait())
+        stopping: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         try:
             while True:
                 # Accepted: the charge itself may take long, and its ticket will come.
                 timeout = self.settings.answer_timeout_s if waiting.session_id is None else 3600.0
                 remaining = max(timeout - (time.monotonic() - started), 0.0)
-                await asyncio.wait([answer, stopping], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                waiters: list[asyncio.Future[Any]] = [answer, stopping]
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 if answer.done():
                     return answer.result()
                 if stopping.done():

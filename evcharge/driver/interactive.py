@@ -84,6 +84,5 @@ async def _list_cps(screen: Screen, central_urls: str) -> None:
         return
     for cp in data["charging_points"]:
         mark = "✔" if cp["status"] == "ON" else " "
-        screen.say(
-            f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price_text(cp['price'])} EUR/kWh"
-        )
+        price = price_text(cp["price"])
+        screen.say(f" {mark} {cp['cp_id']:<10} {cp['status']:<13} {cp['location']:<20} {price} EUR/kWh")

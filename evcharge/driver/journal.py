@@ -111,7 +111,8 @@ class DriverJournal:
     async def finish_request(self, plan: str, outcome: Outcome) -> None:
         async with self._db.transaction() as db:
             await db.execute(
-                f"INSERT OR REPLACE INTO outcomes (request_id, plan, idx, {_COLUMNS.removeprefix('request_id, ')}) "
+                "INSERT OR REPLACE INTO outcomes "
+                f"(request_id, plan, idx, {_COLUMNS.removeprefix('request_id, ')}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     outcome.request_id,
@@ -135,7 +136,7 @@ class DriverJournal:
 
     async def outcomes(self, plan: str) -> list[Outcome]:
         rows = await self._db.fetchall(
-            "SELECT request_id, idx, cp_id, outcome, session_id, wh, micro_eur, detail, revision, provisional "
+            f"SELECT request_id, idx, {_COLUMNS.removeprefix('request_id, ')} "
             "FROM outcomes WHERE plan = ? ORDER BY idx",
             (plan,),
         )

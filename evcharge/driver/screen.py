@@ -66,9 +66,8 @@ class Screen:
         self.event("requested", cp_id=cp_id, request_id=request_id, index=index, resent=resent)
 
     def accepted(self, update: RequestAccepted) -> None:
-        self.say(
-            f"✔ accepted: [bold]{update.cp_id}[/] session {update.session_id} at {price_text(update.price)} EUR/kWh"
-        )
+        price = price_text(update.price)
+        self.say(f"✔ accepted: [bold]{update.cp_id}[/] session {update.session_id} at {price} EUR/kWh")
         self.event(
             "accepted",
             request_id=update.request_id,
@@ -110,13 +109,12 @@ class Screen:
             f"cp={ticket.cp_id} session={ticket.session_id} kwh={kwh_text(ticket.wh)} "
             f"eur={eur_text(ticket.micro_eur)} ended={ticket.end_reason.value}"
         )
+        away = " (missed while away)" if late else ""
         if ticket.revision > 1:
-            self.say(
-                f"🎫 corrected ticket (revision {ticket.revision}, replaces the first){' (missed while away)' if late else ''} {figures}"
-            )
+            self.say(f"🎫 corrected ticket (revision {ticket.revision}, replaces the first){away} {figures}")
         else:
             mark = " (provisional: the CP's meter will confirm it)" if ticket.provisional else ""
-            self.say(f"🎫 ticket{' (missed while away)' if late else ''} {figures}{mark}")
+            self.say(f"🎫 ticket{away} {figures}{mark}")
         self.event(
             "ticket",
             session_id=ticket.session_id,
@@ -140,9 +138,8 @@ class Screen:
 
     def settling(self, pending: list[Outcome], timeout_s: float) -> None:
         sessions = ", ".join(f"{o.session_id[:8] if o.session_id else '?'} at {o.cp_id}" for o in pending)
-        self.say(
-            f"waiting up to {timeout_s:g} s for the CP's meter to confirm the provisional ticket of {sessions}"
-        )
+        confirm = "for the CP's meter to confirm the provisional ticket of"
+        self.say(f"waiting up to {timeout_s:g} s {confirm} {sessions}")
         self.event("settling", sessions=[o.session_id for o in pending], timeout_s=timeout_s)
 
     def unsettled(self, pending: list[Outcome]) -> None:

@@ -34,10 +34,11 @@ COMMIT_TIMEOUT_S = 3.0
 STOP_TIMEOUT_S = 5.0
 
 M = TypeVar("M")
+M_co = TypeVar("M_co", covariant=True)
 
 
-class Decoder(Protocol[M]):
-    def decode(self, data: bytes) -> M: ...
+class Decoder(Protocol[M_co]):
+    def decode(self, data: bytes) -> M_co: ...
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class TopicSpec(Protocol):
 
 def partition_for_key(key: str, partitions: int) -> int:
     """The partition the default producer partitioner writes `key` to (Kafka's murmur2)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return (int(murmur2(key.encode())) & 0x7FFFFFFF) % partitions
 
 
 async def ensure_topics(
@@ -89,7 +89,9 @@ def _configs(spec: TopicSpec, replication: int) -> dict[str, str]:
 async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
     if not wanted:
         return
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(c)) for name, c in wanted.items()]
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(c)) for name, c in wanted.items()
+    ]
     current: dict[str, dict[str, str]] = {}
     for response in await admin.describe_configs(resources):
         for _code, _msg, _type, name, entries in response.resources:

@@ -73,7 +73,10 @@ class OutboxRelay:
         self._may_publish = may_publish
         self._watch = LinkWatch(log, "Kafka", bootstrap)
         self._store_watch = LinkWatch(
-            log, "the outbox relay", "", ("{what} cannot update its store ({error}){retry}", "{what} updates its store again")
+            log,
+            "the outbox relay",
+            "",
+            ("{what} cannot update its store ({error}){retry}", "{what} updates its store again"),
         )
         self.published = 0
 

@@ -38,16 +38,25 @@ class Scenario:
 
     def _times(self) -> dict[str, float | None]:
         m = self.measured
-        fault, detected, restart, served = (m.get(k) for k in ("fault_at", "detected_at", "restart_at", "served_at"))
+        fault, detected, restart, served = (
+            m.get(k) for k in ("fault_at", "detected_at", "restart_at", "served_at")
+        )
         return {
             "detection_s": detected - fault if fault is not None and detected is not None else None,
-            "recovery_s": served - (restart if restart is not None else fault) if served is not None and fault is not None else None,
-            # The guide's "total downtime": from the fault until it serves again, the gap before a restart included.
+            "recovery_s": served - (restart if restart is not None else fault)
+            if served is not None and fault is not None
+            else None,
+            # The guide's "total downtime": from the fault until it serves again, the wait
+            # before a restart included.
             "downtime_s": served - fault if served is not None and fault is not None else None,
         }
 
     def compute(self, failure: str | None) -> dict[str, Any]:
-        row: dict[str, Any] = {"scenario": self.name, **self._times(), "restarted": self.measured.get("restarted", [])}
+        row: dict[str, Any] = {
+            "scenario": self.name,
+            **self._times(),
+            "restarted": self.measured.get("restarted", []),
+        }
         try:
             audit = self.system.audit()
             row.update(audit.row())
@@ -85,7 +94,9 @@ def scenario(system: System, request: pytest.FixtureRequest):
     report = getattr(request.node, "rep_call", None)
     failure = None
     if report is not None and report.failed:
-        failure = str(report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else report.longrepr)
+        failure = str(
+            report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else report.longrepr
+        )
     if recorded.row is None:
         REPORT.append(recorded.compute(failure or "the scenario did not finish"))
     elif failure is not None:
@@ -124,7 +135,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     path = Path(os.environ.get("EVCHARGE_CHAOS_REPORT", "chaos-report.json"))
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
     path.write_text(
-        json.dumps({"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "scenarios": REPORT}, indent=2)
+        json.dumps(
+            {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "scenarios": REPORT},
+            indent=2,
+        )
     )
     terminalreporter.write_line(f"chaos report written to {path.resolve()}")
 

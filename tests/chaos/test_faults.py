@@ -127,9 +127,13 @@ def test_central_whose_disk_fills_holds_what_it_reads_and_decides_it_when_space_
         filler = fill(disk)
         scenario.mark("fault_at")
         system.start_driver(bob, [cp2.cp_id])  # a request central cannot record yet
-        wait_until(lambda: system.get("/health")["store"].startswith("cannot record"), BOUND_S, "central saying so")
+        wait_until(
+            lambda: system.get("/health")["store"].startswith("cannot record"), BOUND_S, "central saying so"
+        )
         scenario.mark("detected_at")
-        status, body = system.post("/request/charge", {"driver_id": system.ident("carol"), "cp_id": cp2.cp_id})
+        status, body = system.post(
+            "/request/charge", {"driver_id": system.ident("carol"), "cp_id": cp2.cp_id}
+        )
         assert status == 503 and body["error"] == "unavailable" and "cannot record" in body["message"]
         assert not any(e["event"] in ("accepted", "denied") for e in system.events(bob)), "held, not decided"
         assert "cannot record what it read" in system.central.output()
@@ -168,7 +172,9 @@ def test_central_killed_inside_its_commit_loses_nothing(system: System, scenario
     scenario.finish(restarted=["central"])
 
 
-def test_central_killed_between_its_commit_and_the_publish_loses_nothing(system: System, scenario: Scenario) -> None:
+def test_central_killed_between_its_commit_and_the_publish_loses_nothing(
+    system: System, scenario: Scenario
+) -> None:
     scenario.name = "central killed between commit and publish"
     system.max_session_s = 4
     system.start_central(env={"EVCHARGE_CRASH_AT": "central.committed@3"})
@@ -212,7 +218,9 @@ def test_an_engine_killed_between_recording_a_reading_and_publishing_it_bills_th
     (record,) = cp.engine_sessions().values()
     final = system.final_tickets(alice)[first.session_id]
     assert record["seq"] >= 3 and record["end_reason"] == "interrupted"
-    assert final.wh == record["wh"] > first.wh, "the reading central never saw is billed: one corrected ticket"
+    assert final.wh == record["wh"] > first.wh, (
+        "the reading central never saw is billed: one corrected ticket"
+    )
     scenario.finish(restarted=["engine"])
 
 
@@ -242,7 +250,9 @@ def test_a_driver_killed_between_showing_a_ticket_and_noting_it_shows_it_again_n
 # ------------------------------------------------------------------ clocks
 
 
-def test_engine_and_driver_clocks_tens_of_seconds_off_change_no_decision(system: System, scenario: Scenario) -> None:
+def test_engine_and_driver_clocks_tens_of_seconds_off_change_no_decision(
+    system: System, scenario: Scenario
+) -> None:
     scenario.name = "clock skew: engine +30 s, driver -90 s"
     system.max_session_s = 3
     system.central_overrides = {"request_ttl_s": 20.0}

@@ -76,7 +76,8 @@ def test_overlapping_failures_under_load_keep_every_invariant(
 ) -> None:
     rng = random.Random(seed)
     scenario.name = f"random seed={seed} rounds={ROUNDS}"
-    print(f"\nrandomized chaos: seed {seed}, {ROUNDS} rounds (replay: make chaos-random SEED={seed} ROUNDS={ROUNDS})")
+    replay = f"make chaos-random SEED={seed} ROUNDS={ROUNDS}"
+    print(f"\nrandomized chaos: seed {seed}, {ROUNDS} rounds (replay: {replay})")
     system.max_session_s = 3
     system.start_central()
     cps = [system.add_cp(system.ident(f"CP-00{i}")) for i in range(1, 4)]

@@ -126,7 +126,9 @@ def test_r3_driver_killed_mid_session_gets_its_missed_ticket_once(system, scenar
     wait_until(lambda: system.tickets(alice), CORRECTNESS_TIMEOUT_S, "the missed ticket")
     scenario.mark("served_at")
     system.wait_driver_done(alice, CORRECTNESS_TIMEOUT_S)
-    assert [t.cp_id for t in system.tickets(alice)] == [cp1.cp_id, cp2.cp_id], "missed ticket once, then the rest"
+    assert [t.cp_id for t in system.tickets(alice)] == [cp1.cp_id, cp2.cp_id], (
+        "missed ticket once, then the rest"
+    )
     system.wait_driver_done(bob, CORRECTNESS_TIMEOUT_S)
     system.assert_only_restarted(before, {alice})
     scenario.finish(restarted=["driver"])
@@ -171,7 +173,9 @@ def test_r4_central_killed_sessions_finish_and_queued_requests_wait(system, scen
     scenario.finish(restarted=["central"])
 
 
-def test_r5_kafka_killed_components_keep_running_and_reconnect(system, kafka_broker, scenario: Scenario) -> None:
+def test_r5_kafka_killed_components_keep_running_and_reconnect(
+    system, kafka_broker, scenario: Scenario
+) -> None:
     scenario.name = "R5 Kafka killed"
     cp1, cp2 = base_system(system, session_s=10)
     alice = system.ident("driver-alice")
@@ -222,7 +226,9 @@ ORDERS = [
 
 
 @pytest.mark.parametrize("order", ORDERS, ids=["-".join(o) for o in ORDERS])
-def test_r6_monitor_driver_and_central_fail_together_restarted_in_any_order(system, scenario: Scenario, order) -> None:
+def test_r6_monitor_driver_and_central_fail_together_restarted_in_any_order(
+    system, scenario: Scenario, order
+) -> None:
     scenario.name = f"R6 {'+'.join(order)}"
     cp1, _cp2 = base_system(system, session_s=4)
     alice = system.ident("driver-alice")
@@ -244,7 +250,9 @@ def test_r6_monitor_driver_and_central_fail_together_restarted_in_any_order(syst
     for name in order:
         failed[name].start()
         if name == "central":
-            wait_until(lambda: system.get("/health")["status"] == "ok", CORRECTNESS_TIMEOUT_S, "central's API")
+            wait_until(
+                lambda: system.get("/health")["status"] == "ok", CORRECTNESS_TIMEOUT_S, "central's API"
+            )
     system.wait_status(cp1.cp_id, "ON", CORRECTNESS_TIMEOUT_S)
     wait_until(lambda: system.tickets(alice), CORRECTNESS_TIMEOUT_S, "the missed ticket")
     scenario.mark("served_at")

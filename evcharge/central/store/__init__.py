@@ -13,7 +13,7 @@ store several centrals use. Both pass one contract suite (tests/test_store_contr
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,9 +34,17 @@ class SessionQuery:
     limit: int = 100
 
 
+class Row(Protocol):
+    """A database row read by column name (sqlite3.Row, asyncpg.Record)."""
+
+    def __getitem__(self, key: str) -> Any: ...
+
+
 class CentralStore(Protocol):
-    outbox: OutboxStore
-    url: str  # where it lives, for messages (no password in it)
+    @property
+    def outbox(self) -> OutboxStore: ...
+    @property
+    def url(self) -> str: ...  # where it lives, for messages (no password in it)
 
     async def load_cps(self) -> list[CpRecord]: ...
     async def load_active_sessions(self) -> list[Session]: ...
@@ -124,7 +132,7 @@ def session_row(s: Session) -> tuple[Any, ...]:
     )
 
 
-def session_from(r: Mapping[str, Any]) -> Session:
+def session_from(r: Row) -> Session:
     return Session(
         session_id=r["session_id"],
         request_id=r["request_id"],
@@ -149,7 +157,7 @@ def session_from(r: Mapping[str, Any]) -> Session:
     )
 
 
-def cp_from(r: Mapping[str, Any]) -> CpRecord:
+def cp_from(r: Row) -> CpRecord:
     return CpRecord(
         cp_id=r["cp_id"],
         location=r["location"],
@@ -160,7 +168,7 @@ def cp_from(r: Mapping[str, Any]) -> CpRecord:
     )
 
 
-def outcome_from(r: Mapping[str, Any]) -> RequestOutcome:
+def outcome_from(r: Row) -> RequestOutcome:
     return RequestOutcome(
         request_id=r["request_id"],
         driver_id=r["driver_id"],

@@ -245,6 +245,7 @@ class PostgresStore:
 
 async def _add_outbox(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, bytes]]) -> None:
     await conn.executemany(
-        "INSERT INTO outbox (topic, key, payload, created_at) VALUES ($1, $2, $3, extract(epoch from clock_timestamp()))",
+        "INSERT INTO outbox (topic, key, payload, created_at) "
+        "VALUES ($1, $2, $3, extract(epoch from clock_timestamp()))",
         list(rows),
     )

@@ -6,6 +6,7 @@ it: SQLite cannot arbitrate two writers deciding for the same CPs.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 from collections.abc import Iterable
 from pathlib import Path
@@ -47,19 +48,7 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
-        path = path.absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = (path.parent / f"{path.name}.lock").open("a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another central"
-            lock.close()
-            raise ConfigError(
-                f"{path} is already used by {holder}: with the embedded SQLite store only one central "
-                "may run; stop it, or share a PostgreSQL store (--store postgresql://...) to run a standby"
-            ) from None
+        path, lock = await asyncio.to_thread(_claim_file, path)
         try:
             db = await Database.open(path, migrations("sqlite"))
         except BaseException:
@@ -128,7 +117,8 @@ class SqliteStore:
             # A forgotten CP id may join again, as a new CP, with the join token.
             await db.executemany("DELETE FROM cp_credentials WHERE cp_id = ?", [(c,) for c in change.forget])
             await db.executemany(
-                "INSERT INTO cp_credentials VALUES (?, ?) ON CONFLICT(cp_id) DO UPDATE SET secret_hash = excluded.secret_hash",
+                "INSERT INTO cp_credentials VALUES (?, ?) "
+                "ON CONFLICT(cp_id) DO UPDATE SET secret_hash = excluded.secret_hash",
                 list(change.secrets.items()),
             )
             await db.executemany(_UPSERT_SESSION, [_sqlite_row(s) for s in change.sessions.values()])
@@ -155,6 +145,24 @@ class SqliteStore:
             await SqliteOutbox.add(db, [(topic, key, payload)])
 
 
+def _claim_file(path: Path) -> tuple[Path, IO[str]]:
+    """The store's absolute path and its lock, held: one central per file."""
+    path = path.absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = (path.parent / f"{path.name}.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another central"
+        lock.close()
+        raise ConfigError(
+            f"{path} is already used by {holder}: with the embedded SQLite store only one central "
+            "may run; stop it, or share a PostgreSQL store (--store postgresql://...) to run a standby"
+        ) from None
+    return path, lock
+
+
 def _sqlite_row(s: Session) -> tuple[object, ...]:
     row = list(session_row(s))
     row[14], row[15] = int(s.closed_by_central), int(s.meter_final)
@@ -162,7 +170,8 @@ def _sqlite_row(s: Session) -> tuple[object, ...]:
 
 
 def _where(query: SessionQuery) -> tuple[str, list[object]]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[object] = []
     for column, op, value in (
         ("driver_id", "=", query.driver_id),
         ("cp_id", "=", query.cp_id),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -131,7 +132,8 @@ def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    result: _T = box["value"]
+    return result
 
 
 async def _answers_kafka(bootstrap: str, timeout_s: float) -> bool:
@@ -474,7 +476,7 @@ class LocalBroker:
             # A plain connect first: it is cheap, and aiokafka logs every refused connection.
             attempt = min(3.0, remaining)
             if port_answers(self.host, self.port, attempt) and _run_blocking(
-                lambda t=attempt: _answers_kafka(self.bootstrap, t)
+                functools.partial(_answers_kafka, self.bootstrap, attempt)
             ):
                 return
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))

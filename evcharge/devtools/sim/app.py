@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -204,7 +204,9 @@ class Simulation:
                 return False
         return True
 
-    async def _startup(self, what: str, step, stop: asyncio.Event, *, retry: bool = True) -> Any:
+    async def _startup(
+        self, what: str, step: Callable[[], Awaitable[Any]], stop: asyncio.Event, *, retry: bool = True
+    ) -> Any:
         """Run a start-up step, retried until it works or the deadline passes (then: an error)."""
         backoff = Backoff(max_delay_s=2.0)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

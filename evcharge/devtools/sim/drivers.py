@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from evcharge.devtools.sim.fleet import Publisher
 from evcharge.devtools.sim.report import SimStats
@@ -25,6 +25,7 @@ from evcharge.protocol.topics import dead_letter
 from evcharge.runtime.inbox import Delivery
 from evcharge.runtime.waits import sleep_unless
 
+T = TypeVar("T")
 ANSWER_TIMEOUT_S = 30.0  # a request with no accept/deny within this is an error
 TICKET_SLACK_S = 30.0  # beyond the session's own length
 NO_CP_YET_S = 0.2
@@ -157,7 +158,7 @@ class SimDriver:
                 request.ticket.set_exception(Abandoned())
 
 
-async def _within(waiter: asyncio.Future[object], timeout_s: float) -> object | None:
+async def _within(waiter: asyncio.Future[T], timeout_s: float) -> T | None:
     """The waiter's result, or None after `timeout_s` (Abandoned if the run was interrupted).
 
     On timeout the waiter is cancelled: an answer that comes later finds it done

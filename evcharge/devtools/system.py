@@ -1,0 +1,401 @@
+"""A whole evcharge system of real processes on this machine: central, CPs (engine + monitor),
+drivers, each a real `evcharge` subcommand with its own log, started, killed and restarted with
+real signals; used by the tests and the benchmark.
+
+The system is observed only through what its parts show of themselves: central's
+HTTP API, each engine's health port and its own durable record, each driver's
+event stream (`--events`), never log text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evcharge.central.settings import CentralSettings
+from evcharge.cp.settings import EngineSettings, MonitorSettings
+from evcharge.devtools.commands import child
+from evcharge.devtools.probes import engine_status
+from evcharge.devtools.supervisor import Child
+from evcharge.driver.settings import DriverSettings
+from evcharge.protocol.units import parse_price
+from evcharge.runtime.ports import free_ports
+
+LOOPBACK = "127.0.0.1"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; TimeoutError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            last = predicate()
+        except Exception as exc:  # the thing polled may not be up yet
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a process says it is, asked over its own interface."""
+
+    instance: str
+    pid: int
+
+
+@dataclass
+class ChargePoint:
+    cp_id: str
+    engine: Child
+    monitor: Child
+    engine_port: int
+    state_dir: Path  # where the engine keeps its record
+
+    def identity(self) -> Identity | None:
+        status = engine_status(LOOPBACK, self.engine_port, 1.0)
+        return Identity(status.engine or "", status.pid) if status else None
+
+    def ready(self) -> bool:
+        return engine_status(LOOPBACK, self.engine_port, 0.5) is not None
+
+    def engine_sessions(self, state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+        """The engine's own durable record of its sessions (what its meter said)."""
+        path = self.state_dir / f"engine-{self.cp_id}.sqlite"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            db.row_factory = sqlite3.Row
+            return {r["session_id"]: dict(r) for r in db.execute("SELECT * FROM sessions")}
+
+    def engine_outbox(self, state_dir: Path | None = None) -> int:
+        path = self.state_dir / f"engine-{self.cp_id}.sqlite"
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+@dataclass(frozen=True)
+class Ticket:
+    cp_id: str
+    session_id: str
+    wh: int
+    micro_eur: int
+    reason: str
+    revision: int
+    provisional: bool
+
+    @property
+    def kwh(self) -> float:
+        return self.wh / 1000
+
+
+@dataclass
+class LocalSystem:
+    root: Path
+    kafka: str
+    store: str | None = None  # None: SQLite in the state dir
+    max_session_s: float = 4.0
+    central_overrides: dict[str, Any] = field(default_factory=dict)
+    monitor_overrides: dict[str, Any] = field(default_factory=dict)
+    cps: dict[str, ChargePoint] = field(default_factory=dict)
+    drivers: dict[str, Child] = field(default_factory=dict)
+    central: Child | None = None
+
+    def __post_init__(self) -> None:
+        self.state_dir = self.root / "state"
+        self.logs = self.root / "logs"
+        self.tcp_port, self.http_port = free_ports(2)
+        self.url = f"http://{LOOPBACK}:{self.http_port}"
+        # Tests share one broker: ids unique to this system keep one test's
+        # committed offsets and commands away from the next test's processes.
+        self.tag = uuid.uuid4().hex[:6]
+
+    def ident(self, name: str) -> str:
+        return f"{name}-{self.tag}"
+
+    # ------------------------------------------------------------ start
+
+    def central_settings(self, **overrides: Any) -> CentralSettings:
+        return CentralSettings(
+            kafka=self.kafka,
+            store=self.store or str(self.state_dir / "central.sqlite"),
+            state_dir=self.state_dir,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+            panel=False,
+            **{**self.central_overrides, **overrides},
+        )
+
+    def central_child(self, env: dict[str, str] | None = None, **overrides: Any) -> Child:
+        """Central as this system runs it, not started yet."""
+        return child("central", self.central_settings(**overrides), self.logs / "central.log", env=env)
+
+    def start_central(self, env: dict[str, str] | None = None) -> Child:
+        if self.central is not None:
+            self.central.stop()  # a central started before (maybe dead): its log file closed
+        self.central = self.central_child(env).start()
+        wait_for(lambda: self.get("/health")["status"] == "ok", 30, "central's HTTP API")
+        return self.central
+
+    def engine_settings(self, cp_id: str, port: int, **overrides: Any) -> EngineSettings:
+        return EngineSettings(
+            **{
+                "cp_id": cp_id,
+                "port": port,
+                "kafka": self.kafka,
+                "state_dir": self.state_dir,
+                "max_session_s": self.max_session_s,
+                "keys": False,
+                **overrides,
+            }
+        )
+
+    def monitor_settings(self, cp_id: str, port: int, **overrides: Any) -> MonitorSettings:
+        return MonitorSettings(
+            cp_id=cp_id,
+            engine=f"{LOOPBACK}:{port}",
+            central=((LOOPBACK, self.tcp_port),),
+            state_dir=self.state_dir,
+            **{**self.monitor_overrides, **overrides},
+        )
+
+    def add_cp(
+        self,
+        cp_id: str,
+        *,
+        location: str = "Test street",
+        price: str = "0.30",
+        wait: bool = True,
+        engine_env: dict[str, str] | None = None,
+        **engine_overrides: Any,
+    ) -> ChargePoint:
+        (port,) = free_ports(1)
+        settings = self.engine_settings(cp_id, port, **engine_overrides)
+        engine = child(
+            "engine",
+            settings,
+            self.logs / f"engine-{cp_id}.log",
+            name=f"engine {cp_id}",
+            env=engine_env,
+        ).start()
+        monitor = child(
+            "monitor",
+            self.monitor_settings(cp_id, port, location=location, price=parse_price(price)),
+            self.logs / f"monitor-{cp_id}.log",
+            name=f"monitor {cp_id}",
+        ).start()
+        cp = self.cps[cp_id] = ChargePoint(cp_id, engine, monitor, port, settings.state_dir)
+        if wait:
+            self.wait_status(cp_id, "ON", 30)
+            self.wait_engine_ready(cp)
+        return cp
+
+    def wait_engine_ready(self, cp: ChargePoint, timeout_s: float = 30) -> None:
+        """An engine opens its health port once it has taken its Kafka partition."""
+        wait_for(cp.ready, timeout_s, f"{cp.cp_id}'s engine to answer on its health port")
+
+    def events_path(self, driver_id: str) -> Path:
+        return self.logs / f"{driver_id}.events.jsonl"
+
+    def start_driver(
+        self,
+        driver_id: str,
+        requests: list[str],
+        *,
+        interval_s: float = 0.5,
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> Child:
+        path = self.root / f"{driver_id}.txt"
+        path.write_text("\n".join(requests) + "\n")
+        existing = self.drivers.get(driver_id)
+        if existing is None or overrides or env:
+            settings = DriverSettings(
+                driver_id=driver_id,
+                requests=path,
+                kafka=self.kafka,
+                state_dir=self.state_dir,
+                interval_s=interval_s,
+                central_url=self.url,
+                events=self.events_path(driver_id),
+                **overrides,
+            )
+            existing = self.drivers[driver_id] = child(
+                "driver", settings, self.logs / f"{driver_id}.log", name=driver_id, env=env
+            )
+        return existing.start()
+
+    def stop_all(self) -> None:
+        for process in [
+            *self.drivers.values(),
+            *(c.monitor for c in self.cps.values()),
+            *(c.engine for c in self.cps.values()),
+            *([self.central] if self.central else []),
+        ]:
+            process.stop()
+
+    # ---------------------------------------------------------- observe
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            return json.load(response)
+
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def post(
+        self, path: str, body: dict[str, Any] | None = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        return self.request("POST", path, body, token)
+
+    def status(self, cp_id: str) -> str | None:
+        try:
+            return self.get(f"/cp/{cp_id}")["status"]
+        except urllib.error.HTTPError:
+            return None
+
+    def wait_status(self, cp_id: str, status: str, timeout_s: float, since: float | None = None) -> float:
+        """Seconds until central shows `status` for `cp_id`, counted from `since` (default: now)."""
+        started = time.monotonic() if since is None else since
+        wait_for(
+            lambda: self.status(cp_id) == status,
+            timeout_s,
+            f"{cp_id} to show {status} at central",
+            interval_s=0.01,
+        )
+        return time.monotonic() - started
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return self.get("/sessions?limit=1000")["sessions"]
+
+    def events(self, driver_id: str) -> list[dict[str, Any]]:
+        path = self.events_path(driver_id)
+        if not path.exists():
+            return []
+        events = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                events.append(json.loads(line))
+        return events
+
+    def tickets(self, driver_id: str) -> list[Ticket]:
+        """Every ticket the driver showed, revisions included, in the order shown."""
+        return [
+            Ticket(
+                e["cp_id"],
+                e["session_id"],
+                e["wh"],
+                e["micro_eur"],
+                e["end_reason"],
+                e["revision"],
+                e["provisional"],
+            )
+            for e in self.events(driver_id)
+            if e["event"] == "ticket"
+        ]
+
+    def final_tickets(self, driver_id: str) -> dict[str, Ticket]:
+        """The ticket that stands for each session: its latest revision shown."""
+        final: dict[str, Ticket] = {}
+        for ticket in self.tickets(driver_id):
+            if ticket.session_id not in final or ticket.revision > final[ticket.session_id].revision:
+                final[ticket.session_id] = ticket
+        return final
+
+    def wait_driver_done(self, driver_id: str, timeout_s: float, code: int = 0) -> None:
+        process = self.drivers[driver_id]
+        wait_for(lambda: not process.alive, timeout_s, f"{driver_id} to finish its requests")
+        assert process.returncode == code, (
+            f"{driver_id} exited with {process.returncode}; see {process.log_path}"
+        )
+
+    # ------------------------------------------------------- identities
+
+    def identities(self) -> dict[str, Identity | None]:
+        """Every process of the system, as it describes itself (None: it does not answer)."""
+        found: dict[str, Identity | None] = {}
+        if self.central is not None:
+            try:
+                health = self.get("/health")
+                found["central"] = Identity(health["instance"], health["pid"])
+            except (OSError, ValueError, KeyError):
+                found["central"] = None
+        listed = {}
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            listed = {cp["cp_id"]: cp for cp in self.get("/cp")["charging_points"]}
+        for cp in self.cps.values():
+            found[cp.engine.name] = cp.identity()
+            monitor = (listed.get(cp.cp_id) or {}).get("monitor")
+            found[cp.monitor.name] = Identity(monitor["instance"], monitor["pid"]) if monitor else None
+        for driver_id, process in self.drivers.items():
+            found[process.name] = self._driver_identity(driver_id, process)
+        return found
+
+    def _driver_identity(self, driver_id: str, process: Child) -> Identity | None:
+        """A driver says who it is in its event stream; it counts while it runs or once it
+        finished its requests by itself (its summary follows its last start)."""
+        events = self.events(driver_id)
+        starts = [i for i, e in enumerate(events) if e["event"] == "ready"]
+        if not starts:
+            return None
+        ready = events[starts[-1]]
+        finished = any(e["event"] == "summary" for e in events[starts[-1] :]) and process.returncode == 0
+        running = process.alive and _running(ready["pid"])
+        return Identity(ready["instance"], ready["pid"]) if running or finished else None
+
+    def _processes(self) -> list[Child]:
+        processes = [*self.drivers.values()]
+        for cp in self.cps.values():
+            processes += [cp.engine, cp.monitor]
+        return [*processes, *([self.central] if self.central else [])]
+
+    # -------------------------------------------------------- invariants
+
+    def settle(self, timeout_s: float = 30) -> None:
+        """Wait until what the engines recorded has reached central (their outboxes are empty)."""
+        wait_for(
+            lambda: all(cp.engine_outbox(self.state_dir) == 0 for cp in self.cps.values()),
+            timeout_s,
+            "every engine's outbox to drain",
+        )
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
