@@ -29,6 +29,9 @@ class Child:
     # On the caller's terminal (central's panel in the demo): same process group,
     # stdin and stdout inherited; only stderr goes to the log.
     terminal: bool = False
+    # Prepended to the command line, e.g. ["ip", "netns", "exec", NAME] to run the child
+    # inside a network namespace (the partition tests).
+    prefix: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
@@ -44,7 +47,7 @@ class Child:
         self._log.flush()
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "evcharge", *self.args],
+            [*self.prefix, sys.executable, "-m", "evcharge", *self.args],
             stdout=None if self.terminal else self._log,
             stderr=self._log if self.terminal else subprocess.STDOUT,
             stdin=None if self.terminal else subprocess.DEVNULL,
