@@ -15,15 +15,16 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from evcharge.broker import LocalBroker
+from evcharge.broker import ClusterNode, LocalBroker, LocalCluster, NodeSpec
+from evcharge.broker.cluster import metadata_brokers
 from evcharge.supervisor import Child
 from tests.netns import PREFIX, Host, Network, remove_stale, unavailable
 
@@ -234,11 +235,11 @@ def lines_of(stream: Any) -> tuple[queue.Queue[str], threading.Thread]:
     return lines, thread
 
 
-async def create_topic(bootstrap: str, topic: str) -> None:
+async def create_topic(bootstrap: str, topic: str, partitions: int = 1, replicas: int = 1) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=replicas)])
     finally:
         await admin.close()
 
@@ -315,3 +316,109 @@ def deliver_across_a_cut(
     net.heal(consumer_host)
     asyncio.run(produce(bootstrap, topic, range(40, 60)))
     assert take(lines, 40, 60) == [str(i) for i in range(20, 60)]
+
+
+async def keyed_sends_until(
+    bootstrap: str, topic: str, stop: asyncio.Event
+) -> list[tuple[str, int, float, float]]:
+    """Send "key:seq" one at a time until `stop`; (key, seq, sent_at, acked_at) of each acknowledged."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        # A request to a node that was cut off gets no answer at all, not an error:
+        # give up on it after 5 s and resend (idempotent) to the partition's new leader.
+        request_timeout_ms=5000,
+        retry_backoff_ms=50,
+        metadata_max_age_ms=2000,
+    )
+    acked = []
+    await producer.start()
+    try:
+        seq = 0
+        while not stop.is_set():
+            key = f"cp-{seq % 5}"
+            began = time.monotonic()
+            await producer.send_and_wait(topic, f"{key}:{seq}".encode(), key=key.encode())
+            acked.append((key, seq, began, time.monotonic()))
+            seq += 1
+    finally:
+        await producer.stop()
+    return acked
+
+
+async def consume_everything(bootstrap: str, topic: str, want: int) -> dict[str, list[int]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    by_key: dict[str, list[int]] = {}
+    await consumer.start()
+    try:
+        async with asyncio.timeout(60):
+            while sum(map(len, by_key.values())) < want:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for msg in records:
+                        key, seq = msg.value.decode().split(":")
+                        by_key.setdefault(key, []).append(int(seq))
+    finally:
+        await consumer.stop()
+    return by_key
+
+
+async def until_registered(node: ClusterNode, done: Callable[[set[int]], bool], timeout_s: float) -> None:
+    """Until the brokers `node` lists as registered satisfy `done`, within `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while (brokers := await metadata_brokers(node.host, node.port, 2)) is None or not done(brokers):  # noqa: ASYNC110 - polling another process, no event to await
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.kafka
+def test_kafka_cluster_across_namespaces_survives_an_isolated_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = "readings"
+    with Network(["k1", "k2", "k3"]) as net:
+        cluster = LocalCluster(
+            tmp_path / "cluster", specs=[NodeSpec(h.ip, 9092, 9093, tuple(h.prefix)) for h in net.hosts]
+        )
+        try:
+            cluster.start(timeout_s=120)
+            asyncio.run(create_topic(cluster.bootstrap, topic, partitions=3, replicas=3))
+
+            async def scenario() -> tuple[list[tuple[str, int, float, float]], float, float, float]:
+                stop = asyncio.Event()
+                async with asyncio.TaskGroup() as tasks:
+                    sending = tasks.create_task(keyed_sends_until(cluster.bootstrap, topic, stop))
+                    await asyncio.sleep(1.5)
+                    isolated = net.host("k1")
+                    net.cut(isolated)  # node 1 keeps running, alone: a real partition
+                    cut_at = time.monotonic()
+                    node2 = cluster.node(2)
+                    await until_registered(node2, lambda brokers: 1 not in brokers, 30)
+                    fenced_at = time.monotonic()
+                    # Sends go on without node 1, once the producer gave up on it: a request
+                    # in flight to it (and a metadata request, if it asks node 1) gets no
+                    # answer at all and takes the whole request_timeout_ms to fail.
+                    await asyncio.sleep(10)
+                    healed_at = time.monotonic()
+                    net.heal(isolated)
+                    await until_registered(node2, lambda brokers: brokers == {1, 2, 3}, 30)
+                    await asyncio.sleep(1)
+                    stop.set()
+                return sending.result(), cut_at, fenced_at, healed_at
+
+            acked, cut_at, fenced_at, healed_at = asyncio.run(scenario())
+            without_node1 = [a for a in acked if fenced_at <= a[2] and a[3] < healed_at]
+            assert len(without_node1) >= 10, "the two connected nodes did not take writes"
+            by_key = asyncio.run(consume_everything(cluster.bootstrap, topic, len(acked)))
+            for key, seqs in by_key.items():
+                assert seqs == sorted(set(seqs)), f"{key}: out of order or twice"
+            seen = {(key, seq) for key, seqs in by_key.items() for seq in seqs}
+            assert {(key, seq) for key, seq, *_ in acked} <= seen
+            with capsys.disabled():
+                print(
+                    f"\n[netns] node 1 cut off from the cluster: fenced after {fenced_at - cut_at:.1f} s, "
+                    f"longest send {max(done - sent for *_, sent, done in acked):.1f} s; "
+                    f"{len(without_node1)} of {len(acked)} sends acknowledged without node 1, none lost"
+                )
+        finally:
+            cluster.stop()
+    assert net.tag not in ip_state()
