@@ -251,7 +251,7 @@ class LocalCluster:
         if len(set(endpoints)) != len(endpoints):
             raise BrokerError(f"the nodes' ports must all differ: {endpoints}")
         layout = self._read_layout()
-        self.cluster_id = layout["cluster_id"] if layout else new_cluster_id()
+        self.cluster_id = str(layout["cluster_id"]) if layout else new_cluster_id()
         voters = ",".join(f"{i}@{s.host}:{s.controller_port}" for i, s in enumerate(specs, start=1))
         for node_id, spec in enumerate(specs, start=1):
             self._members[node_id] = ClusterNode(
@@ -282,10 +282,6 @@ class LocalCluster:
             for n in layout["nodes"]
         ]
         return cls(data_dir=Path(data_dir), specs=specs, cache=cache)
-
-    @staticmethod
-    def holds_cluster(data_dir: Path) -> bool:
-        return (Path(data_dir).expanduser() / LAYOUT_FILE).is_file()
 
     @property
     def bootstrap(self) -> str:
@@ -390,6 +386,25 @@ class LocalCluster:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo)) as pool:
             for done in [pool.submit(node._format, java, libs) for node in todo]:
                 done.result()
+
+    def active_controller(self) -> int | None:
+        """The quorum's leader (the active controller) as the running nodes last recorded it.
+
+        Read from each node's `quorum-state` file, which Kafka rewrites on every election:
+        the leader of the newest epoch any running node knows. None before the first election.
+        """
+        best: tuple[int, int] | None = None
+        for node in self.members:
+            if node._live_pid() is None:
+                continue
+            try:
+                state = json.loads((node.kafka_log_dir / "__cluster_metadata-0" / "quorum-state").read_text())
+            except (OSError, ValueError):
+                continue
+            epoch, leader = int(state.get("leaderEpoch", -1)), int(state.get("leaderId", -1))
+            if leader >= 0 and (best is None or epoch > best[0]):
+                best = (epoch, leader)
+        return best[1] if best is not None else None
 
     def _wait_all_registered(self, deadline: float) -> None:
         want = set(self._members)
