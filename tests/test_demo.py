@@ -26,9 +26,8 @@ import pytest
 
 from evcharge.devtools.demo import driver_ids, driver_summary, engine_ports, generated_requests, status_line
 from evcharge.driver.requests_file import parse_requests
-from evcharge.runtime.ports import port_free
+from evcharge.runtime.ports import free_port, free_ports, port_free
 from tests.harness import wait_until
-from evcharge.runtime.ports import free_port, free_ports
 from tests.test_lifetime import runs
 
 # ---------------------------------------------------------------- pure helpers, no broker

@@ -15,8 +15,8 @@ from evcharge.protocol.topics import TOPICS, Topic
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
-from evcharge.runtime.retry import RetryPolicy
 from evcharge.runtime.ports import free_ports
+from evcharge.runtime.retry import RetryPolicy
 
 pytestmark = pytest.mark.kafka
 FAST = RetryPolicy(initial_delay_s=0.05, max_delay_s=0.2)

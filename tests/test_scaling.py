@@ -10,8 +10,8 @@ import pytest
 
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
-from tests.harness import wait_until
 from evcharge.runtime.ports import free_port
+from tests.harness import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 

@@ -8,8 +8,8 @@ import re
 import pytest
 
 from evcharge.devtools.kafka import LocalBroker
-from tests.harness import System, wait_until
 from evcharge.runtime.ports import free_ports
+from tests.harness import System, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 

@@ -35,6 +35,9 @@ class Child:
     # stdin and stdout inherited; only stderr goes to the log. It ignores the terminal's
     # hangup: the caller gets it too and stops its children in order, this one included.
     terminal: bool = False
+    # Prepended to the command line, e.g. ["ip", "netns", "exec", NAME] to run the child
+    # inside a network namespace (the partition tests).
+    prefix: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     starts: int = field(default=0, init=False)
     signalled_at: float | None = field(default=None, init=False)  # monotonic, the last signal sent
@@ -53,7 +56,7 @@ class Child:
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "evcharge", *self.args]
         self.process = subprocess.Popen(
-            die_with_parent(command, ignore_hangup=self.terminal),
+            [*self.prefix, *die_with_parent(command, ignore_hangup=self.terminal)],
             stdout=None if self.terminal else self._log,
             stderr=self._log if self.terminal else subprocess.STDOUT,
             stdin=None if self.terminal else subprocess.DEVNULL,

@@ -274,9 +274,10 @@ class LocalSystem:
 
     def status(self, cp_id: str) -> str | None:
         try:
-            return self.get(f"/cp/{cp_id}")["status"]
+            status: str | None = self.get(f"/cp/{cp_id}")["status"]
         except urllib.error.HTTPError:
             return None
+        return status
 
     def wait_status(self, cp_id: str, status: str, timeout_s: float, since: float | None = None) -> float:
         """Seconds until central shows `status` for `cp_id`, counted from `since` (default: now)."""
@@ -290,7 +291,8 @@ class LocalSystem:
         return time.monotonic() - started
 
     def sessions(self) -> list[dict[str, Any]]:
-        return self.get("/sessions?limit=1000")["sessions"]
+        sessions: list[dict[str, Any]] = self.get("/sessions?limit=1000")["sessions"]
+        return sessions
 
     def events(self, driver_id: str) -> list[dict[str, Any]]:
         path = self.events_path(driver_id)

@@ -1,5 +1,13 @@
-"""A local single-node Apache Kafka (KRaft) for development, the demo and the tests."""
+"""A local Apache Kafka (KRaft) for development, the demo and the tests: one broker or a cluster."""
 
+from evcharge.devtools.kafka.cluster import (
+    ClusterNode,
+    ClusterStartResult,
+    ClusterStatus,
+    LocalCluster,
+    NodeSpec,
+    NodeStatus,
+)
 from evcharge.devtools.kafka.fetch import JAVA_MISSING, KAFKA_VERSION, MAVEN_MISSING, cache_dir, fetch_kafka
 from evcharge.devtools.kafka.local import (
     DEFAULT_HOST,
@@ -17,7 +25,13 @@ __all__ = [
     "KAFKA_VERSION",
     "MAVEN_MISSING",
     "BrokerStatus",
+    "ClusterNode",
+    "ClusterStartResult",
+    "ClusterStatus",
     "LocalBroker",
+    "LocalCluster",
+    "NodeSpec",
+    "NodeStatus",
     "StartResult",
     "cache_dir",
     "default_data_dir",

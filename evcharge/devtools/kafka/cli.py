@@ -1,8 +1,8 @@
-"""`evcharge kafka start|stop|status`: thin commands over evcharge.devtools.kafka.LocalBroker."""
+"""`evcharge kafka start|stop|status`: thin commands over LocalBroker (one node) and LocalCluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -15,13 +15,15 @@ from evcharge.devtools.kafka import (
     DEFAULT_PORT,
     KAFKA_VERSION,
     BrokerStatus,
+    ClusterStatus,
     LocalBroker,
+    LocalCluster,
     default_data_dir,
 )
 from evcharge.errors import BrokerError
 
 app = typer.Typer(
-    help=f"Run a local single-node Apache Kafka {KAFKA_VERSION} broker (KRaft) on loopback.",
+    help=f"Run a local Apache Kafka {KAFKA_VERSION} (KRaft) on loopback: one broker, or a cluster.",
     no_args_is_help=True,
 )
 
@@ -37,7 +39,7 @@ PortOpt = Annotated[
         envvar="EVCHARGE_KAFKA_PORT",
         min=1,
         max=65534,
-        help="Kafka port; the KRaft controller uses the next one.",
+        help="Kafka port; the KRaft controller uses the next one. A cluster's node i uses port + 2(i-1).",
     ),
 ]
 DataDirOpt = Annotated[
@@ -54,6 +56,11 @@ DataDirOpt = Annotated[
 
 def _broker(host: str, port: int, data_dir: Path | None) -> LocalBroker:
     return LocalBroker(data_dir=data_dir or default_data_dir(), host=host, port=port)
+
+
+def _existing_cluster(data_dir: Path | None) -> LocalCluster | None:
+    """The cluster laid out in this data dir by an earlier `start --nodes N`, if any."""
+    return LocalCluster.open(data_dir or default_data_dir())
 
 
 @contextmanager
@@ -74,6 +81,15 @@ def _describe(status: BrokerStatus) -> None:
     out.print(f"  log        {status.log_path}", markup=False)
 
 
+def _describe_cluster(status: ClusterStatus) -> None:
+    out.print(f"  {'node':<5} {'pid':<8} {'address':<22} state", markup=False)
+    for node in status.nodes:
+        pid = str(node.pid) if node.pid is not None else "-"
+        out.print(f"  {node.node_id:<5} {pid:<8} {node.address:<22} {node.state}", markup=False)
+    out.print(f"  bootstrap  {status.bootstrap}", markup=False)
+    out.print(f"  data       {status.data_dir}", markup=False)
+
+
 @app.command()
 def start(
     host: HostOpt = DEFAULT_HOST,
@@ -82,22 +98,63 @@ def start(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds to wait for the broker to answer.")
     ] = 60,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            envvar="EVCHARGE_KAFKA_NODES",
+            min=1,
+            max=9,
+            help="1: a single broker. More: a cluster of combined broker+controller nodes.",
+        ),
+    ] = 1,
 ) -> None:
-    """Fetch Kafka if needed (first run only) and start the broker in the background."""
-    broker = _broker(host, port, data_dir)
-    with _errors_as_exit(), err.status("Starting Kafka…") as spinner:
+    """Fetch Kafka if needed (first run only) and start the broker (or cluster) in the background."""
+    with _errors_as_exit():
+        existing = _existing_cluster(data_dir)
+    if nodes == 1 and existing is None:
+        _start_broker(_broker(host, port, data_dir), timeout)
+        return
+    with _errors_as_exit():
+        if existing is not None and existing.nodes != nodes:
+            raise BrokerError(
+                f"{existing.data_dir} holds a cluster of {existing.nodes} nodes: "
+                f"start it with --nodes {existing.nodes}"
+            )
+        cluster = LocalCluster(
+            data_dir=data_dir or default_data_dir(), nodes=nodes, host=host, base_port=port
+        )
+    _start_cluster(cluster, timeout)
+
+
+@contextmanager
+def _progress_spinner() -> Iterator[Callable[[str], None]]:
+    with err.status("Starting Kafka…") as spinner:
 
         def progress(message: str) -> None:
             err.print(message, markup=False)
             spinner.update(message)
 
-        result = broker.start(timeout_s=timeout, progress=progress)
+        yield progress
+
+
+def _start_broker(broker: LocalBroker, timeout_s: float) -> None:
+    with _errors_as_exit(), _progress_spinner() as progress:
+        result = broker.start(timeout_s=timeout_s, progress=progress)
     status = result.status
     if result.already_running:
         out.print(f"Kafka is already running at {status.bootstrap} (pid {status.pid})")
     else:
         out.print(f"Kafka is running at {status.bootstrap} (pid {status.pid})")
     _describe(status)
+
+
+def _start_cluster(cluster: LocalCluster, timeout_s: float) -> None:
+    with _errors_as_exit(), _progress_spinner() as progress:
+        result = cluster.start(timeout_s=timeout_s, progress=progress)
+    already = "already " if result.already_running else ""
+    out.print(f"Kafka cluster of {cluster.nodes} nodes is {already}running at {result.status.bootstrap}")
+    _describe_cluster(result.status)
 
 
 @app.command()
@@ -107,9 +164,20 @@ def stop(
     data_dir: DataDirOpt = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0, help="Seconds to wait before SIGKILL.")] = 30,
 ) -> None:
-    """Stop the broker of this data dir (SIGTERM, then SIGKILL after --timeout)."""
-    broker = _broker(host, port, data_dir)
+    """Stop the broker, or every node of the cluster, of this data dir.
+
+    SIGTERM (a controlled shutdown), then SIGKILL after --timeout.
+    """
     with _errors_as_exit(), err.status("Stopping Kafka…"):
+        cluster = _existing_cluster(data_dir)
+        if cluster is not None:
+            pids = [str(node.pid) for node in cluster.status().nodes if node.pid is not None]
+            if cluster.stop(timeout_s=timeout):
+                out.print(f"Kafka cluster stopped (pids {', '.join(pids)})")
+            else:
+                out.print(f"Kafka cluster was not running (data dir {cluster.data_dir})", markup=False)
+            return
+        broker = _broker(host, port, data_dir)
         pid = broker.status().pid
         stopped = broker.stop(timeout_s=timeout)
     if stopped:
@@ -124,10 +192,23 @@ def status(
     port: PortOpt = DEFAULT_PORT,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Say whether the broker of this data dir runs; exit code 0 if it does, 3 if not."""
-    broker = _broker(host, port, data_dir)
+    """Say whether the broker (or each node of the cluster) of this data dir runs.
+
+    Exit code 0 if it runs (every node does), 3 if not (no node does), 4 if only some nodes do.
+    """
     with _errors_as_exit():
-        st = broker.status()
+        cluster = _existing_cluster(data_dir)
+        if cluster is not None:
+            cst = cluster.status()
+        else:
+            st = _broker(host, port, data_dir).status()
+    if cluster is not None:
+        running = cst.running_count
+        out.print(f"Kafka cluster: {running} of {len(cst.nodes)} nodes running")
+        _describe_cluster(cst)
+        if running < len(cst.nodes):
+            raise typer.Exit(3 if running == 0 else 4)
+        return
     if st.running:
         out.print(f"Kafka is running (pid {st.pid})")
     else:

@@ -26,11 +26,11 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from evcharge.devtools.kafka.fetch import (
     KAFKA_VERSION,
@@ -174,6 +174,15 @@ class StartResult:
     start_s: float  # 0.0 when already running
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """A JVM just spawned by `LocalBroker._launch`, not yet known to be ready."""
+
+    started: float  # monotonic, before formatting
+    log_offset: int  # where this run's output begins in broker.log
+    fetch_s: float | None
+
+
 @dataclass
 class LocalBroker:
     """One single-node KRaft broker (broker and controller in one JVM) owned by a data dir."""
@@ -185,7 +194,11 @@ class LocalBroker:
     cache: Path | None = None  # None: cache_dir(), shared by every broker on the machine
     # The JVMs this object starts get SIGTERM when the starting process (its main thread) ends.
     die_with_parent: bool = False
+    # Prepended to the JVM's command line, e.g. ["ip", "netns", "exec", NAME] to run the
+    # broker inside a network namespace where `host` is one of its addresses.
+    command_prefix: Sequence[str] = ()
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    jvm_flags: ClassVar[tuple[str, ...]] = JVM_FLAGS
 
     def __post_init__(self) -> None:
         # Absolute, so the pid file and the JVM's command line match from any cwd.
@@ -194,6 +207,7 @@ class LocalBroker:
             self.controller_port = self.port + 1
         if self.controller_port == self.port:
             raise BrokerError(f"the controller port must differ from the broker port {self.port}")
+        self.command_prefix = tuple(self.command_prefix)
 
     @classmethod
     def from_env(cls) -> LocalBroker:
@@ -269,34 +283,50 @@ class LocalBroker:
                     )
                 return StartResult(existing, already_running=True, fetch_s=None, start_s=0.0)
             self.pid_path.unlink(missing_ok=True)  # stale: its process is gone
-            java = require_java()
-            fetch_started = time.monotonic()
-            fetched = cached_libs(kafka_home(self.cache)) is None
-            libs = self.fetch(progress)
-            fetch_s = time.monotonic() - fetch_started if fetched else None
-            for port, role in ((self.port, ""), (self._cport, " (the KRaft controller port)")):
-                if not port_free(self.host, port):
-                    raise BrokerError(
-                        f"{self.host}:{port}{role} is already in use by another process "
-                        f"(not the Kafka of {self.data_dir}): pick another port"
-                    )
-            self._write_config()
-            started = time.monotonic()
-            if not (self.kafka_log_dir / "meta.properties").is_file():
-                say(progress, "Formatting KRaft storage…")
-                self._format(java, libs)
-            say(progress, "Starting broker…")
-            log_offset = self._spawn(java, libs)
+            launch = self._launch(progress)
             try:
-                self._wait_ready(started + timeout_s, log_offset)
+                self._wait_ready(launch.started + timeout_s, launch.log_offset)
             except BaseException:
                 # Covers Ctrl-C too: the JVM is detached and would otherwise live on unseen.
-                self._terminate(grace_s=5)
-                self.pid_path.unlink(missing_ok=True)
+                self._abort()
                 raise
-            start_s = time.monotonic() - started
+            start_s = time.monotonic() - launch.started
             say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
-            return StartResult(self.status(), already_running=False, fetch_s=fetch_s, start_s=start_s)
+            return StartResult(self.status(), already_running=False, fetch_s=launch.fetch_s, start_s=start_s)
+
+    def _launch(self, progress: Progress | None) -> _Launch:
+        """Fetch, check the ports, write the config, format once, spawn; the caller waits."""
+        java = require_java()
+        fetch_started = time.monotonic()
+        fetched = cached_libs(kafka_home(self.cache)) is None
+        libs = self.fetch(progress)
+        fetch_s = time.monotonic() - fetch_started if fetched else None
+        self._check_ports_free()
+        self._write_config()
+        started = time.monotonic()
+        if not (self.kafka_log_dir / "meta.properties").is_file():
+            say(progress, "Formatting KRaft storage…")
+            self._format(java, libs)
+        say(progress, "Starting broker…")
+        log_offset = self._spawn(java, libs)
+        return _Launch(started=started, log_offset=log_offset, fetch_s=fetch_s)
+
+    def _abort(self) -> None:
+        """Kill a JVM that never became ready, so no half-working broker is left behind."""
+        self._terminate(grace_s=5)
+        self.pid_path.unlink(missing_ok=True)
+
+    def _check_ports_free(self) -> None:
+        if self.command_prefix:
+            # The address belongs to another network namespace and cannot be bound from
+            # here; a port taken there makes the JVM exit, which _wait_ready reports.
+            return
+        for port, role in ((self.port, ""), (self._cport, " (the KRaft controller port)")):
+            if not port_free(self.host, port):
+                raise BrokerError(
+                    f"{self.host}:{port}{role} is already in use by another process "
+                    f"(not the Kafka of {self.data_dir}): pick another port"
+                )
 
     def stop(self, timeout_s: float = 30) -> bool:
         """Stop the broker: SIGTERM, then SIGKILL after `timeout_s`. Idempotent.
@@ -348,8 +378,26 @@ class LocalBroker:
 
     def _write_config(self) -> None:
         self.kafka_log_dir.mkdir(parents=True, exist_ok=True)
+        body = "".join(f"{key}={value}\n" for key, value in self._properties().items())
+        self.properties_path.write_text("# Written by evcharge on every start.\n" + body)
+        self.log4j_path.write_text(
+            "status = warn\n"
+            "appender.out.type = Console\n"
+            "appender.out.name = STDOUT\n"
+            "appender.out.target = SYSTEM_OUT\n"
+            "appender.out.layout.type = PatternLayout\n"
+            "appender.out.layout.pattern = [%d{ISO8601}] %p %m (%c)%n\n"
+            "rootLogger.level = info\n"
+            "rootLogger.appenderRef.out.ref = STDOUT\n"
+            # Per-request logging would drown everything else.
+            "logger.request.name = kafka.request.logger\n"
+            "logger.request.level = warn\n"
+        )
+
+    def _properties(self) -> dict[str, str]:
+        """server.properties of a single node that is its own one-voter quorum."""
         controller = f"{self.host}:{self._cport}"
-        props = {
+        return {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": controller,
@@ -371,26 +419,19 @@ class LocalBroker:
             "broker.session.timeout.ms": "3000",
             "auto.create.topics.enable": "false",
         }
-        body = "".join(f"{key}={value}\n" for key, value in props.items())
-        self.properties_path.write_text("# Written by evcharge on every start.\n" + body)
-        self.log4j_path.write_text(
-            "status = warn\n"
-            "appender.out.type = Console\n"
-            "appender.out.name = STDOUT\n"
-            "appender.out.target = SYSTEM_OUT\n"
-            "appender.out.layout.type = PatternLayout\n"
-            "appender.out.layout.pattern = [%d{ISO8601}] %p %m (%c)%n\n"
-            "rootLogger.level = info\n"
-            "rootLogger.appenderRef.out.ref = STDOUT\n"
-            # Per-request logging would drown everything else.
-            "logger.request.name = kafka.request.logger\n"
-            "logger.request.level = warn\n"
-        )
+
+    def _format_args(self) -> list[str]:
+        """StorageTool's arguments after `-c props`: a new cluster id, a one-voter quorum."""
+        return [f"--cluster-id={new_cluster_id()}", "--standalone"]
+
+    def _answers(self, timeout_s: float) -> bool:
+        """Readiness: the broker answers a Kafka request within `timeout_s`."""
+        return _run_blocking(functools.partial(_answers_kafka, self.bootstrap, timeout_s))
 
     def _java_cmd(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
         cmd = [
             java,
-            *JVM_FLAGS,
+            *self.jvm_flags,
             f"-Dlog4j2.configurationFile={self.log4j_path}",
             "-cp",
             f"{libs}/*",
@@ -400,10 +441,8 @@ class LocalBroker:
         return die_with_parent(cmd) if self.die_with_parent else cmd
 
     def _format(self, java: str, libs: Path) -> None:
-        cmd = self._java_cmd(
-            java, libs, "kafka.tools.StorageTool",
-            "format", f"--cluster-id={new_cluster_id()}", "-c", str(self.properties_path), "--standalone",
-        )  # fmt: skip
+        args = ["format", "-c", str(self.properties_path), *self._format_args()]
+        cmd = self._java_cmd(java, libs, "kafka.tools.StorageTool", *args)
         try:
             result = subprocess.run(
                 cmd, cwd=self.data_dir, capture_output=True, text=True, timeout=120, check=False
@@ -424,7 +463,7 @@ class LocalBroker:
         if self.log_path.is_file() and self.log_path.stat().st_size > _LOG_ROTATE_BYTES:
             self.log_path.replace(self.log_path.with_name("broker.log.1"))
         self._reap_previous()
-        cmd = self._java_cmd(java, libs, "kafka.Kafka", str(self.properties_path))
+        cmd = [*self.command_prefix, *self._java_cmd(java, libs, "kafka.Kafka", str(self.properties_path))]
         with self.log_path.open("ab") as log:
             log.write(
                 f"--- evcharge: starting Kafka {KAFKA_VERSION} at {self.bootstrap} "
@@ -475,9 +514,7 @@ class LocalBroker:
                 )
             # A plain connect first: it is cheap, and aiokafka logs every refused connection.
             attempt = min(3.0, remaining)
-            if port_answers(self.host, self.port, attempt) and _run_blocking(
-                functools.partial(_answers_kafka, self.bootstrap, attempt)
-            ):
+            if port_answers(self.host, self.port, attempt) and self._answers(attempt):
                 return
             time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
