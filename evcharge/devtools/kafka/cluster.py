@@ -440,9 +440,9 @@ class LocalCluster:
             layout: dict[str, object] = json.loads((self.data_dir / LAYOUT_FILE).read_text())
         except FileNotFoundError:
             return None
-        return layout
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot read the cluster layout in {self.data_dir}: {exc}") from exc
+        return layout
 
     def _write_layout(self) -> None:
         """Record the layout on the first start; refuse a later start that wants another one.
