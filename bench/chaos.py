@@ -3,8 +3,8 @@
 Detection: the signal (SIGKILL, or SIGSTOP for a hung process) → central's API
 shows the status. Recovery: the restart → serving again, which is the same
 criterion for every component: a fresh request is accepted and its supply starts
-(for the driver, its own request is accepted on its screen). What central's API
-says on the way (CP back ON, /health up) is kept alongside.
+(for the driver, its own next request shows as accepted in its event stream).
+What central's API says on the way (CP back ON, /health up) is kept alongside.
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evcharge.broker import LocalBroker
-from evcharge.supervisor import Child
+from evcharge.devtools.kafka import LocalBroker
+from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import ChargePoint
 
 from bench.loop import LoopThread
 from bench.probe import ProbeFailed, Prober
 from bench.stats import summary
-from bench.system import BenchSystem, log_count, wait_for
+from bench.system import BenchSystem, wait_for
 
 SERVE_TIMEOUT_S = 30.0
 KAFKA_START_TIMEOUT_S = 120.0
 CHECK_CYCLE_S = 1.0  # the monitor's default check interval and heartbeat interval
-ENGINE_READY = "engine ready"
-ACCEPTED = "✔ accepted"
-TICKET = "🎫 ticket"
 
 Trial = Callable[[], dict[str, float]]
 
@@ -80,7 +78,7 @@ class Chaos:
             }
         return results
 
-    def _cp(self):
+    def _cp(self) -> ChargePoint:
         return self.system.cps[self.target]
 
     def _random_moment(self) -> None:
@@ -100,7 +98,7 @@ class Chaos:
         """Every CP ON and every engine reading its commands before the next trial."""
         for cp in self.system.cps.values():
             self.system.wait_cp(cp.cp_id, "ON")
-            wait_for(lambda cp=cp: log_count(cp.engine, ENGINE_READY) >= cp.engine.starts, "engine ready")
+            wait_for(lambda cp=cp: self.system.engine_serving(cp), f"{cp.cp_id}'s engine to serve")
 
     # ------------------------------------------------------------- engine
 
@@ -162,28 +160,31 @@ class Chaos:
         """A driver with one request per trial and a long pause between them, killed during the pause.
 
         Restarted, it resumes its requests file at the next line: the time until
-        that request shows as accepted on its screen is its recovery.
+        that request shows as accepted in its event stream is its recovery.
         """
-        driver_id = self.system.ident("bench-driver")
+        system = self.system
+        driver_id = system.ident("bench-driver")
         state: dict[str, Child] = {}
 
         def trial() -> dict[str, float]:
             self._settle()
             driver = state.get("driver")
             if driver is None:
-                driver = state["driver"] = self.system.start_driver(
+                driver = state["driver"] = system.start_driver(
                     driver_id, [self.spare] * (trials + 1), interval_s=3600
                 )
-                wait_for(lambda: log_count(driver, TICKET) >= 1, f"{driver_id}'s first ticket", 60)
-            done = log_count(driver, ACCEPTED)
-            # Killed while it waits out its interval: the last request is answered and recorded.
-            wait_for(lambda: log_count(driver, TICKET) >= done, f"{driver_id}'s ticket", 60)
-            time.sleep(0.2)
+                wait_for(lambda: system.driver_count(driver_id, "ticket") >= 1, f"{driver_id}'s first ticket", 60)
+            done = system.driver_count(driver_id, "accepted")
+            # Killed while it waits out its interval: the last request is answered and shown.
+            wait_for(lambda: system.driver_settled(driver_id), f"{driver_id}'s ticket", 60)
+            time.sleep(0.2)  # its journal records the outcome right after showing it
             driver.kill()
             restarted = time.monotonic()
             driver.start()
-            ready = wait_for(lambda: driver.output().count(" ready (Kafka ") >= driver.starts, "driver ready")
-            accepted = wait_for(lambda: log_count(driver, ACCEPTED) > done, f"{driver_id}'s next request", 60)
+            ready = wait_for(lambda: system.driver_ready(driver_id), "the driver's ready event")
+            accepted = wait_for(
+                lambda: system.driver_count(driver_id, "accepted") > done, f"{driver_id}'s next request", 60
+            )
             return {"ready_s": ready - restarted, "recovery_s": accepted - restarted}
 
         return trial

@@ -1,4 +1,10 @@
-"""Start-up time and resident memory of each role, from its start to its own "ready" signal."""
+"""Start-up time and resident memory of each role, from its start to the moment it says it serves.
+
+Each role is asked over its own interface: central answers `GET /health`, an
+engine its health port (opened once it reads its Kafka commands), a monitor is
+listed by central as the CP's connected monitor, a driver writes `ready` to its
+event stream once it reads its updates.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evcharge.supervisor import Child
+from evcharge.devtools.supervisor import Child
 
 from bench.procs import rss_mb
-from bench.system import BenchSystem, log_count, new_system, wait_for
-
-# What each role says once it serves: central answers /health; the others log a line.
-ENGINE_READY = "engine ready"
-MONITOR_READY = "registered with central"
-DRIVER_READY = " ready (Kafka "
+from bench.system import BenchSystem, new_system, wait_for
 
 
 def measure_footprint(root: Path, kafka: str, reps: int, broker: dict[str, Any]) -> dict[str, Any]:
@@ -26,32 +27,28 @@ def measure_footprint(root: Path, kafka: str, reps: int, broker: dict[str, Any])
     roles["kafka"] = {"startup_s": [broker["start_s"]], "rss_mb": [broker["rss_mb"]]}
     try:
         for _ in range(reps):
-            if system.central is not None:
-                system.central.stop()
-            system.start_central()
+            system.start_central()  # stops the previous one first
+            assert system.central_ready_s is not None
             _record(roles["central"], system.central_ready_s, system.central)
         cp = system.add_cp(system.ident("FOOT-1"), wait=False)
         cp.engine.stop()
         cp.monitor.stop()
         for _ in range(reps):
-            seen = log_count(cp.engine, ENGINE_READY)
             started = time.monotonic()
             cp.engine.start()
-            ready = wait_for(lambda s=seen: log_count(cp.engine, ENGINE_READY) > s, "the engine's ready line")
+            ready = wait_for(lambda: system.engine_serving(cp), "the engine's health port")
             _record(roles["engine"], ready - started, cp.engine)
-            seen = log_count(cp.monitor, MONITOR_READY)
             started = time.monotonic()
             cp.monitor.start()
-            ready = wait_for(
-                lambda s=seen: log_count(cp.monitor, MONITOR_READY) > s, "the monitor registered"
-            )
+            ready = wait_for(lambda: system.monitor_connected(cp), "central to list the monitor")
             _record(roles["monitor"], ready - started, cp.monitor)
             cp.monitor.stop()
             cp.engine.stop()
         for n in range(reps):
+            driver_id = system.ident(f"foot-driver-{n}")
             started = time.monotonic()
-            driver = _start_driver(system, n)
-            ready = wait_for(lambda d=driver: DRIVER_READY in d.output(), "the driver's ready line")
+            driver = _start_driver(system, driver_id)
+            ready = wait_for(lambda d=driver_id: system.driver_ready(d), "the driver's ready event")
             _record(roles["driver"], ready - started, driver)
             driver.stop()
     finally:
@@ -59,13 +56,12 @@ def measure_footprint(root: Path, kafka: str, reps: int, broker: dict[str, Any])
     return roles
 
 
-def _start_driver(system: BenchSystem, n: int) -> Child:
+def _start_driver(system: BenchSystem, driver_id: str) -> Child:
     """A driver with its own requests file: two requests for a CP nobody has, far apart.
 
     The first is denied at once and the driver then waits out its interval, so it is
-    still alive (and measurable) after its ready line.
+    still alive (and measurable) after it said it is ready.
     """
-    driver_id = system.ident(f"foot-driver-{n}")
     return system.start_driver(driver_id, ["BENCH-NOWHERE", "BENCH-NOWHERE"], interval_s=3600)
 
 

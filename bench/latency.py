@@ -9,15 +9,21 @@ meter interval at the engine.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
+
+from evcharge.cp.settings import EngineSettings
 
 from bench.loop import LoopThread
 from bench.probe import Prober, floor_round_trips
 from bench.stats import summary
 
 GAP_S = 0.05  # between two requests: one at a time, never overlapping
-ENGINE_METER_INTERVAL_S = 1.0  # `evcharge engine`'s default, used by the benchmark's engines
+# `evcharge engine`'s default, which the benchmark's engines run with.
+ENGINE_METER_INTERVAL_S: float = next(
+    f.default for f in dataclasses.fields(EngineSettings) if f.name == "meter_interval_s"
+)
 
 
 def measure_floor(loop: LoopThread, kafka: str, samples: int) -> dict[str, Any]:
@@ -64,7 +70,7 @@ def measure_low_load(
 def hop_multiples(low_load: dict[str, Any], floor: dict[str, Any]) -> dict[str, float | None]:
     """Our p50 as a multiple of (hops x the bare one-hop p50); the reading less its meter wait."""
     one_hop = floor.get("p50")
-    if not one_hop:
+    if not one_hop or "accepted_s" not in low_load:  # either was not measured
         return {}
 
     def multiple(figure: float | None, hops: int, minus_s: float = 0.0) -> float | None:

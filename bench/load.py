@@ -1,4 +1,5 @@
-"""Load through the fleet simulator: latency at a sustained rate, central's throughput, registration at scale.
+"""Load through the fleet simulator: latency at a sustained rate, central's throughput (on SQLite
+and on PostgreSQL), registration at scale.
 
 Each run gets a central of its own (a fresh registry), and `evcharge sim` as a
 real process beside it. While it runs, central is sampled every half second:
@@ -15,12 +16,15 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evcharge.supervisor import Child
+from evcharge.devtools.commands import child
+from evcharge.devtools.sim.settings import SimSettings
+from evcharge.devtools.supervisor import Child
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
@@ -47,6 +51,22 @@ class Step:
     def target_per_s(self) -> float:
         return self.drivers / self.meter_interval_s
 
+    def load(self, *, duration_s: float, session_s: float) -> SimLoad:
+        """Every driver sends its first request within the first second, then charges `session_s`."""
+        return {
+            "cps": self.cps,
+            "drivers": self.drivers,
+            "request_rate": float(self.drivers),
+            "ramp_up_s": 1.0,
+            "duration_s": duration_s,
+            "session_s": session_s,
+            "meter_interval_s": self.meter_interval_s,
+        }
+
+
+# What a run asks of the simulator: SimSettings fields, the rest is the runner's.
+SimLoad = dict[str, Any]
+
 
 class LoadRunner:
     def __init__(self, root: Path, kafka: str, loop: LoopThread, broker_pid: int | None) -> None:
@@ -62,43 +82,33 @@ class LoadRunner:
         if self._lag_started:
             self.loop.run(self.lag.close(), 15)
 
-    def _sim(self, system: BenchSystem, name: str, sim_args: list[str]) -> tuple[Child, Path]:
+    def _sim(self, system: BenchSystem, name: str, load: SimLoad) -> tuple[Child, Path]:
         if not self._lag_started:
             self.loop.run(self.lag.start(), 60)
             self._lag_started = True
         self._runs += 1
         report_path = system.root / "sim.json"
-        sim = Child(
-            f"sim {name}",
-            [
-                "sim",
-                "--kafka",
-                self.kafka,
-                "--central",
-                f"127.0.0.1:{system.tcp_port}",
-                "--central-url",
-                system.url,
-                "--json",
-                str(report_path),
-                "--cp-prefix",
-                f"{name.upper()}-{self._runs}",
-                "--driver-prefix",
-                f"{name}-{self._runs}-driver",
-                "--seed",
-                "7",
-                *sim_args,
-            ],
-            system.logs / "sim.log",
-        ).start()
+        url = urllib.parse.urlsplit(system.url)
+        settings = SimSettings(
+            kafka=self.kafka,
+            central=((url.hostname or "127.0.0.1", system.tcp_port),),
+            central_url=system.url,
+            json_path=report_path,
+            cp_prefix=f"{name.upper()}-{self._runs}",
+            driver_prefix=f"{name}-{self._runs}-driver",
+            seed=7,
+            **load,
+        )
+        sim = child("sim", settings, system.logs / "sim.log", name=f"sim {name}").start()
         return sim, report_path
 
-    def run_sim(self, name: str, sim_args: list[str], planned_s: float) -> dict[str, Any]:
+    def run_sim(self, name: str, load: SimLoad, planned_s: float) -> dict[str, Any]:
         """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
         system = new_system(self.root, self.kafka, name)
         samples: list[dict[str, float]] = []
         try:
             system.start_central()
-            sim, report_path = self._sim(system, name, sim_args)
+            sim, report_path = self._sim(system, name, load)
             try:
                 meters = _Meters(system.central.pid if system.central else None, sim.pid, self.broker_pid)
                 deadline = time.monotonic() + planned_s + SIM_GRACE_S
@@ -114,29 +124,34 @@ class LoadRunner:
         finally:
             system.stop_all()
 
-    def drain(self, step: Step, backlog_s: float, say: Say, profile: Path | None) -> dict[str, Any]:
+    def drain(
+        self,
+        step: Step,
+        backlog_s: float,
+        say: Say,
+        profile: Path | None,
+        *,
+        name: str = "drain",
+        store: str | None = None,
+    ) -> dict[str, Any]:
         """Central's own capacity: the rate at which it works off a backlog with the machine to itself.
 
         The simulator starts sessions at central, then central is stopped while the
         engines go on metering for `backlog_s`; the simulator is killed and central
         restarted alone. What it applies per second until it has caught up is what
         it can apply at most: no load generator shares the two cores meanwhile.
+        `store` None is SQLite in the run's state dir, else a PostgreSQL URL.
         """
-        system = new_system(self.root, self.kafka, "drain")
         # Restarted, central need not wait for monitors that are gone for good.
-        system.central_args = ["--startup-grace", "0"]
+        system = new_system(
+            self.root, self.kafka, name, store=store, central_overrides={"startup_grace_s": 0.0}
+        )
         samples: list[dict[str, float]] = []
         profiler: subprocess.Popen[bytes] | None = None
         try:
             system.start_central()
             long_s = 120  # sessions and load far longer than the measurement: nothing ends meanwhile
-            sim, _ = self._sim(
-                system,
-                "drain",
-                ["--cps", str(step.cps), "--drivers", str(step.drivers), "--request-rate", str(step.drivers),
-                 "--ramp-up", "1", "--duration", str(long_s), "--session-seconds", str(long_s),
-                 "--meter-interval", str(step.meter_interval_s)],
-            )  # fmt: skip
+            sim, _ = self._sim(system, name, step.load(duration_s=long_s, session_s=long_s))
             try:
                 wait_for(
                     lambda: system.view.health()["sessions_in_progress"] >= 0.8 * step.drivers,
@@ -171,6 +186,7 @@ class LoadRunner:
                 profiler.wait(30)
                 profiler = None
             return {
+                "store": "postgresql" if store else "sqlite",
                 "drivers": step.drivers,
                 "meter_interval_s": step.meter_interval_s,
                 "backlog_s": backlog_s,
@@ -245,10 +261,17 @@ def sustained_latency(runner: LoadRunner, quick: bool, say: Say) -> dict[str, An
     """Request latency while the simulator's drivers keep sending at a steady rate."""
     duration = 10 if quick else 20
     rate = 20
-    args = ["--cps", "200", "--drivers", "200", "--request-rate", str(rate), "--ramp-up", "3",
-            "--duration", str(duration), "--session-seconds", "3", "--meter-interval", "1"]  # fmt: skip
+    load: SimLoad = {
+        "cps": 200,
+        "drivers": 200,
+        "request_rate": float(rate),
+        "ramp_up_s": 3.0,
+        "duration_s": float(duration),
+        "session_s": 3.0,
+        "meter_interval_s": 1.0,
+    }
     say(f"sim: 200 CPs, 200 drivers, {rate} requests/s for {duration} s")
-    run = runner.run_sim("sustained", args, planned_s=3 + duration)
+    run = runner.run_sim("sustained", load, planned_s=3 + duration)
     report = run["report"]
     return {
         "request_rate_per_s": rate,
@@ -272,7 +295,14 @@ def throughput(
             f"step {n + 1}: {step.drivers} sessions, a reading every {step.meter_interval_s:g} s "
             f"(≈ {step.target_per_s:.0f}/s)"
         )
-        run = runner.run_sim(f"tput{n + 1}", _step_args(step), planned_s=STEP_PLANNED_S)
+        try:
+            run = runner.run_sim(
+                f"tput{n + 1}", step.load(duration_s=10.0, session_s=STEP_SESSION_S), planned_s=STEP_PLANNED_S
+            )
+        except Exception as exc:  # a failed step ends the steps; the capacity run still runs
+            say(f"[red]  step {n + 1} failed: {exc!r}[/]")
+            rows.append({"drivers": step.drivers, "target_per_s": step.target_per_s, "error": repr(exc)})
+            break
         row = {
             "drivers": step.drivers,
             "cps": step.cps,
@@ -294,11 +324,16 @@ def throughput(
             break
     sustained = [r["applied_per_s"] for r in rows if r.get("keeping_up")]
     say(f"capacity: {drain.drivers} sessions metering while central is stopped for {backlog_s:g} s")
+    try:
+        drained = runner.drain(drain, backlog_s, say, profile)
+    except Exception as exc:
+        say(f"[red]  the capacity run failed: {exc!r}[/]")
+        drained = {"store": "sqlite", "error": repr(exc)}
     return {
         "steps": rows,
         "max_sustained_applied_per_s": max(sustained) if sustained else None,
         "limited_by": _limit(rows),
-        "drain": runner.drain(drain, backlog_s, say, profile),
+        "drain": drained,
     }
 
 
@@ -308,16 +343,13 @@ STEP_SESSION_S = 12
 STEP_PLANNED_S = 1 + 10 + STEP_SESSION_S
 
 
-def _step_args(step: Step) -> list[str]:
-    return ["--cps", str(step.cps), "--drivers", str(step.drivers), "--request-rate", str(step.drivers),
-            "--ramp-up", "1", "--duration", "10", "--session-seconds", str(STEP_SESSION_S),
-            "--meter-interval", str(step.meter_interval_s)]  # fmt: skip
-
 
 def _limit(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no step ran"
     last = rows[-1]
+    if last.get("error"):
+        return f"not known: the step at {last['target_per_s']:.0f}/s failed"
     if not last.get("keeping_up", False):
         return "central (its backlog grew)"
     if last.get("sim_bound"):
@@ -332,11 +364,8 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
     for size in sizes:
         duration = max(5, min(45, size // 100))
         say(f"{size} CPs at once (load {duration} s)")
-        run = runner.run_sim(
-            f"scale{size}",
-            ["--cps", str(size), "--drivers", "0", "--ramp-up", "0", "--duration", str(duration)],
-            planned_s=duration,
-        )
+        load: SimLoad = {"cps": size, "drivers": 0, "ramp_up_s": 0.0, "duration_s": float(duration)}
+        run = runner.run_sim(f"scale{size}", load, planned_s=duration)
         report = run["report"]
         cps = report.get("cps", {})
         process = report.get("sim_process", {})

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-# py-spy raw frames look like "apply_events (evcharge/central/service.py:373)".
+# py-spy raw frames look like "apply (evcharge/central/service.py:373)".
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
 # Where a thread waits rather than works (py-spy --nonblocking cannot tell idle threads apart):
 # the event loop in select(), aiosqlite's worker thread blocked on its queue.
@@ -19,6 +19,7 @@ _ENTRY_FILES = ("evcharge/__main__.py", "evcharge/cli.py", "runtime/shutdown.py"
 _AREAS = (
     ("sqlite (aiosqlite thread)", ("aiosqlite", "sqlite3")),
     ("aiokafka", ("aiokafka",)),
+    ("asyncpg", ("asyncpg",)),
     ("msgspec", ("msgspec",)),
     ("aiohttp", ("aiohttp",)),
     ("evcharge", ("evcharge",)),

@@ -1,10 +1,13 @@
 """`python -m bench.run [--quick] [--trials N] [--out FILE]`: measure, print the table, save the JSON.
 
 Everything runs on this machine in one go: its own Kafka on free ports in a temp
-dir, its own central, CPs, drivers and simulators as real processes, all
-stopped at the end whatever happens. Order of the phases: footprint, the Kafka
-floor, low-load latency, detection and recovery (Kafka last among them), then
-the simulator's runs: sustained latency, throughput steps, scale.
+dir, its own central, CPs, drivers and simulators as real processes, its own
+PostgreSQL for the store comparison, all stopped at the end whatever happens.
+Order of the phases: footprint, the Kafka floor, low-load latency, detection and
+recovery (Kafka last among them), then the simulator's runs: sustained latency,
+throughput steps and central's capacity on SQLite, the stores (bare commit rates,
+central's capacity on PostgreSQL), scale. A phase that fails is recorded as failed
+(its "error") and the run goes on with the next; only Kafka not starting ends it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from evcharge.broker import KAFKA_VERSION, LocalBroker
 from rich.console import Console
 
-from bench import chaos, footprint, latency, load, profile, report
+from evcharge.devtools.kafka import KAFKA_VERSION, LocalBroker
+from evcharge.logs import setup_logging
+from evcharge.runtime.ports import free_ports
+
+from bench import chaos, footprint, latency, load, profile, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
 from bench.system import BenchSystem, new_system
-from evcharge.logs import setup_logging
-from tests.kafka_fixture import free_ports
 
 _T = TypeVar("_T")
 
@@ -48,6 +52,8 @@ class Plan:
     drain: load.Step = field(default_factory=lambda: load.Step(200, 0.05))
     backlog_s: float = 12.0
     scale_sizes: list[int] = field(default_factory=list)
+    commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
+    commit_round_s: float = 2.0
     quick: bool = False
 
     @classmethod
@@ -62,6 +68,8 @@ class Plan:
                 steps=[load.Step(100, 0.1), load.Step(200, 0.05)],
                 backlog_s=6.0,
                 scale_sizes=[100, 1000],
+                commit_rounds=3,
+                commit_round_s=1.0,
                 quick=True,
             )
         return cls(
@@ -91,6 +99,7 @@ class Bench:
                 "steps": [[s.drivers, s.meter_interval_s] for s in plan.steps],
                 "drain": [plan.drain.drivers, plan.drain.meter_interval_s, plan.backlog_s],
                 "scale_sizes": plan.scale_sizes,
+                "commit_rounds": [plan.commit_rounds, plan.commit_round_s],
             },
             "phases_s": {},
         }
@@ -111,10 +120,21 @@ class Bench:
         finally:
             self.results["phases_s"][name] = round(time.monotonic() - started, 1)
 
+    def measure(self, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """A phase whose failure becomes its figure ({"error": ...}); the run goes on."""
+        try:
+            return self.phase(name, work)
+        except Exception as exc:
+            self.say(f"[red]{name} failed: {exc!r}[/]")
+            return {"error": repr(exc)}
+
     def run(self) -> None:
         plan = self.plan
         port, controller_port = free_ports(2)
-        self.broker = LocalBroker(data_dir=self.root / "kafka", port=port, controller_port=controller_port)
+        # die_with_parent: a bench killed outright (SIGKILL) takes its broker with it.
+        self.broker = LocalBroker(
+            data_dir=self.root / "kafka", port=port, controller_port=controller_port, die_with_parent=True
+        )
         started = self.phase("kafka", lambda: self.broker.start(timeout_s=180, progress=self.say))  # type: ignore[union-attr]
         kafka = self.broker.bootstrap
         broker = {
@@ -123,83 +143,94 @@ class Bench:
             "fetch_s": started.fetch_s,
         }
 
-        roles = self.phase(
-            "footprint", lambda: footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker)
+        self.results["footprint"] = self.measure(
+            "footprint", lambda: _footprint(footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker))
         )
-        self.results["footprint"] = {
-            role: {
-                "startup_median_s": round(statistics.median(f["startup_s"]), 3) if f["startup_s"] else None,
-                "rss_median_mb": round(statistics.median(f["rss_mb"]), 1) if f["rss_mb"] else None,
-                **f,
-            }
-            for role, f in roles.items()
-        }
         lat: dict[str, Any] = self.results.setdefault("latency", {})
-        lat["floor_s"] = self.phase(
+        lat["floor_s"] = self.measure(
             "kafka floor", lambda: latency.measure_floor(self.loop, kafka, plan.floor_samples)
         )
+        try:
+            self._main_system(kafka, lat)
+        except Exception as exc:
+            # Central or its CPs did not come up: what needed them is failed, the rest still runs.
+            self.say(f"[red]the main system failed: {exc!r}[/]")
+            lat.setdefault("low_load", {"error": repr(exc)})
+            self.results.setdefault("chaos", {"error": repr(exc)})
+        finally:
+            self._stop_main()
 
+        self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
+        runner = self.runner
+        lat["sustained"] = self.measure(
+            "sustained latency", lambda: load.sustained_latency(runner, plan.quick, self.say)
+        )
+        raw_profile = self.root / "central-profile.txt" if self.profile_central else None
+        self.results["throughput"] = self.measure(
+            "throughput",
+            lambda: load.throughput(runner, plan.steps, plan.drain, plan.backlog_s, self.say, raw_profile),
+        )
+        drained = self.results["throughput"].get("drain", {})
+        if raw_profile is not None and raw_profile.exists():
+            try:
+                self.results["profile_central"] = {
+                    "while": f"it worked off a backlog at {drained.get('applied_per_s') or 0:,.0f} readings/s",
+                    **profile.summarise(raw_profile, drained.get("profiled_s"), load.PROFILE_RATE_HZ),
+                }
+            except Exception as exc:
+                self.results["profile_central"] = {"error": repr(exc)}
+
+        def drain_on_postgres(url: str) -> dict[str, Any]:
+            self.say(f"capacity on PostgreSQL: the same {plan.drain.drivers} sessions and {plan.backlog_s:g} s backlog")
+            return runner.drain(plan.drain, plan.backlog_s, self.say, None, name="drain-pg", store=url)
+
+        self.results["storage"] = self.measure(
+            "storage",
+            lambda: storage.measure(
+                self.loop,
+                self.root / "commit-rate",
+                plan.commit_round_s,
+                plan.commit_rounds,
+                self.say,
+                drain_on_postgres,
+            ),
+        )
+        self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
+
+    def _main_system(self, kafka: str, lat: dict[str, Any]) -> None:
+        """Central and two CPs measured one request at a time, then failed and restarted."""
+        plan = self.plan
         system = new_system(self.root, kafka, "main", max_session_s=2.0)
         self.systems.append(system)
         system.start_central()
         target, spare = system.ident("BENCH-1"), system.ident("BENCH-2")
         for cp_id in (target, spare):
             system.add_cp(cp_id)
-        self.prober = Prober(kafka, system.ident("bench-probe"))
-        self.loop.run(self.prober.start(), 60)
-        lat["low_load"] = self.phase(
+        prober = self.prober = Prober(kafka, system.ident("bench-probe"))
+        self.loop.run(prober.start(), 60)
+        lat["low_load"] = self.measure(
             "low-load latency",
             lambda: latency.measure_low_load(
-                self.loop,
-                self.prober,
-                [target, spare],
-                plan.accepted_samples,
-                plan.reading_samples,  # type: ignore[arg-type]
+                self.loop, prober, [target, spare], plan.accepted_samples, plan.reading_samples
             ),
         )
         lat["hop_multiples"] = latency.hop_multiples(lat["low_load"], lat["floor_s"])
-        self.results["chaos"] = self.phase(
+        assert self.broker is not None
+        broker = self.broker
+        self.results["chaos"] = self.measure(
             "detection and recovery",
-            lambda: chaos.Chaos(system, self.loop, self.prober, self.broker, target, spare).run(  # type: ignore[arg-type]
-                plan.trials, self.say
-            ),
+            lambda: chaos.Chaos(system, self.loop, prober, broker, target, spare).run(plan.trials, self.say),
         )
-        self._stop_main()
-
-        self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
-        lat["sustained"] = self.phase(
-            "sustained latency",
-            lambda: load.sustained_latency(self.runner, plan.quick, self.say),  # type: ignore[arg-type]
-        )
-        raw_profile = self.root / "central-profile.txt" if self.profile_central else None
-        self.results["throughput"] = self.phase(
-            "throughput",
-            lambda: load.throughput(
-                self.runner,  # type: ignore[arg-type]
-                plan.steps,
-                plan.drain,
-                plan.backlog_s,
-                self.say,
-                raw_profile,
-            ),
-        )
-        if raw_profile is not None and raw_profile.exists():
-            drained = self.results["throughput"]["drain"]
-            self.results["profile_central"] = {
-                "while": f"it worked off a backlog at {drained.get('applied_per_s') or 0:,.0f} readings/s",
-                **profile.summarise(raw_profile, drained.get("profiled_s"), load.PROFILE_RATE_HZ),
-            }
-        self.results["scale"] = self.phase(
-            "scale", lambda: load.scale(self.runner, plan.scale_sizes, self.say)
-        )  # type: ignore[arg-type]
 
     def _stop_main(self) -> None:
-        if self.prober is not None:
-            prober, self.prober = self.prober, None
-            self.loop.run(prober.close(), 30)
-        for system in self.systems:
-            system.stop_all()
-        self.systems.clear()
+        prober, self.prober = self.prober, None
+        systems, self.systems = self.systems, []
+        try:
+            if prober is not None:
+                self.loop.run(prober.close(), 30)
+        finally:
+            for system in systems:
+                system.stop_all()
 
     def close(self) -> None:
         """Stop everything this run started, each step on its own so one failure does not skip the rest."""
@@ -265,6 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]bench failed: {failed!r}[/]")
         return 1
     return 0
+
+
+def _footprint(roles: dict[str, Any]) -> dict[str, Any]:
+    return {
+        role: {
+            "startup_median_s": round(statistics.median(f["startup_s"]), 3) if f["startup_s"] else None,
+            "rss_median_mb": round(statistics.median(f["rss_mb"]), 1) if f["rss_mb"] else None,
+            **f,
+        }
+        for role, f in roles.items()
+    }
 
 
 def _interrupt(signum: int, frame: object) -> None:

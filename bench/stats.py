@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from evcharge.sim.report import percentile
+from evcharge.devtools.sim.report import percentile
 
 
 def summary(values: Sequence[float]) -> dict[str, Any]:

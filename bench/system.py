@@ -1,8 +1,12 @@
-"""The processes a benchmark phase runs, on top of the tests' `System`, and fast looks at central.
+"""The processes a benchmark phase runs, on top of `evcharge.devtools.system.LocalSystem`, and
+fast looks at what each one says of itself.
 
-`System` (tests/harness.py) starts real `evcharge` processes with their own logs;
-here its waits are tightened to 10 ms polls over one kept-alive HTTP connection,
-so a figure of a few hundred milliseconds is not rounded to the harness's 50 ms.
+`LocalSystem` starts real `evcharge` processes with their own logs; here its waits
+are tightened to 10 ms polls over one kept-alive HTTP connection, so a figure of a
+few hundred milliseconds is not rounded to the harness's 50 ms. Every readiness the
+bench times is asked of the process over its own interface (central's `GET /health`
+and `GET /cp/<id>`, an engine's health port, a driver's event stream), never read
+from its log.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ from __future__ import annotations
 import http.client
 import json
 import time
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evcharge.supervisor import Child
-
-from tests.harness import System
+from evcharge.devtools import system as devsystem
+from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import ChargePoint, LocalSystem
 
 POLL_S = 0.01
 TIMEOUT_S = 30.0
@@ -43,9 +49,13 @@ class CentralView:
                     raise
         raise AssertionError("unreachable")
 
-    def status(self, cp_id: str) -> str | None:
+    def cp(self, cp_id: str) -> dict[str, Any] | None:
         code, body = self.get(f"/cp/{cp_id}")
-        return body["status"] if code == 200 else None
+        return body if code == 200 else None
+
+    def status(self, cp_id: str) -> str | None:
+        cp = self.cp(cp_id)
+        return cp["status"] if cp else None
 
     def health(self) -> dict[str, Any]:
         code, body = self.get("/health")
@@ -60,37 +70,31 @@ class CentralView:
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout_s: float = TIMEOUT_S) -> float:
-    """Poll every 10 ms until `predicate` is truthy; the monotonic time it first was."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while True:
-        try:
-            last = predicate()
-        except Exception as exc:  # central may be restarting: that is what is being timed
-            last = exc
-        else:
-            if last:
-                return time.monotonic()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
-        time.sleep(POLL_S)
+    """Poll every 10 ms until `predicate` is truthy; the monotonic time it first was.
+
+    TimeoutError naming `what` once `timeout_s` has passed; a predicate that raises
+    counts as not yet (central may be restarting: that is what is being timed).
+    """
+    devsystem.wait_for(predicate, timeout_s, what, interval_s=POLL_S)
+    return time.monotonic()
 
 
-def log_count(child: Child, text: str) -> int:
-    """How often `text` appears in the child's log (which appends across restarts)."""
-    return child.output().count(text)
+@dataclass
+class BenchSystem(LocalSystem):
+    """A `LocalSystem` whose central is timed precisely and observed through a `CentralView`."""
 
-
-class BenchSystem(System):
-    """A `System` whose central is timed precisely and observed through a `CentralView`."""
+    central_ready_s: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.view = CentralView(self.http_port)
+        url = urllib.parse.urlsplit(self.url)
+        self.view = CentralView(url.port or self.http_port, url.hostname or "127.0.0.1")
 
-    def start_central(self) -> Child:
+    def start_central(self, env: dict[str, str] | None = None) -> Child:
+        if self.central is not None:
+            self.central.stop()
         started = time.monotonic()
-        self.central = self.central_child().start()
+        self.central = self.central_child(env).start()
         self.central_ready_s = self.wait_central() - started
         return self.central
 
@@ -100,6 +104,35 @@ class BenchSystem(System):
     def wait_cp(self, cp_id: str, status: str, timeout_s: float = TIMEOUT_S) -> float:
         return wait_for(lambda: self.view.status(cp_id) == status, f"{cp_id} to show {status}", timeout_s)
 
+    # What each process says once it serves, asked of the process we started (its pid),
+    # so an answer left over from its previous run never counts.
+
+    def engine_serving(self, cp: ChargePoint) -> bool:
+        """Its health port answers, which it opens once it reads its Kafka commands."""
+        identity = cp.identity()
+        return identity is not None and identity.pid == cp.engine.pid
+
+    def monitor_connected(self, cp: ChargePoint) -> bool:
+        """Central lists it as the CP's connected monitor."""
+        listed = self.view.cp(cp.cp_id)
+        monitor = (listed or {}).get("monitor") or {}
+        return monitor.get("pid") == cp.monitor.pid
+
+    def driver_ready(self, driver_id: str) -> bool:
+        """Its event stream has a `ready` from the running process (it reads its updates)."""
+        process = self.drivers[driver_id]
+        return any(e["event"] == "ready" and e.get("pid") == process.pid for e in self.events(driver_id))
+
+    def driver_count(self, driver_id: str, event: str) -> int:
+        return sum(1 for e in self.events(driver_id) if e["event"] == event)
+
+    def driver_settled(self, driver_id: str) -> bool:
+        """Every session the driver was told was accepted has its ticket shown."""
+        events = self.events(driver_id)
+        accepted = {e["session_id"] for e in events if e["event"] == "accepted"}
+        ticketed = {e["session_id"] for e in events if e["event"] == "ticket"}
+        return bool(accepted) and accepted <= ticketed
+
     def stop_all(self) -> None:
         try:
             super().stop_all()
@@ -107,7 +140,20 @@ class BenchSystem(System):
             self.view.close()
 
 
-def new_system(root: Path, kafka: str, name: str, *, max_session_s: float = 2.0) -> BenchSystem:
-    system = BenchSystem(root / name, kafka)
-    system.max_session_s = max_session_s
-    return system
+def new_system(
+    root: Path,
+    kafka: str,
+    name: str,
+    *,
+    max_session_s: float = 2.0,
+    store: str | None = None,
+    central_overrides: dict[str, Any] | None = None,
+) -> BenchSystem:
+    """A system of its own under `root/name`; `store` None is SQLite in its state dir."""
+    return BenchSystem(
+        root / name,
+        kafka,
+        store=store,
+        max_session_s=max_session_s,
+        central_overrides=dict(central_overrides or {}),
+    )

@@ -34,6 +34,18 @@ from evcharge.runtime.ports import free_ports
 LOOPBACK = "127.0.0.1"
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a role runs: the address it binds and is reached at, and the argv that puts it there
+    (empty: this host; `ip netns exec NAME` for a host made of a network namespace)."""
+
+    address: str = LOOPBACK
+    prefix: tuple[str, ...] = ()
+
+
+HERE = Place()
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout_s
@@ -66,13 +78,14 @@ class ChargePoint:
     monitor: Child
     engine_port: int
     state_dir: Path  # where the engine keeps its record
+    address: str = LOOPBACK  # where its health port listens
 
     def identity(self) -> Identity | None:
-        status = engine_status(LOOPBACK, self.engine_port, 1.0)
+        status = engine_status(self.address, self.engine_port, 1.0)
         return Identity(status.engine or "", status.pid) if status else None
 
     def ready(self) -> bool:
-        return engine_status(LOOPBACK, self.engine_port, 0.5) is not None
+        return engine_status(self.address, self.engine_port, 0.5) is not None
 
     def engine_sessions(self, state_dir: Path | None = None) -> dict[str, dict[str, Any]]:
         """The engine's own durable record of its sessions (what its meter said)."""
@@ -113,12 +126,16 @@ class LocalSystem:
     cps: dict[str, ChargePoint] = field(default_factory=dict)
     drivers: dict[str, Child] = field(default_factory=dict)
     central: Child | None = None
+    # Where each kind of process runs: all on this host, or each on a host of its own.
+    central_place: Place = HERE
+    cp_place: Place = HERE
+    driver_place: Place = HERE
 
     def __post_init__(self) -> None:
         self.state_dir = self.root / "state"
         self.logs = self.root / "logs"
         self.tcp_port, self.http_port = free_ports(2)
-        self.url = f"http://{LOOPBACK}:{self.http_port}"
+        self.url = f"http://{self.central_place.address}:{self.http_port}"
         # Tests share one broker: ids unique to this system keep one test's
         # committed offsets and commands away from the next test's processes.
         self.tag = uuid.uuid4().hex[:6]
@@ -133,6 +150,7 @@ class LocalSystem:
             kafka=self.kafka,
             store=self.store or str(self.state_dir / "central.sqlite"),
             state_dir=self.state_dir,
+            host=self.central_place.address,
             tcp_port=self.tcp_port,
             http_port=self.http_port,
             panel=False,
@@ -141,7 +159,13 @@ class LocalSystem:
 
     def central_child(self, env: dict[str, str] | None = None, **overrides: Any) -> Child:
         """Central as this system runs it, not started yet."""
-        return child("central", self.central_settings(**overrides), self.logs / "central.log", env=env)
+        return child(
+            "central",
+            self.central_settings(**overrides),
+            self.logs / "central.log",
+            env=env,
+            prefix=self.central_place.prefix,
+        )
 
     def start_central(self, env: dict[str, str] | None = None) -> Child:
         if self.central is not None:
@@ -154,6 +178,7 @@ class LocalSystem:
         return EngineSettings(
             **{
                 "cp_id": cp_id,
+                "host": self.cp_place.address,
                 "port": port,
                 "kafka": self.kafka,
                 "state_dir": self.state_dir,
@@ -166,8 +191,8 @@ class LocalSystem:
     def monitor_settings(self, cp_id: str, port: int, **overrides: Any) -> MonitorSettings:
         return MonitorSettings(
             cp_id=cp_id,
-            engine=f"{LOOPBACK}:{port}",
-            central=((LOOPBACK, self.tcp_port),),
+            engine=f"{self.cp_place.address}:{port}",
+            central=((self.central_place.address, self.tcp_port),),
             state_dir=self.state_dir,
             **{**self.monitor_overrides, **overrides},
         )
@@ -190,14 +215,18 @@ class LocalSystem:
             self.logs / f"engine-{cp_id}.log",
             name=f"engine {cp_id}",
             env=engine_env,
+            prefix=self.cp_place.prefix,
         ).start()
         monitor = child(
             "monitor",
             self.monitor_settings(cp_id, port, location=location, price=parse_price(price)),
             self.logs / f"monitor-{cp_id}.log",
             name=f"monitor {cp_id}",
+            prefix=self.cp_place.prefix,
         ).start()
-        cp = self.cps[cp_id] = ChargePoint(cp_id, engine, monitor, port, settings.state_dir)
+        cp = self.cps[cp_id] = ChargePoint(
+            cp_id, engine, monitor, port, settings.state_dir, self.cp_place.address
+        )
         if wait:
             self.wait_status(cp_id, "ON", 30)
             self.wait_engine_ready(cp)
@@ -234,8 +263,9 @@ class LocalSystem:
                 **overrides,
             )
             existing = self.drivers[driver_id] = child(
-                "driver", settings, self.logs / f"{driver_id}.log", name=driver_id, env=env
-            )
+                "driver", settings, self.logs / f"{driver_id}.log", name=driver_id, env=env,
+                prefix=self.driver_place.prefix,
+            )  # fmt: skip
         return existing.start()
 
     def stop_all(self) -> None:

@@ -51,7 +51,9 @@ def is_retriable(exc: BaseException) -> bool:
 def describe(exc: BaseException) -> str:
     text = str(exc).strip()
     name = exc.__class__.__name__
-    return f"{name}: {text}" if text and len(text) < 160 else name
+    if not text or len(text) >= 160:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 @dataclass
