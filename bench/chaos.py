@@ -15,14 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from evcharge.devtools.kafka import LocalBroker
-from evcharge.devtools.supervisor import Child
-from evcharge.devtools.system import ChargePoint
-
 from bench.loop import LoopThread
 from bench.probe import ProbeFailed, Prober
 from bench.stats import summary
 from bench.system import BenchSystem, wait_for
+from evcharge.devtools.kafka import LocalBroker
+from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import ChargePoint
 
 SERVE_TIMEOUT_S = 30.0
 KAFKA_START_TIMEOUT_S = 120.0
@@ -173,7 +172,9 @@ class Chaos:
                 driver = state["driver"] = system.start_driver(
                     driver_id, [self.spare] * (trials + 1), interval_s=3600
                 )
-                wait_for(lambda: system.driver_count(driver_id, "ticket") >= 1, f"{driver_id}'s first ticket", 60)
+                wait_for(
+                    lambda: system.driver_count(driver_id, "ticket") >= 1, f"{driver_id}'s first ticket", 60
+                )
             done = system.driver_count(driver_id, "accepted")
             # Killed while it waits out its interval: the last request is answered and shown.
             wait_for(lambda: system.driver_settled(driver_id), f"{driver_id}'s ticket", 60)

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evcharge.devtools.supervisor import Child
-
 from bench.procs import rss_mb
 from bench.system import BenchSystem, new_system, wait_for
+from evcharge.devtools.supervisor import Child
 
 
 def measure_footprint(root: Path, kafka: str, reps: int, broker: dict[str, Any]) -> dict[str, Any]:

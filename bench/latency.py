@@ -13,11 +13,10 @@ import dataclasses
 import time
 from typing import Any
 
-from evcharge.cp.settings import EngineSettings
-
 from bench.loop import LoopThread
 from bench.probe import Prober, floor_round_trips
 from bench.stats import summary
+from evcharge.cp.settings import EngineSettings
 
 GAP_S = 0.05  # between two requests: one at a time, never overlapping
 # `evcharge engine`'s default, which the benchmark's engines run with.

@@ -22,15 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evcharge.devtools.commands import child
-from evcharge.devtools.sim.settings import SimSettings
-from evcharge.devtools.supervisor import Child
-
 from bench.loop import LoopThread
 from bench.probe import LagProbe
 from bench.procs import cpu_s, rss_mb
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
+from evcharge.devtools.commands import child
+from evcharge.devtools.sim.settings import SimSettings
+from evcharge.devtools.supervisor import Child
 
 SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1
@@ -187,6 +186,8 @@ class LoadRunner:
                 profiler = None
             return {
                 "store": "postgresql" if store else "sqlite",
+                # evcharge.runtime.sqlite opens every role's file so: an fsync per commit.
+                **({} if store else {"sqlite_synchronous": "FULL"}),
                 "drivers": step.drivers,
                 "meter_interval_s": step.meter_interval_s,
                 "backlog_s": backlog_s,
@@ -341,7 +342,6 @@ def throughput(
 # last first request was answered until the first sessions end.
 STEP_SESSION_S = 12
 STEP_PLANNED_S = 1 + 10 + STEP_SESSION_S
-
 
 
 def _limit(rows: list[dict[str, Any]]) -> str:

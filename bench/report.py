@@ -1,4 +1,8 @@
-"""The benchmark's table: each figure beside its goal and the guide's promise. Pure: results in, rows out."""
+"""The benchmark's table: each figure beside its goal and the guide's promise. Pure: results in, rows out.
+
+A measurement that failed has `error` in its results; its row says so (measured:
+"failed", and why) instead of a figure.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from rich.table import Table
 
 GUIDE_DETECTION_S = 20.0  # the guide: failures seen within 15-20 s
 GUIDE_RECOVERY_S = 30.0  # the guide: back in < 30 s
+ERROR_CHARS = 160  # of a failure's reason, in the table (the JSON keeps all of it)
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,51 @@ def _at_least(value: float | None, goal: float) -> str:
     return "meets goal" if value >= goal else f"misses goal ({value / goal:.0%} of it)"
 
 
+def _failed(section: str, metric: str, goal: str, figure: dict[str, Any]) -> Row:
+    reason = str(figure.get("error"))
+    if len(reason) > ERROR_CHARS:
+        reason = reason[: ERROR_CHARS - 1] + "…"
+    return Row(section, metric, goal, f"failed: {reason}", "not measured")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}/s"
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     chaos = results.get("chaos", {})
+    if chaos.get("error"):
+        out.append(
+            _failed(
+                "detection", "detection and recovery, every case", "≤ 1-3.5 s to see, ≤ 5 s to serve", chaos
+            )
+        )
+    else:
+        out += _chaos_rows(chaos)
+    out += _latency_rows(results)
+    out += _load_rows(results)
+    out += _storage_rows(results)
+    out += _scale_rows(results)
+    footprint = results.get("footprint", {})
+    if footprint.get("error"):
+        out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
+        footprint = {}
+    for role, figure in footprint.items():
+        out.append(
+            Row(
+                "footprint",
+                f"{role}: start → ready, RSS at ready",
+                "-",
+                f"{_s(figure.get('startup_median_s'))}, {figure.get('rss_median_mb') or 0:.0f} MB",
+                "reported",
+            )
+        )
+    return out
+
+
+def _chaos_rows(chaos: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
     detection = (
         ("engine_killed", "engine killed → BROKEN", 1.0),
         ("engine_hung", "engine hung (SIGSTOP) → BROKEN", 3.5),
@@ -85,18 +132,6 @@ def rows(results: dict[str, Any]) -> list[Row]:
                 _at_most(figure.get("median"), 5.0, GUIDE_RECOVERY_S),
             )
         )
-    out += _latency_rows(results)
-    out += _load_rows(results)
-    for role, figure in results.get("footprint", {}).items():
-        out.append(
-            Row(
-                "footprint",
-                f"{role}: start → ready, RSS at ready",
-                "-",
-                f"{_s(figure.get('startup_median_s'))}, {figure.get('rss_median_mb') or 0:.0f} MB",
-                "reported",
-            )
-        )
     return out
 
 
@@ -110,6 +145,46 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
     floor = results.get("latency", {}).get("floor_s", {})
     multiples = results.get("latency", {}).get("hop_multiples", {})
     accepted = low.get("accepted_s", {})
+    if low.get("error"):
+        out.append(
+            _failed("latency", "request → accepted, supply started, first reading, low load", "-", low)
+        )
+    else:
+        out += _low_load_rows(low, accepted, multiples)
+    if floor.get("error"):
+        out.append(_failed("latency", "bare aiokafka produce → consume, one hop", "the floor", floor))
+    else:
+        out.append(
+            Row(
+                "latency",
+                f"bare aiokafka produce → consume, one hop (p50 / p99 of {floor.get('count', 0)})",
+                "the floor",
+                f"{_ms(floor.get('p50'))} / {_ms(floor.get('p99'))}",
+                f"accepted p50 = {multiples.get('accepted_vs_2_hops', '-')}x (2 hops x floor)",
+            )
+        )
+    sustained = results.get("latency", {}).get("sustained", {})
+    if sustained.get("error"):
+        out.append(_failed("latency", "request → accepted at a sustained rate (sim)", "-", sustained))
+    elif sustained:
+        figure = sustained.get("latency_s", {}).get("accepted", {})
+        first = sustained.get("latency_s", {}).get("first_reading", {})
+        out.append(
+            Row(
+                "latency",
+                f"request → accepted at {sustained.get('request_rate_per_s')} requests/s "
+                f"(sim, p50 / p95 / p99 of {figure.get('count', 0)})",
+                "-",
+                f"{_ms(figure.get('p50'))} / {_ms(figure.get('p95'))} / {_ms(figure.get('p99'))}",
+                f"supply started p50 {_ms(first.get('p50'))}, p99 {_ms(first.get('p99'))}; "
+                f"errors {sustained.get('errors', {}).get('total', '-')}",
+            )
+        )
+    return out
+
+
+def _low_load_rows(low: dict[str, Any], accepted: dict[str, Any], multiples: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
     out.append(
         Row(
             "latency",
@@ -142,30 +217,6 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
                 note,
             )
         )
-    out.append(
-        Row(
-            "latency",
-            f"bare aiokafka produce → consume, one hop (p50 / p99 of {floor.get('count', 0)})",
-            "the floor",
-            f"{_ms(floor.get('p50'))} / {_ms(floor.get('p99'))}",
-            f"accepted p50 = {multiples.get('accepted_vs_2_hops', '-')}x (2 hops x floor)",
-        )
-    )
-    sustained = results.get("latency", {}).get("sustained", {})
-    if sustained:
-        figure = sustained.get("latency_s", {}).get("accepted", {})
-        first = sustained.get("latency_s", {}).get("first_reading", {})
-        out.append(
-            Row(
-                "latency",
-                f"request → accepted at {sustained.get('request_rate_per_s')} requests/s "
-                f"(sim, p50 / p95 / p99 of {figure.get('count', 0)})",
-                "-",
-                f"{_ms(figure.get('p50'))} / {_ms(figure.get('p95'))} / {_ms(figure.get('p99'))}",
-                f"supply started p50 {_ms(first.get('p50'))}, p99 {_ms(first.get('p99'))}; "
-                f"errors {sustained.get('errors', {}).get('total', '-')}",
-            )
-        )
     return out
 
 
@@ -180,22 +231,36 @@ def _both(p50: float | None, p50_goal: float, p99: float | None, p99_goal: float
     return "meets goal" if not misses else "misses goal: " + ", ".join(misses)
 
 
+def _drain_measured(drain: dict[str, Any]) -> str:
+    return (
+        f"{_rate(drain.get('applied_per_s'))} applied "
+        f"({_rate(drain.get('applied_and_published_per_s'))} until the last update was "
+        f"published); {drain.get('applied', 0):,} in {_s(drain.get('window_s'))}; "
+        f"central {drain.get('central_cpu_percent', '-')} % of a core, "
+        f"broker {drain.get('broker_cpu_percent', '-')} %"
+    )
+
+
 def _load_rows(results: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     tput = results.get("throughput", {})
+    capacity = "meter readings central applies per second at most: working off a backlog alone"
+    if tput.get("error"):
+        out.append(
+            _failed("throughput", capacity + ", and live beside the simulator", "≥ 5,000/s on 2 cores", tput)
+        )
+        return out
     drain = tput.get("drain", {})
-    if drain:
+    label = capacity + " on SQLite, an fsync per commit (its writes and a driver update per reading included)"
+    if drain.get("error"):
+        out.append(_failed("throughput", label, "≥ 5,000/s on 2 cores", drain))
+    elif drain:
         out.append(
             Row(
                 "throughput",
-                "meter readings central applies per second at most: working off a backlog "
-                "alone (SQLite writes and a driver update per reading included)",
+                label,
                 "≥ 5,000/s on 2 cores",
-                f"{drain.get('applied_per_s') or 0:,.0f}/s applied "
-                f"({drain.get('applied_and_published_per_s') or 0:,.0f}/s until the last update was "
-                f"published); {drain.get('applied', 0):,} in {_s(drain.get('window_s'))}; "
-                f"central {drain.get('central_cpu_percent', '-')} % of a core, "
-                f"broker {drain.get('broker_cpu_percent', '-')} %",
+                _drain_measured(drain),
                 _at_least(drain.get("applied_per_s"), 5000),
             )
         )
@@ -217,7 +282,91 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
                 f"limit: {tput.get('limited_by')}",
             )
         )
-    for run in results.get("scale", {}).get("runs", []):
+    return out
+
+
+def _storage_rows(results: dict[str, Any]) -> list[Row]:
+    """Central on PostgreSQL beside SQLite, and the bare commit rates each is measured against."""
+    out: list[Row] = []
+    storage = results.get("storage", {})
+    if storage.get("error"):
+        out.append(
+            _failed("storage", "central on PostgreSQL; bare SQLite and PostgreSQL commits", "-", storage)
+        )
+        return out
+    if not storage:
+        return out
+    sqlite_drain = results.get("throughput", {}).get("drain", {}).get("applied_per_s")
+    pg_drain = storage.get("postgres_drain", {})
+    label = "meter readings central applies per second at most: the same backlog, its store on PostgreSQL"
+    if pg_drain.get("error"):
+        out.append(_failed("storage", label, "≥ 5,000/s on 2 cores", pg_drain))
+    else:
+        pg_rate = pg_drain.get("applied_per_s")
+        verdict = _at_least(pg_rate, 5000)
+        if pg_rate and sqlite_drain:
+            verdict += f"; {pg_rate / sqlite_drain:.0%} of SQLite's {_rate(sqlite_drain)} this run"
+        out.append(Row("storage", label, "≥ 5,000/s on 2 cores", _drain_measured(pg_drain), verdict))
+    sqlite = storage.get("sqlite_commit", {})
+    label = "bare SQLite commit, one small row per transaction (WAL): synchronous=FULL / NORMAL"
+    if sqlite.get("error"):
+        out.append(_failed("storage", label, "-", sqlite))
+    elif sqlite:
+        full = sqlite.get("full", {}).get("commits_per_s")
+        normal = sqlite.get("normal", {}).get("commits_per_s")
+        verdict = "-"
+        if full and normal:
+            verdict = f"an fsync per commit costs {normal / full:.1f}x; central's SQLite figure is with FULL"
+            if sqlite_drain:
+                verdict += f" ({sqlite_drain / full:.1f} readings per bare FULL commit: it batches)"
+        out.append(
+            Row(
+                "storage",
+                label,
+                "-",
+                f"{_rate(full)} / {_rate(normal)} (on {sqlite.get('filesystem') or '?'})",
+                verdict,
+            )
+        )
+    pg = storage.get("postgres_commit", {})
+    label = "bare PostgreSQL commit through asyncpg, one small row per transaction"
+    if pg.get("error"):
+        out.append(_failed("storage", label, "the reference for central on PostgreSQL", pg))
+    elif pg:
+        rate = pg.get("commits_per_s")
+        settings = pg.get("settings", {})
+        notes = []
+        if rate and pg_drain.get("applied_per_s"):
+            notes.append(
+                f"central on PostgreSQL: {pg_drain['applied_per_s'] / rate:.1f} readings per bare commit"
+            )
+        full = sqlite.get("full", {}).get("commits_per_s")
+        if rate and full:
+            notes.append(f"SQLite FULL commits {full / rate:.1f}x as fast")
+        verdict = "; ".join(notes) or "-"
+        out.append(
+            Row(
+                "storage",
+                label,
+                "the reference for central on PostgreSQL",
+                f"{_rate(rate)} (PostgreSQL {str(settings.get('server_version', '?')).split()[0]}, "
+                f"fsync {settings.get('fsync', '?')}, "
+                f"synchronous_commit {settings.get('synchronous_commit', '?')})",
+                verdict,
+            )
+        )
+    return out
+
+
+def _scale_rows(results: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    scale = results.get("scale", {})
+    if scale.get("error"):
+        out.append(
+            _failed("scale", "CPs join at once: all ON at central", "1,000 in ≤ 10 s, zero errors", scale)
+        )
+        return out
+    for run in scale.get("runs", []):
         goal = "≤ 10 s, zero errors" if run["cps"] == 1000 else "zero errors"
         seconds = run.get("registration_s")
         verdict = "reported"
@@ -244,7 +393,6 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
                 verdict,
             )
         )
-    scale = results.get("scale", {})
     if scale.get("runs"):
         biggest = scale["runs"][-1]
         out.append(

@@ -28,15 +28,14 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from evcharge.devtools.kafka import KAFKA_VERSION, LocalBroker
-from evcharge.logs import setup_logging
-from evcharge.runtime.ports import free_ports
-
 from bench import chaos, footprint, latency, load, profile, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
 from bench.system import BenchSystem, new_system
+from evcharge.devtools.kafka import KAFKA_VERSION, LocalBroker
+from evcharge.logs import setup_logging
+from evcharge.runtime.ports import free_ports
 
 _T = TypeVar("_T")
 
@@ -144,7 +143,8 @@ class Bench:
         }
 
         self.results["footprint"] = self.measure(
-            "footprint", lambda: _footprint(footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker))
+            "footprint",
+            lambda: _footprint(footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker)),
         )
         lat: dict[str, Any] = self.results.setdefault("latency", {})
         lat["floor_s"] = self.measure(
@@ -173,15 +173,19 @@ class Bench:
         drained = self.results["throughput"].get("drain", {})
         if raw_profile is not None and raw_profile.exists():
             try:
+                rate = drained.get("applied_per_s") or 0
                 self.results["profile_central"] = {
-                    "while": f"it worked off a backlog at {drained.get('applied_per_s') or 0:,.0f} readings/s",
+                    "while": f"it worked off a backlog at {rate:,.0f} readings/s",
                     **profile.summarise(raw_profile, drained.get("profiled_s"), load.PROFILE_RATE_HZ),
                 }
             except Exception as exc:
                 self.results["profile_central"] = {"error": repr(exc)}
 
         def drain_on_postgres(url: str) -> dict[str, Any]:
-            self.say(f"capacity on PostgreSQL: the same {plan.drain.drivers} sessions and {plan.backlog_s:g} s backlog")
+            self.say(
+                f"capacity on PostgreSQL: the same {plan.drain.drivers} sessions "
+                f"and {plan.backlog_s:g} s of backlog"
+            )
             return runner.drain(plan.drain, plan.backlog_s, self.say, None, name="drain-pg", store=url)
 
         self.results["storage"] = self.measure(

@@ -23,10 +23,9 @@ from typing import Any
 
 import asyncpg
 
+from bench.loop import LoopThread
 from evcharge.devtools.postgres import LocalPostgres
 from evcharge.runtime.ports import free_port
-
-from bench.loop import LoopThread
 
 # About the size of one meter reading's row in central's store.
 PAYLOAD = "x" * 120

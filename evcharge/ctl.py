@@ -128,8 +128,16 @@ def sessions(
 def engine(
     cp_id: str,
     action: Annotated[str, typer.Argument(help="plug, unplug, fault, clear or status.")],
-    host: Annotated[str, typer.Option(help="The engine's host.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="The engine's port (default 5000 + CP number).")] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            envvar="EVCHARGE_ENGINE_HOST", help="The engine's host (its controls answer on loopback)."
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(envvar="EVCHARGE_ENGINE_PORT", help="The engine's port (default 5000 + CP number)."),
+    ] = None,
 ) -> None:
     """Act at a CP's engine: plug in, unplug, raise a fault (KO) or clear it."""
     from evcharge.cp.settings import default_engine_port
