@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
-from bench.procs import cpu_s, rss_mb
+from bench.procs import cpu_s, rss_mb, tree_cpu_s
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
@@ -132,6 +132,7 @@ class LoadRunner:
         *,
         name: str = "drain",
         store: str | None = None,
+        store_pid: int | None = None,
     ) -> dict[str, Any]:
         """Central's own capacity: the rate at which it works off a backlog with the machine to itself.
 
@@ -139,7 +140,8 @@ class LoadRunner:
         engines go on metering for `backlog_s`; the simulator is killed and central
         restarted alone. What it applies per second until it has caught up is what
         it can apply at most: no load generator shares the two cores meanwhile.
-        `store` None is SQLite in the run's state dir, else a PostgreSQL URL.
+        `store` None is SQLite in the run's state dir, else a PostgreSQL URL, whose
+        server (`store_pid`, its backends included) is metered beside central.
         """
         # Restarted, central need not wait for monitors that are gone for good.
         system = new_system(
@@ -168,7 +170,7 @@ class LoadRunner:
             say(f"backlog of {backlog:,} records; central restarted alone")
             restarted = time.monotonic()
             system.central.start()
-            meters = _Meters(system.central.pid, None, self.broker_pid)
+            meters = _Meters(system.central.pid, None, self.broker_pid, store_pid)
             system.wait_central()  # py-spy attaches to a running interpreter, not to one starting up
             profiled_from = time.monotonic()
             if profile is not None:
@@ -217,15 +219,21 @@ class LoadRunner:
 
 
 class _Meters:
-    """CPU seconds and RSS of central, the simulator and the broker at one instant."""
+    """CPU seconds and RSS of central, the simulator, the broker (and PostgreSQL) at one instant."""
 
-    def __init__(self, central: int | None, sim: int | None, broker: int | None) -> None:
-        self.pids = {"central": central, "sim": sim, "broker": broker}
+    def __init__(
+        self, central: int | None, sim: int | None, broker: int | None, postgres: int | None = None
+    ) -> None:
+        self.pids = {"central": central, "sim": sim, "broker": broker, "postgres": postgres}
 
     def read(self) -> dict[str, float]:
         row: dict[str, float] = {}
         for name, pid in self.pids.items():
-            cpu, rss = cpu_s(pid), rss_mb(pid)
+            if pid is None:
+                continue
+            # PostgreSQL works in a backend per connection: its CPU is the whole tree's.
+            cpu = tree_cpu_s(pid) if name == "postgres" else cpu_s(pid)
+            rss = rss_mb(pid)
             if cpu is not None:
                 row[f"{name}_cpu_s"] = cpu
             if rss is not None:

@@ -12,15 +12,36 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_s(pid: int | None) -> float | None:
     """User + system CPU seconds `pid` has used so far (None when it is gone)."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     # After the command name: state is field 3, utime 14, stime 15 (1-based, man proc).
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds of `pid`, of the children it has reaped and of those still running: a server
+    made of processes (PostgreSQL: a postmaster and a backend per connection)."""
+    fields = _stat(pid)
+    if fields is None:
+        return None
+    # utime, stime, cutime, cstime: fields 14-17 (1-based, man proc).
+    total = sum(int(f) for f in fields[11:15]) / _TICKS
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = _stat_fields(stat)
+        if child is not None and child[1] == str(pid):  # ppid, field 4
+            total += (int(child[11]) + int(child[12])) / _TICKS
+    return total
+
+
+def _stat(pid: int | None) -> list[str] | None:
+    return None if pid is None else _stat_fields(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_fields(path: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (field 3 on), None when it is gone."""
+    try:
+        return path.read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def rss_mb(pid: int | None) -> float | None:

@@ -238,6 +238,7 @@ def _drain_measured(drain: dict[str, Any]) -> str:
         f"published); {drain.get('applied', 0):,} in {_s(drain.get('window_s'))}; "
         f"central {drain.get('central_cpu_percent', '-')} % of a core, "
         f"broker {drain.get('broker_cpu_percent', '-')} %"
+        + (f", PostgreSQL {drain['postgres_cpu_percent']} %" if "postgres_cpu_percent" in drain else "")
     )
 
 

@@ -181,12 +181,14 @@ class Bench:
             except Exception as exc:
                 self.results["profile_central"] = {"error": repr(exc)}
 
-        def drain_on_postgres(url: str) -> dict[str, Any]:
+        def drain_on_postgres(url: str, pid: int | None) -> dict[str, Any]:
             self.say(
                 f"capacity on PostgreSQL: the same {plan.drain.drivers} sessions "
                 f"and {plan.backlog_s:g} s of backlog"
             )
-            return runner.drain(plan.drain, plan.backlog_s, self.say, None, name="drain-pg", store=url)
+            return runner.drain(
+                plan.drain, plan.backlog_s, self.say, None, name="drain-pg", store=url, store_pid=pid
+            )
 
         self.results["storage"] = self.measure(
             "storage",

@@ -90,7 +90,7 @@ def drain_rate(samples: list[dict[str, float]]) -> dict[str, Any]:
             round((caught["applied"] - first["applied"]) / dt_published, 1) if dt_published > 0 else None
         ),
     }
-    for name in ("central", "broker"):
+    for name in ("central", "broker", "postgres"):
         key = f"{name}_cpu_s"
         if key in first and key in published_at and dt_published > 0:
             out[f"{name}_cpu_percent"] = round(100 * (published_at[key] - first[key]) / dt_published, 1)

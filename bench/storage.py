@@ -165,11 +165,12 @@ def measure(
     round_s: float,
     rounds: int,
     say: Say,
-    drain: Callable[[str], dict[str, Any]],
+    drain: Callable[[str, int | None], dict[str, Any]],
 ) -> dict[str, Any]:
     """The commit references and central's capacity on PostgreSQL; each failure is recorded as its own.
 
-    `drain(url)` runs the capacity run against the PostgreSQL database at `url`.
+    `drain(url, pid)` runs the capacity run against the PostgreSQL database at `url`,
+    served by the postmaster `pid`.
     """
     out: dict[str, Any] = {}
     say(f"SQLite commits, synchronous FULL vs NORMAL: {rounds} rounds of {round_s:g} s each")
@@ -194,7 +195,9 @@ def measure(
             ),
             say,
         )
-        out["postgres_drain"] = _attempt(lambda: drain(server.create_database("bench_central")), say)
+        out["postgres_drain"] = _attempt(
+            lambda: drain(server.create_database("bench_central"), server.pid), say
+        )
     finally:
         postgres.close()
     return out

@@ -137,6 +137,15 @@ def test_a_replayed_or_out_of_order_event_changes_nothing() -> None:
     assert len(tickets(sent_twice)) == 1
 
 
+def test_an_older_reading_arriving_after_a_newer_one_changes_nothing_and_tells_nobody() -> None:
+    session, sent = run(new_session(), [started(), reading(3, 300)])
+    result = apply_event(session, reading(1, 100), ids(), NOW)
+    assert isinstance(result, Ignored), "the bill never goes backwards"
+    again = apply_event(session, reading(3, 300), ids(), NOW)
+    assert isinstance(again, Ignored), "the same reading twice is applied once"
+    assert (session.wh, session.last_seq) == (300, 3)
+
+
 @given(st.lists(st.integers(min_value=0, max_value=4), min_size=1, max_size=30))
 def test_any_redelivery_of_the_events_bills_what_the_in_order_run_bills(order: list[int]) -> None:
     events = full_sequence()
