@@ -138,7 +138,7 @@ def test_a_replayed_or_out_of_order_event_changes_nothing() -> None:
 
 
 def test_an_older_reading_arriving_after_a_newer_one_changes_nothing_and_tells_nobody() -> None:
-    session, sent = run(new_session(), [started(), reading(3, 300)])
+    session, _ = run(new_session(), [started(), reading(3, 300)])
     result = apply_event(session, reading(1, 100), ids(), NOW)
     assert isinstance(result, Ignored), "the bill never goes backwards"
     again = apply_event(session, reading(3, 300), ids(), NOW)
