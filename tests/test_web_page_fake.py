@@ -155,6 +155,25 @@ def test_stop_asks_for_the_token_refuses_a_wrong_one_and_works_with_the_right_on
     expect(form).to_be_hidden()
 
 
+def test_without_auth_actions_need_no_token(browser: Any) -> None:
+    with running_fake(cps=20, token=None) as open_fake:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(open_fake.url + "/")
+        expect(page.get_by_test_id("role")).not_to_contain_text("auth on", timeout=SLOW_MS)
+        tile(page, "CP-005").get_by_test_id("cp-stop").click()
+        expect(tile(page, "CP-005")).to_have_attribute("data-status", "STOPPED", timeout=LIVE_MS)
+        expect(page.get_by_test_id("token-form")).to_be_hidden()
+        page.get_by_test_id("stop-all").click()
+        expect(page.get_by_test_id("stop-all")).to_have_attribute("data-confirm", "yes")  # asks twice
+        page.get_by_test_id("stop-all").click()
+        expect(page.locator('[data-testid="cp-tile"][data-status="ON"]')).to_have_count(0, timeout=LIVE_MS)
+        page.get_by_test_id("resume-all").click()
+        page.get_by_test_id("resume-all").click()
+        expect(tile(page, "CP-005")).to_have_attribute("data-status", "ON", timeout=LIVE_MS)
+        context.close()
+
+
 def test_404_and_409_are_shown_with_the_servers_message(page: Any, fake: FakeCentralThread) -> None:
     page.evaluate(f"sessionStorage.setItem('evcharge.operator_token', '{TOKEN}')")
 

@@ -507,7 +507,11 @@ function connect() {
   source = new EventSource("/events");
   const on = (name, apply) => source.addEventListener(name, (event) => {
     state.lastEventAt = Date.now();
-    apply(JSON.parse(event.data));
+    try {
+      apply(JSON.parse(event.data));
+    } catch (err) {
+      toast(`central sent a ${name} event this page cannot use (${err.message})`);
+    }
     schedule();
   });
   on("snapshot", (snap) => { retryDelayMs = 0; applySnapshot(snap); });
