@@ -323,7 +323,21 @@ def test_price_out_of_range_or_not_whole_micro_euros_is_refused(price: float) ->
 
 @pytest.mark.parametrize(
     "cp_id",
-    ["CP 1", " CP1", "CP1 ", "", "C" * 65, "-CP1", ".CP1", "CP/1", "CP\t1", "CP\n1", "ÇP1"],
+    [
+        "CP 1",
+        " CP1",
+        "CP1 ",
+        "",
+        "C" * 65,
+        "-CP1",
+        ".CP1",
+        "CP/1",
+        "CP\t1",
+        "CP\n1",
+        "ÇP1",
+        "stop-all",
+        "resume-all",
+    ],
     ids=[
         "inner-space",
         "leading-space",
@@ -336,6 +350,8 @@ def test_price_out_of_range_or_not_whole_micro_euros_is_refused(price: float) ->
         "tab",
         "inner-newline",
         "non-ascii",
+        "the-all-operation-stop",
+        "the-all-operation-resume",
     ],
 )
 def test_bad_cp_id_is_refused(cp_id: str) -> None:
@@ -345,7 +361,7 @@ def test_bad_cp_id_is_refused(cp_id: str) -> None:
         decode(with_changes(REGISTER, cp_id=cp_id), TcpFrame)
 
 
-@pytest.mark.parametrize("cp_id", ["C", "CP-1", "cp_1.a", "C" * 64, "0"])
+@pytest.mark.parametrize("cp_id", ["C", "CP-1", "cp_1.a", "C" * 64, "0", "stop-all-2", "resume"])
 def test_good_cp_id_is_accepted(cp_id: str) -> None:
     assert decode(with_changes(READING, cp_id=cp_id), CpEvent).cp_id == cp_id
 

@@ -16,6 +16,8 @@ from evcharge.central.decisions import Rules
 from evcharge.central.facts import DeadLettered
 from evcharge.central.http_api import CentralApi
 from evcharge.central.ledger import CpEvent
+from evcharge.central.live import LiveFeed
+from evcharge.central.metrics import Metrics
 from evcharge.central.monitor_server import MonitorServer
 from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
@@ -51,7 +53,7 @@ class CentralApp:
             where = f"monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port}"
             store.claim(f"central pid {os.getpid()} ({where})")
         relay = OutboxRelay(store.outbox, s.kafka)
-        messages, counters = Messages(), Counters()
+        messages, counters, metrics = Messages(), Counters(), Metrics()
         audit = AuditLog(self.audit_path(store))
         service = CentralService(
             store,
@@ -60,12 +62,14 @@ class CentralApp:
                 start_timeout_s=s.start_timeout_s,
                 join_token=s.join_token if self.auth else None,
             ),
-            observers=[messages, counters, audit],
+            observers=[messages, counters, metrics, audit],
             on_outbox=relay.wake,
         )
         self.service = service
+        live = LiveFeed(lambda: service.state, messages, role=lambda: "single", instance=self.instance)
+        service.observers.append(live)
         await service.load()
-        dispatcher = _Dispatcher(service, store, relay)
+        dispatcher = _Dispatcher(service, store, relay, metrics)
         inbox = Inbox(
             bootstrap=s.kafka,
             group_id="central",
@@ -88,6 +92,10 @@ class CentralApp:
             kafka_up=lambda: relay.kafka_up and inbox.kafka_up,
             store_state=lambda: f"cannot record: {inbox.store_error}" if inbox.store_error else "ok",
             operator_token=s.operator_token if self.auth else None,
+            live=live,
+            metrics=lambda: metrics.render(
+                service.state, store.outbox.outbox_stats, lambda: _lags(inbox), time.time(), leader=True
+            ),
         )
         runner = web.AppRunner(api.app, access_log=None)
         try:
@@ -95,8 +103,10 @@ class CentralApp:
             await runner.setup()
             await web.TCPSite(runner, s.host, s.http_port).start()
             log.info("HTTP API on http://%s:%d (store %s, Kafka %s)", s.host, s.http_port, store.url, s.kafka)
-            await service.wait_for_monitors(s.startup_grace_s)
             async with asyncio.TaskGroup() as tasks:
+                # The page is live from the start: it sees the monitors come back.
+                tasks.create_task(live.run(stop), name="live feed")
+                await service.wait_for_monitors(s.startup_grace_s, stop)
                 tasks.create_task(relay.run(stop), name="outbox relay")
                 tasks.create_task(inbox.run(stop), name="kafka inbox")
                 tasks.create_task(monitors.watch_heartbeats(stop), name="heartbeat watch")
@@ -109,6 +119,7 @@ class CentralApp:
                 log.info("central stopping: closing monitor connections, flushing the outbox")
         finally:
             # Order: stop accepting, drop peers (they reconnect elsewhere), then close the store.
+            live.close()
             await monitors.close()
             await runner.cleanup()
             await store.close()
@@ -117,13 +128,20 @@ class CentralApp:
         return 0
 
 
+async def _lags(inbox: Inbox) -> dict[tuple[str, int], int]:
+    return {(tp.topic, tp.partition): lag for tp, lag in (await inbox.lags()).items()}
+
+
 class _Dispatcher:
     """Turns a batch of deliveries into service calls, in order; misfits become dead letters."""
 
-    def __init__(self, service: CentralService, store: CentralStore, relay: OutboxRelay) -> None:
+    def __init__(
+        self, service: CentralService, store: CentralStore, relay: OutboxRelay, metrics: Metrics
+    ) -> None:
         self._service = service
         self._store = store
         self._relay = relay
+        self._metrics = metrics
 
     async def handle(self, deliveries: Sequence[Delivery[Any]]) -> None:
         # Facts before decisions: the engines' events of a batch are applied before
@@ -149,8 +167,9 @@ class _Dispatcher:
     async def _flush(self, events: list[Delivery[CpEvent]]) -> None:
         if not events:
             return
-        rejected = await self._service.apply_events([d.message for d in events])
-        for position, reason in rejected.items():
+        with self._metrics.event_apply.time():
+            rejected = await self._service.apply_events([d.message for d in events])
+        for position, (code, reason) in rejected.items():
             record = events[position].record
             log.warning(
                 "central set aside record %s[%d]@%d as a dead letter: %s",
@@ -159,14 +178,14 @@ class _Dispatcher:
                 record.offset,
                 reason,
             )
-            await self.dead_letter(record, reason)
+            await self.dead_letter(record, reason, code)
         events.clear()
 
-    async def dead_letter(self, record: Any, reason: str) -> None:
+    async def dead_letter(self, record: Any, reason: str, code: str = "undecodable") -> None:
         await self._store.dead_letter(
             *dead_letter(
                 record.topic, record.partition, record.offset, record.key, record.value, "central", reason
             )
         )
-        self._service.tell(DeadLettered(record.topic, reason))
+        self._service.tell(DeadLettered(record.topic, reason, code))
         self._relay.wake()
