@@ -25,7 +25,7 @@ from evcharge.runtime.outbox import OutboxStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A `_created` series per counter doubles the scrape and says only when central started.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
