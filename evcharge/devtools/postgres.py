@@ -110,13 +110,22 @@ class LocalPostgres:
                 cwd=self.folder,
             )
         deadline = time.monotonic() + timeout_s
-        while not port_answers(self.host, self.port, 0.5):
+        while not self._accepting(binaries):
             if self._server.poll() is not None or time.monotonic() > deadline:
                 raise BrokerError(
                     f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}"
                 )
             time.sleep(0.1)
         self.create_database(USER)
+
+    def _accepting(self, binaries: Path) -> bool:
+        """Taking connections: past the port opening, past crash recovery (pg_isready)."""
+        if not port_answers(self.host, self.port, 0.5):
+            return False
+        ready = self._run(
+            binaries / "pg_isready", "-q", "-h", self.host, "-p", str(self.port), "-t", "1", check=False
+        )
+        return ready.returncode == 0
 
     def create_database(self, name: str) -> str:
         """A database of its own (a test's); returns its URL. Fine if it exists."""
