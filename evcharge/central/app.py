@@ -138,6 +138,10 @@ class CentralApp:
                 tasks.create_task(live.run(stop), name="live feed")
                 tasks.create_task(standby.run(stop), name="standby's view of the leader")
                 tasks.create_task(monitors.watch_heartbeats(stop), name="heartbeat watch")
+                if s.panel:
+                    from evcharge.central.panel import run_panel
+
+                    tasks.create_task(run_panel(service, messages, stop), name="panel")
                 while await leadership.wait_to_lead(stop):
                     await self._lead(stop, store, leadership, claim, service, monitors, links, metrics)
                     if stop.is_set():

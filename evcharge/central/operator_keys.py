@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from evcharge.central.service import CentralService
-from evcharge.errors import Refused, StoreUnavailable
+from evcharge.errors import Fenced, Refused, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,8 @@ async def execute(service: CentralService, command: Command) -> Notice:
         return Notice(exc.reason, "error")
     except StoreUnavailable as exc:
         return Notice(f"central cannot record right now: {exc}", "error")
+    except Fenced:
+        return Notice("this central is a standby: the leading central takes the operator's commands", "error")
 
 
 async def _execute(service: CentralService, command: Command) -> Notice:
