@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.loop import LoopThread
-from bench.probe import ProbeFailed, Prober
-from bench.stats import summary
+from bench.probe import Prober
+from bench.stats import run_trials
 from bench.system import BenchSystem, wait_for
 from evcharge.devtools.kafka import LocalBroker
 from evcharge.devtools.supervisor import Child
@@ -60,21 +60,7 @@ class Chaos:
         }
         results: dict[str, Any] = {}
         for name, trial in cases.items():
-            rows: list[dict[str, float]] = []
-            error = None
-            for n in range(trials):
-                say(f"{name} {n + 1}/{trials}")
-                try:
-                    rows.append(trial())
-                except (TimeoutError, ProbeFailed, AssertionError) as exc:
-                    error = f"trial {n + 1}: {exc}"
-                    say(f"{name}: {error}")
-                    break
-            results[name] = {
-                "trials": rows,
-                "error": error,
-                **{key: summary([r[key] for r in rows if key in r]) for key in (rows[0] if rows else {})},
-            }
+            results[name] = run_trials(trials, say, name, trial)
         return results
 
     def _cp(self) -> ChargePoint:

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import ProbeFailed, Prober
-from bench.stats import summary
+from bench.stats import run_trials
 from bench.storage import BenchPostgres
 from bench.system import new_system, wait_for
 from evcharge.devtools.system import CentralNode
@@ -46,7 +46,7 @@ def measure(loop: LoopThread, root: Path, kafka: str, trials: int, say: Say) -> 
         loop.run(prober.start(), 60)
         out: dict[str, Any] = {}
         for name, trial in (("leader_killed", _killed), ("leader_frozen", _frozen)):
-            out[name] = _trials(
+            out[name] = run_trials(
                 trials, say, name.replace("_", " "), lambda trial=trial: trial(system, loop, prober, cp)
             )
         say("rolling restart of both centrals under requests")
@@ -58,21 +58,6 @@ def measure(loop: LoopThread, root: Path, kafka: str, trials: int, say: Say) -> 
         if system is not None:
             system.stop_all()
         postgres.close()
-
-
-def _trials(trials: int, say: Say, name: str, trial: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    rows: list[dict[str, float]] = []
-    error = None
-    for n in range(trials):
-        say(f"{name} {n + 1}/{trials}")
-        try:
-            rows.append(trial())
-        except (TimeoutError, ProbeFailed, AssertionError) as exc:
-            error = f"trial {n + 1}: {exc}"
-            say(f"{name}: {error}")
-            break
-    keys = rows[0] if rows else {}
-    return {"trials": rows, "error": error, **{k: summary([r[k] for r in rows]) for k in keys}}
 
 
 def _leader(system: Any) -> CentralNode:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.probe import ProbeFailed
 from evcharge.devtools.sim.report import percentile
 
 
@@ -22,6 +23,27 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
         "max": _r(max(values)),
         "samples": [_r(v) for v in values],
     }
+
+
+def run_trials(
+    trials: int, say: Callable[[str], None], name: str, trial: Callable[[], dict[str, float]]
+) -> dict[str, Any]:
+    """`trial` run up to `trials` times, each key of its rows summarised; the first failure ends it.
+
+    A failed trial is kept as the case's `error`, so the report shows it instead of a figure.
+    """
+    rows: list[dict[str, float]] = []
+    error = None
+    for n in range(trials):
+        say(f"{name} {n + 1}/{trials}")
+        try:
+            rows.append(trial())
+        except (TimeoutError, ProbeFailed, AssertionError) as exc:
+            error = f"trial {n + 1}: {exc}"
+            say(f"{name}: {error}")
+            break
+    keys = rows[0] if rows else {}
+    return {"trials": rows, "error": error, **{k: summary([r[k] for r in rows if k in r]) for k in keys}}
 
 
 def _r(value: float | None) -> float | None:
