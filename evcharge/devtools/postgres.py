@@ -9,12 +9,14 @@ directory, its socket and its log live in one folder, removed with it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from evcharge.errors import BrokerError
@@ -46,17 +48,31 @@ def server_binaries() -> Path:
     raise BrokerError(POSTGRES_MISSING)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit()) or (0,)
 
 
 class LocalPostgres:
-    """One PostgreSQL server on `host:port`, its data in `folder/data`."""
+    """One PostgreSQL server on `host:port`, its data in `folder/data`.
 
-    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1") -> None:
+    `command_prefix` runs the server and its tools elsewhere, e.g. `ip netns exec NAME` for a
+    host made of a network namespace where `host` is one of the addresses.
+    """
+
+    def __init__(
+        self, folder: Path, port: int, host: str = "127.0.0.1", command_prefix: Sequence[str] = ()
+    ) -> None:
         self.folder = folder.resolve()
         self.port = port
         self.host = host
+        self.command_prefix = tuple(command_prefix)
         self.data = self.folder / "data"
         self.log_path = self.folder / "postgres.log"
         self._as_postgres = os.geteuid() == 0
@@ -75,6 +91,7 @@ class LocalPostgres:
         command = [str(a) for a in argv]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        command = [*self.command_prefix, *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
         if check and result.returncode != 0:
             said = (result.stderr or result.stdout).strip()[-800:]
@@ -94,6 +111,7 @@ class LocalPostgres:
             self._run(
                 binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
             )
+        self._trust_own_networks()
         command = [
             str(binaries / "postgres"),
             *("-D", str(self.data), "-p", str(self.port), "-h", self.host, "-k", str(self.folder)),
@@ -103,7 +121,10 @@ class LocalPostgres:
             # In the foreground, not through pg_ctl (which daemonizes): a parent that is killed
             # outright takes its server along.
             self._server = subprocess.Popen(
-                die_with_parent(command, user="postgres" if self._as_postgres else ""),
+                [
+                    *self.command_prefix,
+                    *die_with_parent(command, user="postgres" if self._as_postgres else ""),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -118,9 +139,21 @@ class LocalPostgres:
             time.sleep(0.1)
         self.create_database(USER)
 
+    def _trust_own_networks(self) -> None:
+        """Listening off loopback, let in the hosts of the networks the server is on (`samenet`):
+        initdb trusts only loopback, and its clients then run on other hosts."""
+        if _loopback(self.host):
+            return
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {USER} samenet trust"
+        if rule not in hba.read_text().splitlines():
+            with hba.open("a") as rules:
+                rules.write(f"# evcharge: clients on other hosts of this server's own networks\n{rule}\n")
+
     def _accepting(self, binaries: Path) -> bool:
         """Taking connections: past the port opening, past crash recovery (pg_isready)."""
-        if not port_answers(self.host, self.port, 0.5):
+        # From here the address of another host may be unreachable: pg_isready runs there.
+        if not self.command_prefix and not port_answers(self.host, self.port, 0.5):
             return False
         ready = self._run(
             binaries / "pg_isready", "-q", "-h", self.host, "-p", str(self.port), "-t", "1", check=False
