@@ -137,7 +137,7 @@ class MultiHost(Generic[S]):
         pg = self.host("pg")
         # A folder the postgres user can reach (it runs the server when we are root).
         folder = Path(tempfile.mkdtemp(prefix="evcharge-multihost-pg-"))
-        postgres = LocalPostgres(folder, PG_PORT, host=pg.ip, command_prefix=pg.prefix)
+        postgres = LocalPostgres(folder, PG_PORT, host=pg.ip, command_prefix=pg.prefix, trust_network=True)
         self._stack.callback(postgres.remove)
         postgres.start()
         self.postgres = postgres

@@ -55,6 +55,16 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit()) or (0,)
 
@@ -63,16 +73,28 @@ class LocalPostgres:
     """One PostgreSQL server on `host:port`, its data in `folder/data`.
 
     `command_prefix` runs the server and its tools elsewhere, e.g. `ip netns exec NAME` for a
-    host made of a network namespace where `host` is one of the addresses.
+    host made of a network namespace where `host` is one of the addresses. `trust_network` lets
+    in, without a password, every client on the networks the server is on (`samenet`): only for
+    networks a test or demo built and nobody else reaches.
     """
 
     def __init__(
-        self, folder: Path, port: int, host: str = "127.0.0.1", command_prefix: Sequence[str] = ()
+        self,
+        folder: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+        *,
+        detached: bool = False,
+        trust_network: bool = False,
     ) -> None:
         self.folder = folder.resolve()
+        # Detached: the server outlives us (`evcharge postgres start`); else it ends with us.
+        self.detached = detached
         self.port = port
         self.host = host
         self.command_prefix = tuple(command_prefix)
+        self.trust_network = trust_network
         self.data = self.folder / "data"
         self.log_path = self.folder / "postgres.log"
         self._as_postgres = os.geteuid() == 0
@@ -108,10 +130,18 @@ class LocalPostgres:
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self.folder.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
-            self._run(
-                binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
-            )
-        self._trust_own_networks()
+            try:
+                initdb: list[str | Path] = [binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust"]
+                self._run(*initdb, "-E", "UTF8", "--no-sync")
+            except BrokerError as exc:
+                if "Permission denied" not in str(exc):
+                    raise
+                raise BrokerError(
+                    f"{exc}\nthe postgres user must reach {self.folder}: choose a folder it can, "
+                    "e.g. --data-dir /var/tmp/evcharge-postgres"
+                ) from None
+        if self.trust_network:
+            self._trust_own_networks()
         command = [
             str(binaries / "postgres"),
             *("-D", str(self.data), "-p", str(self.port), "-h", self.host, "-k", str(self.folder)),
@@ -120,15 +150,18 @@ class LocalPostgres:
         with open(self.log_path, "ab") as log_file:
             # In the foreground, not through pg_ctl (which daemonizes): a parent that is killed
             # outright takes its server along.
+            user = "postgres" if self._as_postgres else ""
+            if self.detached:
+                command = ["runuser", "-u", user, "--", *command] if user else command
+            else:
+                command = die_with_parent(command, user=user)
             self._server = subprocess.Popen(
-                [
-                    *self.command_prefix,
-                    *die_with_parent(command, user="postgres" if self._as_postgres else ""),
-                ],
+                [*self.command_prefix, *command],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
+                start_new_session=self.detached,
             )
         deadline = time.monotonic() + timeout_s
         while not self._accepting(binaries):
@@ -141,7 +174,7 @@ class LocalPostgres:
 
     def _trust_own_networks(self) -> None:
         """Listening off loopback, let in the hosts of the networks the server is on (`samenet`):
-        initdb trusts only loopback, and its clients then run on other hosts."""
+        initdb trusts only local connections, and the clients run on other hosts."""
         if _loopback(self.host):
             return
         hba = self.data / "pg_hba.conf"
@@ -195,10 +228,21 @@ class LocalPostgres:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(10)
+        else:
+            pid = self.pid  # started by another process (`evcharge postgres start`)
+            if pid is not None and _running(pid):
+                os.kill(pid, sig)
+                deadline = time.monotonic() + 30
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
         pid = self.pid
-        if pid is not None:  # a crashed postmaster leaves its pid file; make sure nothing lingers
+        if pid is not None and _running(pid):  # make sure nothing lingers
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _running(pid) and port_answers(self.host, self.port, 0.5)
 
     def remove(self) -> None:
         self.stop("immediate")
