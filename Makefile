@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install system-deps test test-fast lint demo chaos-test chaos-random chaos-soak mutants bench screenshot \
-	kafka-up kafka-down kafka-status clean
+.PHONY: install system-deps test test-fast lint demo multihost-demo chaos-test chaos-random chaos-soak mutants \
+	bench screenshot kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/evcharge demo
+
+# The system across hosts made of network namespaces (root): the leading central's host cut off
+# under load, the standby takes over, the link heals. Everything it built is removed at the end.
+multihost-demo: $(STAMP) system-deps
+	$(BIN)/python -m evcharge.devtools.multihost
 
 chaos-test: $(STAMP) system-deps
 	$(PYTEST) -q -m chaos tests/chaos -rA

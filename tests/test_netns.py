@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from evcharge.devtools.kafka import ClusterNode, LocalBroker, LocalCluster, NodeSpec
 from evcharge.devtools.kafka.cluster import metadata_brokers
+from evcharge.devtools.netns import PREFIX, Host, Network, remove_stale, unavailable
 from evcharge.devtools.supervisor import Child
-from tests.netns import PREFIX, Host, Network, remove_stale, unavailable
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=unavailable() or "")
 
@@ -178,7 +178,7 @@ def test_leftovers_of_a_crashed_run_are_removed_but_not_a_live_network() -> None
             sys.executable,
             "-c",
             "import os, signal\n"
-            "from tests.netns import Network\n"
+            "from evcharge.devtools.netns import Network\n"
             "net = Network(2).__enter__()\n"
             "print(net.tag, flush=True)\n"
             "os.kill(os.getpid(), signal.SIGKILL)\n",

@@ -9,12 +9,14 @@ directory, its socket and its log live in one folder, removed with it.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from evcharge.errors import BrokerError
@@ -46,6 +48,13 @@ def server_binaries() -> Path:
     raise BrokerError(POSTGRES_MISSING)
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -61,14 +70,31 @@ def _version_key(name: str) -> tuple[int, ...]:
 
 
 class LocalPostgres:
-    """One PostgreSQL server on `host:port`, its data in `folder/data`."""
+    """One PostgreSQL server on `host:port`, its data in `folder/data`.
 
-    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1", *, detached: bool = False) -> None:
+    `command_prefix` runs the server and its tools elsewhere, e.g. `ip netns exec NAME` for a
+    host made of a network namespace where `host` is one of the addresses. `trust_network` lets
+    in, without a password, every client on the networks the server is on (`samenet`): only for
+    networks a test or demo built and nobody else reaches.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        command_prefix: Sequence[str] = (),
+        *,
+        detached: bool = False,
+        trust_network: bool = False,
+    ) -> None:
         self.folder = folder.resolve()
         # Detached: the server outlives us (`evcharge postgres start`); else it ends with us.
         self.detached = detached
         self.port = port
         self.host = host
+        self.command_prefix = tuple(command_prefix)
+        self.trust_network = trust_network
         self.data = self.folder / "data"
         self.log_path = self.folder / "postgres.log"
         self._as_postgres = os.geteuid() == 0
@@ -87,6 +113,7 @@ class LocalPostgres:
         command = [str(a) for a in argv]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
+        command = [*self.command_prefix, *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
         if check and result.returncode != 0:
             said = (result.stderr or result.stdout).strip()[-800:]
@@ -113,6 +140,8 @@ class LocalPostgres:
                     f"{exc}\nthe postgres user must reach {self.folder}: choose a folder it can, "
                     "e.g. --data-dir /var/tmp/evcharge-postgres"
                 ) from None
+        if self.trust_network:
+            self._trust_own_networks()
         command = [
             str(binaries / "postgres"),
             *("-D", str(self.data), "-p", str(self.port), "-h", self.host, "-k", str(self.folder)),
@@ -127,7 +156,7 @@ class LocalPostgres:
             else:
                 command = die_with_parent(command, user=user)
             self._server = subprocess.Popen(
-                command,
+                [*self.command_prefix, *command],
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -143,9 +172,21 @@ class LocalPostgres:
             time.sleep(0.1)
         self.create_database(USER)
 
+    def _trust_own_networks(self) -> None:
+        """Listening off loopback, let in the hosts of the networks the server is on (`samenet`):
+        initdb trusts only local connections, and the clients run on other hosts."""
+        if _loopback(self.host):
+            return
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {USER} samenet trust"
+        if rule not in hba.read_text().splitlines():
+            with hba.open("a") as rules:
+                rules.write(f"# evcharge: clients on other hosts of this server's own networks\n{rule}\n")
+
     def _accepting(self, binaries: Path) -> bool:
         """Taking connections: past the port opening, past crash recovery (pg_isready)."""
-        if not port_answers(self.host, self.port, 0.5):
+        # From here the address of another host may be unreachable: pg_isready runs there.
+        if not self.command_prefix and not port_answers(self.host, self.port, 0.5):
             return False
         ready = self._run(
             binaries / "pg_isready", "-q", "-h", self.host, "-p", str(self.port), "-t", "1", check=False

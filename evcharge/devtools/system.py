@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,9 @@ class CentralNode:
         health = self.health()
         return health["role"] if health else None
 
+    def leads(self) -> bool:
+        return self.role() == "leader"
+
 
 @dataclass
 class LocalSystem:
@@ -173,12 +176,15 @@ class LocalSystem:
 
     # ------------------------------------------------------------ start
 
-    def central_settings(self, **overrides: Any) -> CentralSettings:
+    def central_settings(self, place: Place | None = None, **overrides: Any) -> CentralSettings:
+        at = place or self.central_place
         settings: dict[str, Any] = {
             "kafka": self.kafka,
             "store": self.store or str(self.state_dir / "central.sqlite"),
             "state_dir": self.state_dir,
-            "host": self.central_place.address,
+            "host": at.address,
+            # Said outright: what its peers are told to reach it at is the address it binds.
+            "advertise": at.address,
             "tcp_port": self.tcp_port,
             "http_port": self.http_port,
             "panel": False,
@@ -186,38 +192,59 @@ class LocalSystem:
         return CentralSettings(**{**settings, **self.central_overrides, **overrides})
 
     def central_child(
-        self, env: dict[str, str] | None = None, *, name: str = "central", **overrides: Any
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        name: str = "central",
+        place: Place | None = None,
+        **overrides: Any,
     ) -> Child:
-        """Central as this system runs it, not started yet."""
+        """Central as this system runs it (at `place`, default `central_place`), not started yet."""
+        at = place or self.central_place
         return child(
             "central",
-            self.central_settings(**overrides),
+            self.central_settings(at, **overrides),
             self.logs / f"{name}.log",
             name=name,
             env=env,
-            prefix=self.central_place.prefix,
+            prefix=at.prefix,
         )
 
-    def start_centrals(self, count: int, env: dict[str, str] | None = None) -> list[CentralNode]:
+    def start_centrals(
+        self, count: int, env: dict[str, str] | None = None, *, places: Sequence[Place] | None = None
+    ) -> list[CentralNode]:
         """`count` centrals on this system's shared store (PostgreSQL), each on its own ports, the
-        first started first (it leads); the CPs added afterwards know every one of them."""
+        first started first (it leads); the CPs added afterwards know every one of them.
+
+        `places`: where each one runs (one host each), default all at `central_place`.
+        """
         if self.store is None or not self.store.startswith("postgresql"):
             raise ValueError("several centrals share a PostgreSQL store: set `store` first")
+        at = list(places) if places is not None else [self.central_place] * count
+        if len(at) != count:
+            raise ValueError(f"{count} centrals need {count} places, got {len(at)}")
         ports = [(self.tcp_port, self.http_port)] + [tuple(free_ports(2)) for _ in range(count - 1)]
-        address = self.central_place.address
-        for number, (tcp_port, http_port) in enumerate(ports, start=1):
+        for number, ((tcp_port, http_port), place) in enumerate(zip(ports, at, strict=True), start=1):
             name = f"central-{number}"
-            process = self.central_child(env, name=name, tcp_port=tcp_port, http_port=http_port)
-            node = CentralNode(name, process.start(), tcp_port, http_port, address)
+            process = self.central_child(env, name=name, place=place, tcp_port=tcp_port, http_port=http_port)
+            node = CentralNode(name, process.start(), tcp_port, http_port, place.address)
             self.centrals.append(node)
             wait_for(node.health, 30, f"{name}'s HTTP API")
+            if number == 1 and count > 1:
+                # Its API answers before it has taken the lease: the next one must find it taken.
+                wait_for(node.leads, 30, f"{name} to lead")
         self.central = self.centrals[0].child
         self.monitor_overrides = {
             **self.monitor_overrides,
-            "central": tuple((address, node.tcp_port) for node in self.centrals),
+            "central": tuple((node.address, node.tcp_port) for node in self.centrals),
         }
         self.wait_leader(30)
         return self.centrals
+
+    @property
+    def central_urls(self) -> str:
+        """Every central's HTTP API, comma-separated, as drivers take them (the leader's when alone)."""
+        return ",".join(node.url for node in self.centrals) or self.url
 
     def wait_leader(self, timeout_s: float, *, not_: CentralNode | None = None) -> CentralNode:
         """The central that leads (other than `not_`); reads of the system go to it from now on."""
@@ -322,7 +349,7 @@ class LocalSystem:
                 kafka=self.kafka,
                 state_dir=self.state_dir,
                 interval_s=interval_s,
-                central_url=self.url,
+                central_url=self.central_urls,
                 events=self.events_path(driver_id),
                 **overrides,
             )

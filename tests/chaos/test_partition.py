@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import pytest
 
 from evcharge.devtools.kafka import LocalBroker
+from evcharge.devtools.netns import Network, unavailable
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
 from evcharge.devtools.system import Place
 from tests.chaos.conftest import Scenario
 from tests.harness import System, wait_until
-from tests.netns import Network, unavailable
 
 pytestmark = [
     pytest.mark.kafka,

@@ -1,8 +1,9 @@
-"""Network namespaces for partition tests: hosts on one bridge, links cut and healed.
+"""Network namespaces for partition tests and the multi-host demo: hosts on one bridge, links cut
+and healed.
 
 A `Network` is a hub namespace holding a Linux bridge, one namespace per host with a
 veth into the bridge and an address 10.A.B.x/24 (A.B random per network), and one veth
-from the root namespace, the observer link, so the test process reaches every host's
+from the root namespace, the observer link, so the process that built it reaches every host's
 address without entering a namespace. Neighbour entries are static, so a cut makes
 packets vanish: no ARP failure, no RST, no ICMP. Everything is named `evt-<tag>…` and
 removed on exit; what a crashed run left behind is removed by the next one. Needs root
@@ -104,7 +105,8 @@ def _in_netns(netns: str, make: Callable[[], _T]) -> _T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    value: _T = box["value"]
+    return value
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ class Host(Endpoint):
         )
 
     def socket(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        """A socket that lives in this host's namespace, for use from the test process itself.
+        """A socket that lives in this host's namespace, for use from this process itself.
 
         The network owns it: closed when the network closes (an open socket would keep the
         namespace's network stack alive after its name is gone).
@@ -254,7 +256,7 @@ def _pick_subnet() -> ipaddress.IPv4Network:
             with contextlib.suppress(ValueError):
                 taken.append(ipaddress.ip_network(dst, strict=False))
     for _ in range(200):
-        subnet = ipaddress.ip_network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
+        subnet = ipaddress.IPv4Network(f"10.{random.randint(64, 250)}.{random.randint(0, 255)}.0/24")
         if not any(subnet.overlaps(other) for other in taken):
             return subnet
     raise NetnsError("no free 10.x.y.0/24 subnet found")
