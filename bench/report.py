@@ -80,6 +80,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _storage_rows(results)
     out += _failover_rows(results)
     out += _scale_rows(results)
+    out += _heartbeat_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
         out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
@@ -453,6 +454,46 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
                 f"{(biggest.get('rss_per_cp_mb') or 0) * 1024:.0f} KB each at "
                 f"{biggest.get('started') or biggest['cps']:,} (RSS / CPs)",
                 "reported",
+            )
+        )
+    return out
+
+
+def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
+    section = results.get("heartbeats")
+    if section is None:
+        return []
+    goal = f"≤ {section.get('goal_us', 30):g} µs"
+    if section.get("error"):
+        return [_failed("heartbeats", "central's CPU per heartbeat", goal, section)]
+    out: list[Row] = []
+    for run in section.get("runs", []):
+        metric = f"central's CPU per heartbeat, {run['cps']:,} monitors, {run['loop']}"
+        if run.get("error"):
+            out.append(_failed("heartbeats", metric, goal, run))
+            continue
+        us = run.get("us_per_heartbeat")
+        verdict = (
+            "not measured"
+            if us is None
+            else (
+                "meets goal"
+                if us <= section.get("goal_us", 30)
+                else (f"misses goal ({us / section.get('goal_us', 30):.1f}x)")
+            )
+        )
+        estimated = " (estimated count)" if run.get("heartbeats_estimated") else ""
+        out.append(
+            Row(
+                "heartbeats",
+                metric,
+                goal,
+                f"{us} µs ({run.get('us_per_heartbeat_gross')} with idle) at "
+                f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
+                f"central {run.get('central_cpu_percent')} % "
+                f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "
+                f"= {run.get('sim_us_per_heartbeat')} µs per heartbeat; ON at end {run.get('on_at_end')}",
+                verdict,
             )
         )
     return out
