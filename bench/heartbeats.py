@@ -8,7 +8,9 @@ its `heartbeats` counter are read across a steady window: the CPU beyond idle
 over the heartbeats counted is the cost of one. The simulator's own CPU over the
 same window is beside it: it runs every monitor and engine, so it shows who the
 limit is. Central runs on uvloop, and once more on asyncio's own loop at the
-first size, so the loop's share of the figure is measured, not assumed.
+first size, so the loop's share of the figure is measured, not assumed; with a
+baseline (`--baseline REV`), a central of that revision runs at the first size
+too, the same-run reference for what the changes since bought.
 """
 
 from __future__ import annotations
@@ -27,15 +29,23 @@ SETTLE_S = 2.0
 
 
 def measure(
-    runner: LoadRunner, sizes: list[int], window_s: float, say: Callable[[str], None]
+    runner: LoadRunner,
+    sizes: list[int],
+    window_s: float,
+    say: Callable[[str], None],
+    baseline: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     runs = []
     for n, size in enumerate(sizes):
-        loops = ["uvloop", "asyncio"] if n == 0 else ["uvloop"]
-        for loop in loops:
-            say(f"{size:,} monitors heartbeating every second, central on {loop}")
+        variants = {"uvloop": {"EVCHARGE_EVENT_LOOP": "uvloop"}}
+        if n == 0:
+            variants["asyncio"] = {"EVCHARGE_EVENT_LOOP": "asyncio"}
+            if baseline is not None:
+                variants["baseline"] = baseline
+        for loop, env in variants.items():
+            say(f"{size:,} monitors heartbeating every second, central: {loop}")
             try:
-                runs.append(_one(runner, size, loop, window_s))
+                runs.append(_one(runner, size, loop, env, window_s))
             except Exception as exc:
                 say(f"[red]  failed: {exc!r}[/]")
                 runs.append({"cps": size, "loop": loop, "error": repr(exc)})
@@ -49,11 +59,11 @@ def measure(
     return {"goal_us": GOAL_US, "window_s": window_s, "runs": runs}
 
 
-def _one(runner: LoadRunner, size: int, loop: str, window_s: float) -> dict[str, Any]:
+def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s: float) -> dict[str, Any]:
     name = f"hb{size}{loop[:2]}"
     system = new_system(runner.root, runner.kafka, name)
     try:
-        system.start_central(env={"EVCHARGE_EVENT_LOOP": loop})
+        system.start_central(env=env)
         assert system.central is not None
         pid = system.central.pid
         idle_from, idle_cpu = time.monotonic(), cpu_s(pid)

@@ -18,6 +18,7 @@ import json
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from bench import chaos, failover, footprint, heartbeats, latency, load, profile, report, storage
+from bench import chaos, failover, footprint, heartbeats, latency, load, profile, reads, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
@@ -41,6 +42,7 @@ _T = TypeVar("_T")
 
 SECTIONS = (
     "footprint", "floor", "main", "sustained", "throughput", "storage", "failover", "scale", "heartbeats",
+    "reads",
 )  # fmt: skip
 
 
@@ -57,6 +59,7 @@ class Plan:
     scale_sizes: list[int] = field(default_factory=list)
     heartbeat_sizes: list[int] = field(default_factory=list)
     heartbeat_window_s: float = 10.0
+    reads_window_s: float = 10.0
     commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
     commit_round_s: float = 2.0
     quick: bool = False
@@ -75,6 +78,7 @@ class Plan:
                 scale_sizes=[100, 1000],
                 heartbeat_sizes=[1000],
                 heartbeat_window_s=5.0,
+                reads_window_s=6.0,
                 commit_rounds=3,
                 commit_round_s=1.0,
                 quick=True,
@@ -102,6 +106,7 @@ class Bench:
     ) -> None:
         self.plan = plan
         self.only = only  # the sections to run; empty: all of them
+        self.baseline = ""  # a git revision whose central runs beside this one's, where a section says
         self.root = root
         self.console = console
         self.profile_central = profile_central
@@ -201,11 +206,40 @@ class Bench:
             self.results["scale"] = self.measure(
                 "scale", lambda: load.scale(runner, plan.scale_sizes, self.say)
             )
+        baseline = self._baseline_env()
         if self.wants("heartbeats"):
             self.results["heartbeats"] = self.measure(
                 "heartbeats",
-                lambda: heartbeats.measure(runner, plan.heartbeat_sizes, plan.heartbeat_window_s, self.say),
+                lambda: heartbeats.measure(
+                    runner, plan.heartbeat_sizes, plan.heartbeat_window_s, self.say, baseline
+                ),
             )
+        if self.wants("reads"):
+            self.results["reads"] = self.measure(
+                "reads", lambda: reads.measure(runner, self.loop, 1000, 50, plan.reads_window_s, self.say)
+            )
+            if baseline is not None:
+                self.results["reads_baseline"] = self.measure(
+                    "reads (baseline)",
+                    lambda: reads.measure(
+                        runner, self.loop, 1000, 50, plan.reads_window_s, self.say, baseline, "readsbase"
+                    ),
+                )
+
+    def _baseline_env(self) -> dict[str, str] | None:
+        """A central of `--baseline REV`: that revision's package, exported, ahead on its path."""
+        if not self.baseline:
+            return None
+        where = self.root / "baseline"
+        where.mkdir(exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", self.baseline, "evcharge"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        self.results["baseline"] = subprocess.run(
+            ["git", "rev-parse", "--short", self.baseline], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        return {"PYTHONPATH": str(where)}
 
     def wants(self, section: str) -> bool:
         return not self.only or section in self.only
@@ -315,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="do not profile central with py-spy")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
     parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git revision whose central also runs in the heartbeat and reads sections (the reference)",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}",
@@ -331,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := only - set(SECTIONS):
         parser.error(f"--only: no section {', '.join(sorted(unknown))} (there are {', '.join(SECTIONS)})")
     bench = Bench(plan, root, console, use_profiler, only)
+    bench.baseline = args.baseline
     if not use_profiler and not args.no_profile:
         bench.say("py-spy not found: central is not profiled (pip install py-spy into .venv to profile)")
     # SIGTERM (make interrupted, CI cancelled) goes down the same path as Ctrl-C: everything is stopped.
