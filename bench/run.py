@@ -76,7 +76,7 @@ class Plan:
                 steps=[load.Step(100, 0.1), load.Step(200, 0.05)],
                 backlog_s=6.0,
                 scale_sizes=[100, 1000],
-                heartbeat_sizes=[1000],
+                heartbeat_sizes=[1000, 2000],
                 heartbeat_window_s=5.0,
                 reads_window_s=6.0,
                 commit_rounds=3,
