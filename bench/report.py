@@ -493,7 +493,8 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
                 f"central {run.get('central_cpu_percent')} % "
                 f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "
-                f"= {run.get('sim_us_per_heartbeat')} µs per heartbeat; ON at end {run.get('on_at_end')}",
+                f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
+                f"ON at end {run.get('on_at_end')}",
                 verdict,
             )
         )
