@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.load import LoadRunner, SimLoad
-from bench.procs import cpu_s
+from bench.procs import cpu_s, kernel_cpu_s
 from bench.system import new_system, wait_for
 
 GOAL_US = 30.0
@@ -86,9 +86,9 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
             )
             time.sleep(SETTLE_S)  # the last registrations' commits and the first checks are over
             started = time.monotonic()
-            before = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()))
+            before = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
             time.sleep(window_s)
-            after = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()))
+            after = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
             elapsed = time.monotonic() - started
             listed = system.view.get("/cp")[1]["charging_points"]
         finally:
@@ -96,6 +96,7 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
     finally:
         system.stop_all()
     central_rate = _rate(before[0], after[0], elapsed)
+    kernel_rate = _rate(before[3], after[3], elapsed)
     sim_rate = _rate(before[1], after[1], elapsed)
     beats: float = after[2] - before[2]
     estimated = beats == 0  # a central without the counter: each ON CP's monitor beats once a second
@@ -112,6 +113,8 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         "central_idle_cpu_percent": round(100 * idle_rate, 1),
         "us_per_heartbeat": round(1e6 * net_cpu_s / beats, 1) if beats else None,
         "us_per_heartbeat_gross": round(1e6 * central_rate * elapsed / beats, 1) if beats else None,
+        # Of the gross: what the kernel spent for central (a wakeup, a recv and a send per heartbeat).
+        "us_per_heartbeat_kernel": round(1e6 * kernel_rate * elapsed / beats, 1) if beats else None,
         "sim_cpu_percent": round(100 * sim_rate, 1),
         "sim_us_per_heartbeat": round(1e6 * sim_rate * elapsed / beats, 1) if beats else None,
         "on_at_end": sum(1 for c in listed if c["status"] == "ON"),

@@ -18,6 +18,12 @@ def cpu_s(pid: int | None) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def kernel_cpu_s(pid: int | None) -> float | None:
+    """The system (kernel) part of `cpu_s`: syscalls, the network stack's work for the process."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[12]) / _TICKS
+
+
 def tree_cpu_s(pid: int | None) -> float | None:
     """CPU seconds of `pid`, of the children it has reaped and of those still running: a server
     made of processes (PostgreSQL: a postmaster and a backend per connection)."""

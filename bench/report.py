@@ -489,7 +489,8 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 "heartbeats",
                 metric,
                 goal,
-                f"{us} µs ({run.get('us_per_heartbeat_gross')} with idle) at "
+                f"{us} µs ({run.get('us_per_heartbeat_gross')} with idle, of which kernel "
+                f"{run.get('us_per_heartbeat_kernel')}) at "
                 f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
                 f"central {run.get('central_cpu_percent')} % "
                 f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "

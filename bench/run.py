@@ -239,7 +239,8 @@ class Bench:
         self.results["baseline"] = subprocess.run(
             ["git", "rev-parse", "--short", self.baseline], check=True, capture_output=True, text=True
         ).stdout.strip()
-        return {"PYTHONPATH": str(where)}
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this checkout) first.
+        return {"PYTHONPATH": str(where), "PYTHONSAFEPATH": "1"}
 
     def wants(self, section: str) -> bool:
         return not self.only or section in self.only
