@@ -81,7 +81,7 @@ class LoadRunner:
         if self._lag_started:
             self.loop.run(self.lag.close(), 15)
 
-    def _sim(self, system: BenchSystem, name: str, load: SimLoad) -> tuple[Child, Path]:
+    def start_sim(self, system: BenchSystem, name: str, load: SimLoad) -> tuple[Child, Path]:
         if not self._lag_started:
             self.loop.run(self.lag.start(), 60)
             self._lag_started = True
@@ -107,7 +107,7 @@ class LoadRunner:
         samples: list[dict[str, float]] = []
         try:
             system.start_central()
-            sim, report_path = self._sim(system, name, load)
+            sim, report_path = self.start_sim(system, name, load)
             try:
                 meters = _Meters(system.central.pid if system.central else None, sim.pid, self.broker_pid)
                 deadline = time.monotonic() + planned_s + SIM_GRACE_S
@@ -152,7 +152,7 @@ class LoadRunner:
         try:
             system.start_central()
             long_s = 120  # sessions and load far longer than the measurement: nothing ends meanwhile
-            sim, _ = self._sim(system, name, step.load(duration_s=long_s, session_s=long_s))
+            sim, _ = self.start_sim(system, name, step.load(duration_s=long_s, session_s=long_s))
             try:
                 wait_for(
                     lambda: system.view.health()["sessions_in_progress"] >= 0.8 * step.drivers,

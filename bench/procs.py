@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +16,12 @@ def cpu_s(pid: int | None) -> float | None:
     fields = _stat(pid)
     # After the command name: state is field 3, utime 14, stime 15 (1-based, man proc).
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def kernel_cpu_s(pid: int | None) -> float | None:
+    """The system (kernel) part of `cpu_s`: syscalls, the network stack's work for the process."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[12]) / _TICKS
 
 
 def tree_cpu_s(pid: int | None) -> float | None:
@@ -80,4 +87,29 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "system": platform.platform(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": _commit(),
+        # Other work on the machine shares the cores: the load when the run began says how much.
+        "loadavg_at_start": _loadavg(),
     }
+
+
+def _commit() -> str | None:
+    """The code measured: HEAD, with "+dirty" when the tree has changes not committed."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def _loadavg() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None

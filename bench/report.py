@@ -80,6 +80,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _storage_rows(results)
     out += _failover_rows(results)
     out += _scale_rows(results)
+    out += _heartbeat_rows(results)
+    out += _reads_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
         out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
@@ -456,6 +458,95 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
             )
         )
     return out
+
+
+def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
+    section = results.get("heartbeats")
+    if section is None:
+        return []
+    goal = f"≤ {section.get('goal_us', 30):g} µs"
+    if section.get("error"):
+        return [_failed("heartbeats", "central's CPU per heartbeat", goal, section)]
+    out: list[Row] = []
+    for run in section.get("runs", []):
+        metric = f"central's CPU per heartbeat, {run['cps']:,} monitors, {run['loop']}"
+        if run.get("error"):
+            out.append(_failed("heartbeats", metric, goal, run))
+            continue
+        us = run.get("us_per_heartbeat")
+        verdict = (
+            "not measured"
+            if us is None
+            else (
+                "meets goal"
+                if us <= section.get("goal_us", 30)
+                else (f"misses goal ({us / section.get('goal_us', 30):.1f}x)")
+            )
+        )
+        estimated = " (estimated count)" if run.get("heartbeats_estimated") else ""
+        out.append(
+            Row(
+                "heartbeats",
+                metric,
+                goal,
+                f"{us} µs ({run.get('us_per_heartbeat_gross')} with idle, of which kernel "
+                f"{run.get('us_per_heartbeat_kernel')}) at "
+                f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
+                f"central {run.get('central_cpu_percent')} % "
+                f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "
+                f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
+                f"ON at end {run.get('on_at_end')}",
+                verdict,
+            )
+        )
+    return out
+
+
+def _reads_rows(results: dict[str, Any]) -> list[Row]:
+    out = _reads(results.get("reads"), "")
+    out += _reads(results.get("reads_baseline"), f" (baseline {results.get('baseline', '?')})")
+    return out
+
+
+def _reads(r: dict[str, Any] | None, label: str) -> list[Row]:
+    if r is None:
+        return []
+    metric = "GET /cp for 1,000 CPs, 50 clients polling: answers/s, p50 / p99" + label
+    goal = "≥ 1,000/s, p99 ≤ 50 ms, ≤ 1 ms of central's CPU each"
+    if r.get("error"):
+        return [_failed("reads", metric, goal, r)]
+    poll, quiet, loaded = r["poll"], r["quiet"], r["loaded"]
+    lat = poll.get("latency_s", {})
+    rate, p99, cpu = poll.get("answers_per_s"), lat.get("p99"), r.get("central_ms_per_answer")
+    misses = []
+    if rate is None or rate < 1000:
+        misses.append("answers/s")
+    if p99 is None or p99 > 0.050:
+        misses.append("p99")
+    if cpu is None or cpu > 1.0:
+        misses.append("CPU per answer")
+    verdict = "meets goal" if not misses else f"misses goal: {', '.join(misses)}"
+    q, w = quiet.get("accepted_s", {}), loaded.get("accepted_s", {})
+    return [
+        Row(
+            "reads",
+            metric.replace("1,000", f"{r['cps']:,}").replace("50", str(r["clients"]), 1),
+            goal,
+            f"{rate or 0:,.0f}/s, {_ms(lat.get('p50'))} / {_ms(p99)}, {cpu} ms of central each "
+            f"({poll.get('body_bytes', 0) / 1024:.0f} KB; "
+            f"the pollers' own CPU {poll.get('poller_cpu_percent')} %)",
+            verdict,
+        ),
+        Row(
+            "reads",
+            "… meanwhile: request → accepted p50 / p99; heartbeats/s; CPs ON" + label,
+            "unaffected",
+            f"{_ms(w.get('p50'))} / {_ms(w.get('p99'))} (no dashboard: {_ms(q.get('p50'))} / "
+            f"{_ms(q.get('p99'))}); {loaded.get('heartbeats_per_s')}/s (no dashboard: "
+            f"{quiet.get('heartbeats_per_s')}/s); {loaded.get('cps_on')} of {r['cps']:,}",
+            "reported",
+        ),
+    ]
 
 
 def _registered(run: dict[str, Any]) -> str:

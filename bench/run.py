@@ -18,6 +18,7 @@ import json
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from bench import chaos, failover, footprint, latency, load, profile, report, storage
+from bench import chaos, failover, footprint, heartbeats, latency, load, profile, reads, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
@@ -38,6 +39,11 @@ from evcharge.logs import setup_logging
 from evcharge.runtime.ports import free_ports
 
 _T = TypeVar("_T")
+
+SECTIONS = (
+    "footprint", "floor", "main", "sustained", "throughput", "storage", "failover", "scale", "heartbeats",
+    "reads",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,9 @@ class Plan:
     drain: load.Step = field(default_factory=lambda: load.Step(200, 0.05))
     backlog_s: float = 12.0
     scale_sizes: list[int] = field(default_factory=list)
+    heartbeat_sizes: list[int] = field(default_factory=list)
+    heartbeat_window_s: float = 10.0
+    reads_window_s: float = 10.0
     commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
     commit_round_s: float = 2.0
     quick: bool = False
@@ -67,6 +76,9 @@ class Plan:
                 steps=[load.Step(100, 0.1), load.Step(200, 0.05)],
                 backlog_s=6.0,
                 scale_sizes=[100, 1000],
+                heartbeat_sizes=[1000, 2000],
+                heartbeat_window_s=5.0,
+                reads_window_s=6.0,
                 commit_rounds=3,
                 commit_round_s=1.0,
                 quick=True,
@@ -79,12 +91,22 @@ class Plan:
             reading_samples=20,
             steps=[load.Step(100, 0.1), load.Step(200, 0.1), load.Step(200, 0.05), load.Step(400, 0.05)],
             scale_sizes=[100, 1000, 5000],
+            heartbeat_sizes=[1000, 2000],
         )
 
 
 class Bench:
-    def __init__(self, plan: Plan, root: Path, console: Console, profile_central: bool) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        root: Path,
+        console: Console,
+        profile_central: bool,
+        only: frozenset[str] = frozenset(),
+    ) -> None:
         self.plan = plan
+        self.only = only  # the sections to run; empty: all of them
+        self.baseline = ""  # a git revision whose central runs beside this one's, where a section says
         self.root = root
         self.console = console
         self.profile_central = profile_central
@@ -98,6 +120,7 @@ class Bench:
                 "steps": [[s.drivers, s.meter_interval_s] for s in plan.steps],
                 "drain": [plan.drain.drivers, plan.drain.meter_interval_s, plan.backlog_s],
                 "scale_sizes": plan.scale_sizes,
+                "heartbeat_sizes": plan.heartbeat_sizes,
                 "commit_rounds": [plan.commit_rounds, plan.commit_round_s],
             },
             "phases_s": {},
@@ -142,29 +165,88 @@ class Bench:
             "fetch_s": started.fetch_s,
         }
 
-        self.results["footprint"] = self.measure(
-            "footprint",
-            lambda: _footprint(footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker)),
-        )
+        if self.wants("footprint"):
+            self.results["footprint"] = self.measure(
+                "footprint",
+                lambda: _footprint(
+                    footprint.measure_footprint(self.root, kafka, plan.footprint_reps, broker)
+                ),
+            )
         lat: dict[str, Any] = self.results.setdefault("latency", {})
-        lat["floor_s"] = self.measure(
-            "kafka floor", lambda: latency.measure_floor(self.loop, kafka, plan.floor_samples)
-        )
-        try:
-            self._main_system(kafka, lat)
-        except Exception as exc:
-            # Central or its CPs did not come up: what needed them is failed, the rest still runs.
-            self.say(f"[red]the main system failed: {exc!r}[/]")
-            lat.setdefault("low_load", {"error": repr(exc)})
-            self.results.setdefault("chaos", {"error": repr(exc)})
-        finally:
-            self._stop_main()
+        if self.wants("floor") or self.wants("main"):
+            lat["floor_s"] = self.measure(
+                "kafka floor", lambda: latency.measure_floor(self.loop, kafka, plan.floor_samples)
+            )
+        if self.wants("main"):
+            try:
+                self._main_system(kafka, lat)
+            except Exception as exc:
+                # Central or its CPs did not come up: what needed them is failed, the rest still runs.
+                self.say(f"[red]the main system failed: {exc!r}[/]")
+                lat.setdefault("low_load", {"error": repr(exc)})
+                self.results.setdefault("chaos", {"error": repr(exc)})
+            finally:
+                self._stop_main()
 
         self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
         runner = self.runner
-        lat["sustained"] = self.measure(
-            "sustained latency", lambda: load.sustained_latency(runner, plan.quick, self.say)
-        )
+        if self.wants("sustained"):
+            lat["sustained"] = self.measure(
+                "sustained latency", lambda: load.sustained_latency(runner, plan.quick, self.say)
+            )
+        if self.wants("throughput"):
+            self._throughput(runner)
+        if self.wants("storage"):
+            self._storage(runner)
+        if self.wants("failover"):
+            self.results["failover"] = self.measure(
+                "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
+            )
+        if self.wants("scale"):
+            self.results["scale"] = self.measure(
+                "scale", lambda: load.scale(runner, plan.scale_sizes, self.say)
+            )
+        baseline = self._baseline_env()
+        if self.wants("heartbeats"):
+            self.results["heartbeats"] = self.measure(
+                "heartbeats",
+                lambda: heartbeats.measure(
+                    runner, plan.heartbeat_sizes, plan.heartbeat_window_s, self.say, baseline
+                ),
+            )
+        if self.wants("reads"):
+            self.results["reads"] = self.measure(
+                "reads", lambda: reads.measure(runner, self.loop, 1000, 50, plan.reads_window_s, self.say)
+            )
+            if baseline is not None:
+                self.results["reads_baseline"] = self.measure(
+                    "reads (baseline)",
+                    lambda: reads.measure(
+                        runner, self.loop, 1000, 50, plan.reads_window_s, self.say, baseline, "readsbase"
+                    ),
+                )
+
+    def _baseline_env(self) -> dict[str, str] | None:
+        """A central of `--baseline REV`: that revision's package, exported, ahead on its path."""
+        if not self.baseline:
+            return None
+        where = self.root / "baseline"
+        where.mkdir(exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", self.baseline, "evcharge"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+        self.results["baseline"] = subprocess.run(
+            ["git", "rev-parse", "--short", self.baseline], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        # PYTHONSAFEPATH: `python -m` would put the working directory (this checkout) first.
+        return {"PYTHONPATH": str(where), "PYTHONSAFEPATH": "1"}
+
+    def wants(self, section: str) -> bool:
+        return not self.only or section in self.only
+
+    def _throughput(self, runner: load.LoadRunner) -> None:
+        plan = self.plan
         raw_profile = self.root / "central-profile.txt" if self.profile_central else None
         self.results["throughput"] = self.measure(
             "throughput",
@@ -180,6 +262,9 @@ class Bench:
                 }
             except Exception as exc:
                 self.results["profile_central"] = {"error": repr(exc)}
+
+    def _storage(self, runner: load.LoadRunner) -> None:
+        plan = self.plan
 
         def drain_on_postgres(url: str, pid: int | None) -> dict[str, Any]:
             self.say(
@@ -201,10 +286,6 @@ class Bench:
                 drain_on_postgres,
             ),
         )
-        self.results["failover"] = self.measure(
-            "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
-        )
-        self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
 
     def _main_system(self, kafka: str, lat: dict[str, Any]) -> None:
         """Central and two CPs measured one request at a time, then failed and restarted."""
@@ -268,6 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
     parser.add_argument("--no-profile", action="store_true", help="do not profile central with py-spy")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git revision whose central also runs in the heartbeat and reads sections (the reference)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}",
+    )
     args = parser.parse_args(argv)
 
     # The bench's own Kafka clients: one calm line per outage (as every role logs), no library noise.
@@ -276,7 +367,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.make(args.quick, args.trials)
     root = Path(tempfile.mkdtemp(prefix="evcharge-bench-"))
     use_profiler = not args.no_profile and load.profiler_path() is not None
-    bench = Bench(plan, root, console, use_profiler)
+    only = frozenset(filter(None, args.only.split(",")))
+    if unknown := only - set(SECTIONS):
+        parser.error(f"--only: no section {', '.join(sorted(unknown))} (there are {', '.join(SECTIONS)})")
+    bench = Bench(plan, root, console, use_profiler, only)
+    bench.baseline = args.baseline
     if not use_profiler and not args.no_profile:
         bench.say("py-spy not found: central is not profiled (pip install py-spy into .venv to profile)")
     # SIGTERM (make interrupted, CI cancelled) goes down the same path as Ctrl-C: everything is stopped.

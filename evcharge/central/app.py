@@ -108,6 +108,7 @@ class CentralApp:
             heartbeat_timeout_s=s.heartbeat_timeout_s,
             instance=self.instance,
             leader_hint=lambda: _not_leader(leadership),
+            counts=counters.counts,
         )
         api = CentralApi(
             service,

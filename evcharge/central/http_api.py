@@ -21,6 +21,7 @@ from aiohttp import web
 
 from evcharge import __version__
 from evcharge.central import facts, openapi
+from evcharge.central.cp_listing import CpListing
 from evcharge.central.leadership import Holder
 from evcharge.central.live import LiveFeed
 from evcharge.central.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -113,6 +114,7 @@ class CentralApi:
         self._leader = leader
         self._epoch = epoch
         self._contract = msgspec.json.encode(openapi.document())
+        self._listing = CpListing(lambda: service.state)
         middlewares: list[Any] = [json_errors, self._operator_only]
         if standby is not None:
             middlewares.append(standby.middleware)
@@ -182,13 +184,13 @@ class CentralApi:
         )
 
     async def list_cps(self, request: web.Request) -> web.Response:
-        return web.json_response({"charging_points": cps_json(self._service.state)})
+        return web.Response(body=self._listing.body(), content_type="application/json")
 
     async def get_cp(self, request: web.Request) -> web.Response:
         cp_id = request.match_info["cp_id"]
         if cp_id not in self._service.state.cps:
             return error(404, "unknown_cp", f"{cp_id} is not a known charging point")
-        return web.json_response(cp_json(self._service.state, cp_id))
+        return web.Response(body=self._listing.cp(cp_id), content_type="application/json")
 
     async def stop_cp(self, request: web.Request) -> web.Response:
         return await self._operate(request, [request.match_info["cp_id"]], stopped=True)

@@ -130,6 +130,18 @@ class CentralService:
         )
         self._monitor_joined.set()
 
+    def heartbeat_changes_nothing(
+        self, cp_id: str, instance: str, health: Health, engine: str | None = None, detail: str = ""
+    ) -> bool:
+        """The hot path: most heartbeats say what central already knows, and need no commit.
+
+        Read without the lock: memory only changes after a commit, so it is consistent.
+        """
+        change = decisions.heartbeat(
+            self.state, cp_id, instance, health, engine=engine, detail=detail, now=0.0, new_id=self._ids
+        )
+        return change is None
+
     async def heartbeat(
         self, cp_id: str, instance: str, health: Health, engine: str | None = None, detail: str = ""
     ) -> None:

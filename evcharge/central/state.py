@@ -9,6 +9,7 @@ applies here (`CentralState.apply`), so memory never shows what was not made dur
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -96,6 +97,10 @@ class CentralState:
     detail: dict[str, str] = field(default_factory=dict)  # why an engine says KO
     sessions: dict[str, Session] = field(default_factory=dict)  # in progress only
     on_cp: dict[str, str] = field(default_factory=dict)  # cp_id -> its session in progress
+    # Bumped by every apply(), and per CP the version that last touched it: a reader that keeps
+    # something derived from a CP (its encoded JSON) knows when to derive it again.
+    version: int = 0
+    cp_versions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def loaded(cls, cps: Iterable[CpRecord], active: Iterable[Session]) -> CentralState:
@@ -123,6 +128,12 @@ class CentralState:
 
     def apply(self, change: Change) -> None:
         """Swap the committed change into memory."""
+        self.version += 1
+        touched = self.cp_versions
+        for cp_id in itertools.chain(change.cps, change.forget, change.links, change.health):
+            touched[cp_id] = self.version
+        for session in change.sessions.values():
+            touched[session.cp_id] = self.version
         self.cps.update(change.cps)
         for cp_id in change.forget:
             self.cps.pop(cp_id, None)

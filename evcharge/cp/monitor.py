@@ -28,6 +28,9 @@ from evcharge.runtime.waits import sleep_unless, wait_first
 log = logging.getLogger("evcharge.monitor")
 
 EXIT_REFUSED = 2
+# A refused or reset connection is certain: the confirming checks come this soon (at most), so
+# a dead engine is BROKEN in well under a second whatever the check interval.
+CONFIRM_S = 0.2
 # Refusals that no retry will change: the monitor says why and exits.
 FINAL_REFUSALS = {"bad_token", "bad_secret", "weak_secret"}
 
@@ -86,7 +89,7 @@ class Monitor:
                 self._health_changed.set()
             # A refused or reset connection is certain: check again soon so the
             # failures add up in a fraction of a second, not in three intervals.
-            pause = interval / 5 if (not ok and conclusive) else interval
+            pause = min(interval / 5, CONFIRM_S) if (not ok and conclusive) else interval
             remaining = max(0.0, started + pause - time.monotonic())
             # The kernel closes our connection the moment the engine process dies:
             # that is worth checking at once rather than at the next tick.

@@ -34,6 +34,11 @@ class FrameDecoder:
         """Bytes of an unfinished frame: non-zero at EOF means the peer cut a frame short."""
         return len(self._buffer)
 
+    def take_pending(self) -> bytes:
+        """The bytes of the unfinished frame, handed to whoever reads the stream from here on."""
+        pending, self._buffer = bytes(self._buffer), bytearray()
+        return pending
+
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         frames: list[bytes] = []

@@ -54,6 +54,24 @@ class FrameReader:
         payload = self._ready.pop(0)
         return TCP_FRAMES.decode(payload)
 
+    def detach(self) -> bytes:
+        """Every byte received and not handed out as a frame yet, in order, for a protocol that takes
+        the connection over (`transport.set_protocol`): frames decoded but not read, the decoder's
+        partial frame, and what the stream itself buffered."""
+        unread = b"".join(encode_frame(p, self._decoder.max_frame_bytes) for p in self._ready)
+        self._ready.clear()
+        unread += self._decoder.take_pending()
+        # StreamReader has no public way to take its buffer without awaiting more data.
+        buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]
+        unread += bytes(buffered)
+        buffered.clear()
+        return unread
+
+    @property
+    def ended(self) -> bool:
+        """The peer closed its side, or the connection failed: nothing more will arrive."""
+        return self._reader.at_eof() or self._reader.exception() is not None
+
 
 async def send_frame(writer: asyncio.StreamWriter, frame: msgspec.Struct) -> None:
     writer.write(encode_frame(encode(frame)))
