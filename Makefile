@@ -35,8 +35,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check evcharge tests bench scripts
 	$(BIN)/mypy
 
+# SECURE=1: the same demo with TLS, SCRAM and ACLs on its own broker, signed events, enrolled drivers.
 demo: $(STAMP)
-	$(BIN)/evcharge demo
+	$(BIN)/evcharge demo $(if $(SECURE),--secure)
 
 chaos-test: $(STAMP) system-deps
 	$(PYTEST) -q -m chaos tests/chaos -rA

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from evcharge.central import facts
 from evcharge.central.service import CentralService
 from evcharge.errors import Fenced, ProtocolError, Refused
 from evcharge.protocol.messages import Ack, ErrorReply, Heartbeat, Register, Registered
@@ -46,6 +48,7 @@ class MonitorServer:
         heartbeat_timeout_s: float,
         instance: str = "",
         leader_hint: Callable[[], Refused | None] = lambda: None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._service = service
         self.host = host
@@ -54,12 +57,23 @@ class MonitorServer:
         self._instance = instance
         # A standby answers "not the leader, try X" instead of registering anyone.
         self._leader_hint = leader_hint
-        self._server = OwnedServer(self._serve, "monitors")
+        self._server = OwnedServer(self._serve, "monitors", tls=tls, on_tls_refused=self._tls_refused)
+        self.tls = tls is not None
         self._connections: dict[str, _Connection] = {}
 
     async def start(self) -> None:
         self.port = await self._server.start(self.host, self.port)
-        log.info("listening for monitors on %s:%d", self.host, self.port)
+        log.info("listening for monitors on %s:%d%s", self.host, self.port, " (TLS)" if self.tls else "")
+
+    def _tls_refused(self, peer: str, exc: BaseException) -> None:
+        if isinstance(exc, ssl.SSLError):
+            reason = str(exc.reason or exc)  # it showed a certificate we do not accept
+        elif isinstance(exc, TimeoutError):
+            reason = "no handshake within the deadline"
+        else:
+            reason = "it hung up during the handshake: it may not trust this central's certificate"
+        log.warning("monitor %s: TLS handshake did not finish (%s): closed", peer, reason)
+        self._service.tell(facts.TlsRefused(peer, reason))
 
     async def close(self) -> None:
         """Stop accepting, then drop every monitor connection (they reconnect to the next central)."""
@@ -116,7 +130,7 @@ class MonitorServer:
             )
             return
         try:
-            await self._service.register(first, peer)
+            engine_key = await self._service.register(first, peer)
         except Refused as exc:
             await _reply_error(writer, first.corr, exc.code, exc.reason)
             return
@@ -146,7 +160,10 @@ class MonitorServer:
             replaced.close("replaced by a reconnect of the same monitor")
         why = "connection closed"
         try:
-            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id, central=self._instance))
+            registered = Registered(
+                corr=first.corr, cp_id=first.cp_id, central=self._instance, engine_key=engine_key
+            )
+            await send_frame(writer, registered)
             while True:
                 frame = await frames.read(timeout_s=self.heartbeat_timeout_s * 2)
                 if frame is None:

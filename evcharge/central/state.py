@@ -9,7 +9,7 @@ applies here (`CentralState.apply`), so memory never shows what was not made dur
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from evcharge.central.facts import Fact
@@ -62,6 +62,8 @@ class Change:
     cps: dict[str, CpRecord] = field(default_factory=dict)
     forget: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # cp_id -> hash of its secret
+    engine_keys: dict[str, str] = field(default_factory=dict)  # cp_id -> key its engine signs with
+    driver_keys: dict[str, str] = field(default_factory=dict)  # driver_id -> key its requests prove
     sessions: dict[str, Session] = field(default_factory=dict)
     requests: list[RequestOutcome] = field(default_factory=list)
     messages: list[KafkaMessage] = field(default_factory=list)
@@ -72,13 +74,22 @@ class Change:
     @property
     def durable(self) -> bool:
         return bool(
-            self.cps or self.forget or self.secrets or self.sessions or self.requests or self.messages
+            self.cps
+            or self.forget
+            or self.secrets
+            or self.engine_keys
+            or self.driver_keys
+            or self.sessions
+            or self.requests
+            or self.messages
         )
 
     def merge(self, other: Change) -> Change:
         self.cps.update(other.cps)
         self.forget += other.forget
         self.secrets.update(other.secrets)
+        self.engine_keys.update(other.engine_keys)
+        self.driver_keys.update(other.driver_keys)
         self.sessions.update(other.sessions)
         self.requests += other.requests
         self.messages += other.messages
@@ -96,11 +107,24 @@ class CentralState:
     detail: dict[str, str] = field(default_factory=dict)  # why an engine says KO
     sessions: dict[str, Session] = field(default_factory=dict)  # in progress only
     on_cp: dict[str, str] = field(default_factory=dict)  # cp_id -> its session in progress
+    # Credentials on: what proves an engine's events and a driver's requests (see protocol.signing).
+    engine_keys: dict[str, str] = field(default_factory=dict)
+    driver_keys: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def loaded(cls, cps: Iterable[CpRecord], active: Iterable[Session]) -> CentralState:
+    def loaded(
+        cls,
+        cps: Iterable[CpRecord],
+        active: Iterable[Session],
+        engine_keys: Mapping[str, str] | None = None,
+        driver_keys: Mapping[str, str] | None = None,
+    ) -> CentralState:
         """After a (re)start: every known CP DISCONNECTED until its monitor is back."""
-        state = cls(cps={c.cp_id: c for c in cps})
+        state = cls(
+            cps={c.cp_id: c for c in cps},
+            engine_keys=dict(engine_keys or {}),
+            driver_keys=dict(driver_keys or {}),
+        )
         for session in active:
             state.sessions[session.session_id] = session
             state.on_cp[session.cp_id] = session.session_id
@@ -124,8 +148,11 @@ class CentralState:
     def apply(self, change: Change) -> None:
         """Swap the committed change into memory."""
         self.cps.update(change.cps)
+        self.engine_keys.update(change.engine_keys)
+        self.driver_keys.update(change.driver_keys)
         for cp_id in change.forget:
             self.cps.pop(cp_id, None)
+            self.engine_keys.pop(cp_id, None)
             self.links.pop(cp_id, None)
             self.health.pop(cp_id, None)
             self.detail.pop(cp_id, None)
