@@ -35,8 +35,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check evcharge tests bench scripts
 	$(BIN)/mypy
 
+# SECURE=1: the same demo with TLS, SCRAM and ACLs on its own broker, signed events, enrolled drivers.
 demo: $(STAMP)
-	$(BIN)/evcharge demo
+	$(BIN)/evcharge demo $(if $(SECURE),--secure)
 
 # The system across hosts made of network namespaces (root): the leading central's host cut off
 # under load, the standby takes over, the link heals. Everything it built is removed at the end.

@@ -69,11 +69,20 @@ def _central(settings: CentralSettings) -> None:
     from evcharge.central.app import CentralApp
 
     panel = sys.stdout.isatty() if settings.panel is None else settings.panel
-    auth = not _is_loopback(settings.host) if settings.require_auth is None else settings.require_auth
+    exposed = not _is_loopback(settings.host)
+    auth = exposed if settings.require_auth is None else settings.require_auth
     if auth and not (settings.join_token and settings.operator_token):
         typer.secho(
             "error: with auth on (--require-auth, or listening beyond loopback) central needs "
             "--join-token and --operator-token (or EVCHARGE_JOIN_TOKEN / EVCHARGE_OPERATOR_TOKEN)",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if exposed and not settings.insecure and not (settings.tls.serving and settings.kafka_user):
+        typer.secho(
+            f"error: central listens beyond loopback ({settings.host}): it needs TLS (--cert, --key, --ca) "
+            "and Kafka credentials (--kafka-user, --kafka-password); or say --insecure on a trusted network",
             fg="red",
             err=True,
         )
@@ -190,12 +199,16 @@ command(
 
 def _mount_subapps() -> None:
     from evcharge.ctl import app as ctl_app
+    from evcharge.devtools.certs_cli import app as certs_app
     from evcharge.devtools.kafka.cli import app as kafka_app
     from evcharge.devtools.postgres_cli import app as postgres_app
 
     app.add_typer(kafka_app, name="kafka", help="Run a local Apache Kafka (KRaft) for development and tests.")
     app.add_typer(postgres_app, name="postgres", help="Run a local PostgreSQL for centrals to share.")
-    app.add_typer(ctl_app, name="ctl", help="Operate a running system: CPs, sessions, engine faults.")
+    app.add_typer(
+        ctl_app, name="ctl", help="Operate a running system: CPs, drivers, sessions, engine faults."
+    )
+    app.add_typer(certs_app, name="certs", help="A local CA and certificates for TLS on every link.")
 
 
 _mount_subapps()

@@ -19,6 +19,10 @@ from typing import Any, TypeVar
 
 import typer
 
+from evcharge.errors import ConfigError
+from evcharge.runtime.kafka_access import KafkaAccess
+from evcharge.runtime.tls import TlsFiles
+
 S = TypeVar("S")
 
 
@@ -211,3 +215,49 @@ class Logging:
 
     log_level: str = opt("info", "debug, info, warning or error.", "EVCHARGE_LOG_LEVEL")
     log_json: bool = opt(False, "Log one JSON object per line.", "EVCHARGE_LOG_JSON")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tls:
+    """What every role takes for TLS: the CA its peers are checked against, and its own identity."""
+
+    ca: Path | None = opt(
+        None,
+        "PEM file of the CA that signs the peers' certificates: with it this role's links (central's "
+        "ports, its HTTP API, Kafka) speak TLS and check the name of who answers.",
+        "EVCHARGE_TLS_CA",
+    )
+    cert: Path | None = opt(
+        None,
+        "This role's own certificate (PEM): the one central serves; the others show it when asked.",
+        "EVCHARGE_TLS_CERT",
+    )
+    key: Path | None = opt(None, "The private key of --cert (PEM).", "EVCHARGE_TLS_KEY")
+
+    @property
+    def tls(self) -> TlsFiles:
+        try:
+            return TlsFiles(self.ca, self.cert, self.key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaLink(Tls):
+    """Where Kafka is and who this role is there: with a user, SASL/SCRAM over TLS (--ca)."""
+
+    kafka: str = kafka_setting()
+    kafka_user: str | None = opt(
+        None,
+        "SCRAM user on the broker (SASL_SSL, with --ca); the broker's ACLs say what it may do.",
+        "EVCHARGE_KAFKA_USER",
+    )
+    kafka_password: str | None = opt(None, "The SCRAM user's password.", "EVCHARGE_KAFKA_PASSWORD")
+
+    @property
+    def kafka_access(self) -> KafkaAccess:
+        if self.kafka_user is None:
+            return KafkaAccess(self.kafka)
+        if self.ca is None or not self.kafka_password:
+            raise ConfigError("--kafka-user needs --kafka-password and --ca (SASL over TLS)")
+        return KafkaAccess(self.kafka, self.kafka_user, self.kafka_password, self.tls)

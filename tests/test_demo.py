@@ -329,6 +329,25 @@ def test_the_demo_runs_every_driver_to_its_summary_and_leaves_no_process_behind(
 
 @pytest.mark.kafka
 @pytest.mark.processes
+def test_the_secure_demo_charges_over_tls_scram_and_signatures_on_a_broker_of_its_own(tmp_path) -> None:
+    place = Place.with_own_kafka(tmp_path)
+    requests = {"driver-alice": ["CP-001"]}
+    with running_demo(tmp_path, place, "--secure", cps=1, drivers=1, requests=requests) as demo:
+        output, _ = demo.process.communicate(timeout=150)
+        assert demo.process.returncode == 0, output
+        screen = (demo.run_dir / "logs" / "driver-alice.log").read_text()
+        assert "summary: 1 requests" in screen, screen
+        central = (demo.run_dir / "logs" / "central.log").read_text()
+        assert "HTTP API on https://" in central and "as central" in central, central
+        assert "(TLS)" in central
+        assert place.kafka_dir is not None
+        properties = (place.kafka_dir / "server.properties").read_text()
+        assert "advertised.listeners=SASL_SSL://" in properties, "clients reach the broker only over SASL_SSL"
+        demo.assert_nothing_left()
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_to_the_demo_stops_every_process_of_it(kafka_broker, tmp_path, signum) -> None:
     place = Place.on(kafka_broker.bootstrap)

@@ -11,7 +11,7 @@ import stat
 import pytest
 
 from evcharge.devtools.supervisor import Child
-from tests.harness import System, wait_until
+from tests.harness import Credentials, System, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -20,8 +20,7 @@ JOIN, OPERATOR = "join-token-for-tests", "operator-token-for-tests"
 
 @pytest.fixture
 def secured(system):
-    system.central_overrides = {"require_auth": True, "join_token": JOIN, "operator_token": OPERATOR}
-    system.monitor_overrides = {"join_token": JOIN}
+    system.secure(Credentials(JOIN, OPERATOR))
     system.start_central()
     return system
 
@@ -185,3 +184,13 @@ def test_central_on_a_network_address_refuses_to_start_without_tokens(system) ->
     process = Child("central-open", args, system.logs / "open.log").start()
     assert process.wait(30) == 2
     assert "--join-token and --operator-token" in process.output()
+
+
+def test_central_on_a_network_address_needs_tls_and_kafka_credentials_or_insecure(system) -> None:
+    args = ["central", "--no-panel", "--host", "0.0.0.0", "--kafka", system.kafka,
+            "--store", str(system.root / "c.sqlite"),
+            "--join-token", JOIN, "--operator-token", OPERATOR]  # fmt: skip
+    process = Child("central-plain", args, system.logs / "plain.log").start()
+    assert process.wait(30) == 2
+    said = process.output()
+    assert "needs TLS (--cert, --key, --ca)" in said and "--kafka-user" in said and "--insecure" in said

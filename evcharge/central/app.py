@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from evcharge.central import provenance
 from evcharge.central.audit import AuditLog
 from evcharge.central.claim import AnotherStoreLeads, KafkaClaim
 from evcharge.central.decisions import Rules
@@ -29,7 +30,7 @@ from evcharge.central.store import CentralStore, open_store
 from evcharge.central.store.postgres import PostgresStore
 from evcharge.central.store.sqlite import SqliteStore
 from evcharge.errors import Fenced, Refused
-from evcharge.protocol.messages import ChargeRequest, StopRequest, new_id
+from evcharge.protocol.messages import ChargeRequest, DenyCode, StopRequest, new_id
 from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.outbox import OutboxRelay
@@ -70,18 +71,24 @@ class CentralApp:
 
     async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
+        kafka = s.kafka_access
+        tls = s.tls
+        await kafka.check()  # a broker we must not trust: one line, no retries
         store = await open_store(s.store)
         if isinstance(store, SqliteStore):
             where = f"monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port}"
             store.claim(f"central pid {os.getpid()} ({where})")
         host = s.advertised_host
-        me = Holder(self.instance, f"{host}:{s.tcp_port}", f"http://{host}:{s.http_port}", os.getpid(), host)
+        scheme = "https" if tls.serving else "http"
+        me = Holder(
+            self.instance, f"{host}:{s.tcp_port}", f"{scheme}://{host}:{s.http_port}", os.getpid(), host
+        )
         lease = store.leadership_lease()
         if isinstance(store, PostgresStore):
             store.epoch = NO_EPOCH  # a standby's commits are refused until it leads
         leadership = Leadership(lease, me, lease_s=s.lease_s, renew_every_s=s.lease_s / 4)
         store_id = await store.identity()
-        claim = KafkaClaim(s.kafka, me, store_id, store.url, role=lambda: leadership.role)
+        claim = KafkaClaim(kafka, me, store_id, store.url, role=lambda: leadership.role)
         links = _Links()
         messages, counters, metrics = Messages(), Counters(), Metrics()
         audit = AuditLog(self.audit_path(store))
@@ -100,7 +107,9 @@ class CentralApp:
         self.service = service
         live = LiveFeed(lambda: service.state, messages, role=lambda: leadership.role, instance=self.instance)
         service.observers.append(live)
-        standby = Standby(lambda: leadership.leading, leadership.leader, staked=claim.staked)
+        standby = Standby(
+            lambda: leadership.leading, leadership.leader, staked=claim.staked, tls=tls.client_context()
+        )
         monitors = MonitorServer(
             service,
             s.host,
@@ -109,6 +118,7 @@ class CentralApp:
             instance=self.instance,
             leader_hint=lambda: _not_leader(leadership),
             counts=counters.counts,
+            tls=tls.server_context(),
         )
         api = CentralApi(
             service,
@@ -132,8 +142,16 @@ class CentralApp:
         try:
             await monitors.start()
             await runner.setup()
-            await web.TCPSite(runner, s.host, s.http_port).start()
-            log.info("HTTP API on http://%s:%d (store %s, Kafka %s)", s.host, s.http_port, store.url, s.kafka)
+            await web.TCPSite(runner, s.host, s.http_port, ssl_context=tls.server_context()).start()
+            log.info(
+                "HTTP API on %s://%s:%d (store %s, Kafka %s%s)",
+                scheme,
+                s.host,
+                s.http_port,
+                store.url,
+                s.kafka,
+                f" as {kafka.user}" if kafka.secure else "",
+            )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(claim.run(stop), name="Kafka claim")
                 tasks.create_task(live.run(stop), name="live feed")
@@ -183,14 +201,14 @@ class CentralApp:
         ended = asyncio.Event()
         relay = OutboxRelay(
             store.outbox,
-            s.kafka,
+            s.kafka_access,
             # One id per store: the relay of the next leader fences this one's at its start.
             transactional_id=f"evcharge-central-{await store.identity()}",
             headers=[("central", self.instance.encode())],
         )
-        dispatcher = _Dispatcher(service, store, relay, metrics)
+        dispatcher = _Dispatcher(service, store, relay, metrics, check_proofs=self.auth)
         inbox = Inbox(
-            bootstrap=s.kafka,
+            bootstrap=s.kafka_access,
             group_id="central",
             subscriptions=[Subscription(Topic.DRIVER_REQUESTS), Subscription(Topic.CP_EVENTS)],
             codecs=CODECS,
@@ -265,15 +283,27 @@ async def _lags(inbox: Inbox) -> dict[tuple[str, int], int]:
 
 
 class _Dispatcher:
-    """Turns a batch of deliveries into service calls, in order; misfits become dead letters."""
+    """Turns a batch of deliveries into service calls, in order; misfits become dead letters.
+
+    With credentials on (`check_proofs`) nothing is decided on a record that does not
+    prove who wrote it: a forged event is set aside as a dead letter (`forged`), a
+    request without its driver's proof is denied with why.
+    """
 
     def __init__(
-        self, service: CentralService, store: CentralStore, relay: OutboxRelay, metrics: Metrics
+        self,
+        service: CentralService,
+        store: CentralStore,
+        relay: OutboxRelay,
+        metrics: Metrics,
+        *,
+        check_proofs: bool = False,
     ) -> None:
         self._service = service
         self._store = store
         self._relay = relay
         self._metrics = metrics
+        self._check_proofs = check_proofs
 
     async def handle(self, deliveries: Sequence[Delivery[Any]]) -> None:
         # Facts before decisions: the engines' events of a batch are applied before
@@ -288,13 +318,31 @@ class _Dispatcher:
                 # The broker stamped the request when it arrived (LogAppendTime): its age
                 # needs no trust in the driver's clock.
                 waited = max(0.0, time.time() - delivery.broker_time_s)
-                await self._service.charge(message, waited_s=waited)
+                await self._service.charge(message, waited_s=waited, unproven=self._unproven(delivery))
             elif isinstance(message, StopRequest):
                 await self._flush(events)
-                await self._service.stop_request(message)
+                await self._service.stop_request(message, unproven=self._unproven(delivery))
+            elif self._check_proofs and message.cp_id in self._service.state.cps:
+                forged = provenance.event_forgery(
+                    self._service.state, message.cp_id, delivery.record.value or b"", delivery.record.headers
+                )
+                if forged is None:
+                    events.append(delivery)
+                    continue
+                await self._flush(events)
+                log.warning("central refused a record of %s: %s", delivery.record.topic, forged)
+                await self.dead_letter(delivery.record, forged, "forged", claimed=message.cp_id)
             else:
                 events.append(delivery)
         await self._flush(events)
+
+    def _unproven(self, delivery: Delivery[Any]) -> tuple[DenyCode, str] | None:
+        if not self._check_proofs:
+            return None
+        record = delivery.record
+        return provenance.request_unproven(
+            self._service.state, delivery.message.driver_id, record.value or b"", record.headers
+        )
 
     async def _flush(self, events: list[Delivery[CpEvent]]) -> None:
         if not events:
@@ -313,11 +361,13 @@ class _Dispatcher:
             await self.dead_letter(record, reason, code)
         events.clear()
 
-    async def dead_letter(self, record: Any, reason: str, code: str = "undecodable") -> None:
+    async def dead_letter(
+        self, record: Any, reason: str, code: str = "undecodable", claimed: str = ""
+    ) -> None:
         await self._store.dead_letter(
             *dead_letter(
                 record.topic, record.partition, record.offset, record.key, record.value, "central", reason
             )
         )
-        self._service.tell(DeadLettered(record.topic, reason, code))
+        self._service.tell(DeadLettered(record.topic, reason, code, claimed))
         self._relay.wake()

@@ -108,6 +108,18 @@ class AuditLog:
                     self.record("forget_cp", who=by, peer=peer, cp=cp_id)
                 case f.OperatorRefused(action, by, reason, peer):
                     self.record(action, who=by, peer=peer, result=f"refused: {reason}")
+                case f.DeadLettered(topic, reason, "forged", claimed):
+                    self.record(
+                        "cp_event",
+                        who=claimed,
+                        peer="kafka",
+                        topic=topic,
+                        result=f"refused: forged: {reason}",
+                    )
+                case f.DriverEnrolled(driver_id, by, peer, again):
+                    self.record("enrol_driver", who=by, peer=peer, driver=driver_id, renewed=again)
+                case f.TlsRefused(peer, reason):
+                    self.record("tls_handshake", who="unknown", peer=peer, result=f"refused: {reason}")
 
     def close(self) -> None:
         if self._file is not None:

@@ -35,6 +35,7 @@ from evcharge.errors import ConfigError, ProtocolError
 from evcharge.protocol.messages import CENTRAL_CLAIMS, CentralClaim, encode
 from evcharge.protocol.topics import CLAIMS_TOPIC, Topic
 from evcharge.runtime.kafka import ensure_topics, new_consumer, new_producer
+from evcharge.runtime.kafka_access import Kafka
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, keep_trying
 from evcharge.runtime.waits import sleep_unless
 
@@ -75,14 +76,14 @@ def refusal(other: CentralClaim, store: str, *, we_were_silent: bool = False) ->
 
 
 class KafkaClaim:
-    def __init__(self, bootstrap: str, me: Holder, store_id: str, store: str, role: Any) -> None:
+    def __init__(self, bootstrap: Kafka, me: Holder, store_id: str, store: str, role: Any) -> None:
         self._bootstrap = bootstrap
         self._me = me
         self._store_id = store_id
         self._store = store
         self._role = role  # a callable: this central's role now, written in each claim
         self.staked = asyncio.Event()
-        self._watch = LinkWatch(log, "Kafka", bootstrap)
+        self._watch = LinkWatch(log, "Kafka", str(bootstrap))
         self._last_own_ms: int | None = None
         self._first_own_offset: int | None = None
         self._position = 0  # the next claim to read

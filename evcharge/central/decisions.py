@@ -25,6 +25,7 @@ from evcharge.central.ledger import (
 )
 from evcharge.central.state import CentralState, Change, CpRecord, Link, Outcome, RequestOutcome
 from evcharge.central.status import denial_for
+from evcharge.protocol import signing
 from evcharge.protocol.messages import (
     ChargeRequest,
     DenyCode,
@@ -79,8 +80,13 @@ def register(
     rules: Rules,
     now: float,
     new_id: NewId,
-) -> Decision[None]:
-    """A monitor introduces its CP: credentials, then the one-live-monitor rule, then the registry."""
+    new_key: NewId = signing.new_key,
+) -> Decision[str]:
+    """A monitor introduces its CP: credentials, then the one-live-monitor rule, then the registry.
+
+    With credentials on, the result is the key the CP's engine signs its events with:
+    issued at the CP's first registration, the same at every one after.
+    """
     cp_id = frame.cp_id
     store_hash = None
     if rules.join_token is not None:
@@ -117,12 +123,17 @@ def register(
         change.cps[cp_id] = record
     if store_hash is not None:
         change.secrets[cp_id] = store_hash
+    engine_key = None
+    if rules.join_token is not None:
+        engine_key = state.engine_keys.get(cp_id)
+        if engine_key is None:
+            engine_key = change.engine_keys[cp_id] = new_key()
     change.facts.append(facts.CpRegistered(cp_id, record.location, record.price, peer, new=known is None))
     change.merge(_health(state, cp_id, frame.health, "", now, new_id))
-    return Decision(change)
+    return Decision(change, engine_key)
 
 
-def _refuse_registration(cp_id: str, peer: str, code: str, reason: str) -> Decision[None]:
+def _refuse_registration(cp_id: str, peer: str, code: str, reason: str) -> Decision[str]:
     return Decision(
         Change(facts=[facts.RegistrationRefused(cp_id, peer, code, reason)]), refusal=Refusal(code, reason)
     )
@@ -187,10 +198,16 @@ def charge(
     now: float,
     new_id: NewId,
     source: str = "kafka",
+    unproven: tuple[DenyCode, str] | None = None,
 ) -> Decision[RequestOutcome]:
-    """Authorise a driver's request for a CP, or deny it with the reason. A replay is decided once."""
+    """Authorise a driver's request for a CP, or deny it with the reason. A replay is decided once.
+
+    `unproven`: the request does not prove it comes from its driver (see `provenance`).
+    """
     if earlier is not None:
         return Decision(result=earlier)
+    if unproven is not None:
+        return _deny(request, *unproven, waited_s, now, new_id, source)
     if waited_s > rules.request_ttl_s:
         return _deny(
             request,
@@ -293,17 +310,26 @@ def _deny(
     return Decision(change, outcome)
 
 
-def stop_request(state: CentralState, request: StopRequest, *, now: float, new_id: NewId) -> Change:
+def stop_request(
+    state: CentralState,
+    request: StopRequest,
+    *,
+    now: float,
+    new_id: NewId,
+    unproven: tuple[DenyCode, str] | None = None,
+) -> Change:
     """A driver asks to stop its session: passed on to the engine, or refused with why."""
     session = state.sessions.get(request.session_id)
-    if session is not None and session.driver_id == request.driver_id:
+    if unproven is None and session is not None and session.driver_id == request.driver_id:
         stop = StopSupply(
             id=new_id(), ts=now, cp_id=session.cp_id, session_id=session.session_id, reason=EndReason.DRIVER
         )
         return Change(
             messages=[stop], facts=[facts.StopAsked(request.driver_id, session.session_id, session.cp_id)]
         )
-    if session is None:
+    if unproven is not None:
+        code, why = unproven
+    elif session is None:
         code, why = DenyCode.NO_SESSION, f"session {request.session_id[:8]} is not in progress"
     else:
         code, why = DenyCode.NOT_YOURS, f"session {request.session_id[:8]} is not yours"
@@ -470,3 +496,12 @@ def forget(state: CentralState, cp_id: str, *, by: str, peer: str = "") -> Decis
             Change(facts=[facts.OperatorRefused("forget", by, refusal.reason, peer)]), refusal=refusal
         )
     return Decision(Change(forget=[cp_id], facts=[facts.CpForgotten(cp_id, by, peer)]))
+
+
+def enrol_driver(state: CentralState, driver_id: str, key: str, *, by: str, peer: str = "") -> Decision[None]:
+    """Enrol a driver (or give it a new token): from now on its requests must prove `key`."""
+    change = Change(
+        driver_keys={driver_id: key},
+        facts=[facts.DriverEnrolled(driver_id, by, peer, again=driver_id in state.driver_keys)],
+    )
+    return Decision(change)

@@ -129,7 +129,25 @@ class OperatorRefused:
 class DeadLettered:
     topic: str
     reason: str
-    code: str = "undecodable"  # or unknown_cp, unknown_session: what `evcharge_dead_letters_total` counts
+    # or unknown_cp, unknown_session, forged: what `evcharge_dead_letters_total` counts
+    code: str = "undecodable"
+    claimed: str = ""  # who the record said it came from (a forgery's claimed CP)
+
+
+@dataclass(frozen=True)
+class DriverEnrolled:
+    driver_id: str
+    by: str
+    peer: str = ""
+    again: bool = False  # a new token replaced the one it had
+
+
+@dataclass(frozen=True)
+class TlsRefused:
+    """A handshake on the monitors' port failed: a certificate one side would not accept."""
+
+    peer: str
+    reason: str
 
 
 Fact = (
@@ -148,4 +166,6 @@ Fact = (
     | CpForgotten
     | OperatorRefused
     | DeadLettered
+    | DriverEnrolled
+    | TlsRefused
 )

@@ -20,7 +20,7 @@ import msgspec
 from aiohttp import web
 
 from evcharge import __version__
-from evcharge.central import facts, openapi
+from evcharge.central import facts, openapi, provenance
 from evcharge.central.cp_listing import CpListing
 from evcharge.central.leadership import Holder
 from evcharge.central.live import LiveFeed
@@ -32,7 +32,7 @@ from evcharge.central.state import Outcome
 from evcharge.central.store import SessionQuery
 from evcharge.central.view import cp_json, cps_json, session_json
 from evcharge.errors import Fenced, Refused, StoreUnavailable
-from evcharge.protocol.messages import ChargeRequest
+from evcharge.protocol.messages import ChargeRequest, DriverId
 
 log = logging.getLogger("evcharge.central.http")
 
@@ -47,6 +47,10 @@ WEB = importlib.resources.files("evcharge.central") / "web"
 class ChargeBody(msgspec.Struct, forbid_unknown_fields=True):
     driver_id: str
     cp_id: str
+
+
+class DriverBody(msgspec.Struct, forbid_unknown_fields=True):
+    driver_id: DriverId
 
 
 _charge_request = msgspec.json.Decoder(ChargeRequest)
@@ -130,6 +134,7 @@ class CentralApi:
                 web.post(ONE_CP + "/resume", self.resume_cp),
                 web.delete(ONE_CP, self.forget_cp),
                 web.post("/request/charge", self.request_charge),
+                web.post("/drivers", self.enrol_driver),
                 web.get("/sessions", self.list_sessions),
                 web.get("/sessions/{session_id}", self.get_session),
                 web.get("/messages", self.list_messages),
@@ -147,19 +152,33 @@ class CentralApi:
 
     @web.middleware
     async def _operator_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """With auth on, changing a CP (stop, resume, forget) needs the operator's bearer token."""
+        """With auth on, changing a CP (stop, resume, forget) or enrolling a driver needs the
+        operator's bearer token."""
         if (
             self._operator_token is None
             or request.method in ("GET", "HEAD")
-            or not request.path.startswith("/cp")
+            or not request.path.startswith(("/cp", "/drivers"))
         ):
             return await handler(request)
-        presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(presented.encode(), self._operator_token.encode()):
+        if not self._is_operator(request):
+            presented = _bearer(request)
             why = "a wrong operator token" if presented else "no operator token"
             self._service.tell(facts.OperatorRefused(request.path, "unknown", why, str(request.remote)))
             return error(401, "unauthorized", "this needs the operator token: Authorization: Bearer <token>")
         return await handler(request)
+
+    def _is_operator(self, request: web.Request) -> bool:
+        token = self._operator_token
+        return token is not None and hmac.compare_digest(_bearer(request).encode(), token.encode())
+
+    async def enrol_driver(self, request: web.Request) -> web.Response:
+        """A driver's token, shown once: from now on its requests must carry its proof."""
+        try:
+            body = msgspec.json.decode(await request.read(), type=DriverBody)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return error(400, "invalid_body", f'expected JSON {{"driver_id": ...}}: {exc}')
+        token = await self._service.enrol_driver(body.driver_id, "http", str(request.remote))
+        return web.json_response({"driver_id": body.driver_id, "token": token}, status=201)
 
     async def health(self, request: web.Request) -> web.Response:
         state = self._service.state
@@ -232,6 +251,19 @@ class CentralApi:
             charge = _charge_request.decode(msgspec.json.encode(charge))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error(400, "invalid_body", f'expected JSON {{"driver_id": ..., "cp_id": ...}}: {exc}')
+        if self.auth and not (
+            self._is_operator(request)
+            or provenance.token_matches(self._service.state, charge.driver_id, _bearer(request))
+        ):
+            why = "a wrong driver token" if _bearer(request) else "no driver token"
+            self._service.tell(
+                facts.OperatorRefused(request.path, charge.driver_id, why, str(request.remote))
+            )
+            return error(
+                401,
+                "unauthorized",
+                f"asking as {charge.driver_id} needs its token: Authorization: Bearer <token>",
+            )
         outcome = await self._service.charge(charge, source=f"http {request.remote}")
         if outcome.outcome is Outcome.ACCEPTED:
             return web.json_response(
@@ -308,6 +340,10 @@ class CentralApi:
         if name not in ASSETS or name == "index.html":
             return error(404, "not_found", f"no asset {name}")
         return _asset(name)
+
+
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
 
 def _holder_json(holder: Holder | None) -> dict[str, Any] | None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from evcharge.central import facts
 from evcharge.central.heartbeats import HeartbeatLink
 from evcharge.central.service import CentralService
 from evcharge.errors import Fenced, ProtocolError, Refused
@@ -51,6 +53,7 @@ class MonitorServer:
         instance: str = "",
         leader_hint: Callable[[], Refused | None] = lambda: None,
         counts: Counter[str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._service = service
         self.host = host
@@ -59,14 +62,25 @@ class MonitorServer:
         self._instance = instance
         # A standby answers "not the leader, try X" instead of registering anyone.
         self._leader_hint = leader_hint
-        self._server = OwnedServer(self._serve, "monitors")
+        self._server = OwnedServer(self._serve, "monitors", tls=tls, on_tls_refused=self._tls_refused)
+        self.tls = tls is not None
         self._connections: dict[str, _Connection] = {}
         # `/health`'s counters: "heartbeats" is how the bench knows what central's CPU paid for.
         self._counts: Counter[str] = counts if counts is not None else Counter()
 
     async def start(self) -> None:
         self.port = await self._server.start(self.host, self.port)
-        log.info("listening for monitors on %s:%d", self.host, self.port)
+        log.info("listening for monitors on %s:%d%s", self.host, self.port, " (TLS)" if self.tls else "")
+
+    def _tls_refused(self, peer: str, exc: BaseException) -> None:
+        if isinstance(exc, ssl.SSLError):
+            reason = str(exc.reason or exc)  # it showed a certificate we do not accept
+        elif isinstance(exc, TimeoutError):
+            reason = "no handshake within the deadline"
+        else:
+            reason = "it hung up during the handshake: it may not trust this central's certificate"
+        log.warning("monitor %s: TLS handshake did not finish (%s): closed", peer, reason)
+        self._service.tell(facts.TlsRefused(peer, reason))
 
     async def close(self) -> None:
         """Stop accepting, then drop every monitor connection (they reconnect to the next central)."""
@@ -123,7 +137,7 @@ class MonitorServer:
             )
             return
         try:
-            await self._service.register(first, peer)
+            engine_key = await self._service.register(first, peer)
         except Refused as exc:
             await _reply_error(writer, first.corr, exc.code, exc.reason)
             return
@@ -153,7 +167,10 @@ class MonitorServer:
             replaced.close("replaced by a reconnect of the same monitor")
         why = "connection closed"
         try:
-            await send_frame(writer, Registered(corr=first.corr, cp_id=first.cp_id, central=self._instance))
+            registered = Registered(
+                corr=first.corr, cp_id=first.cp_id, central=self._instance, engine_key=engine_key
+            )
+            await send_frame(writer, registered)
             why = await self._heartbeats(first, frames, writer, peer, connection)
         except (ConnectionError, OSError):
             why = "connection lost"

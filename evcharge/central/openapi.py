@@ -161,12 +161,27 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Forgotten": {"type": "object", "required": ["forgotten"], "properties": {"forgotten": STR}},
+    "DriverBody": {
+        "type": "object",
+        "required": ["driver_id"],
+        "additionalProperties": False,
+        "properties": {"driver_id": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}},
+    },
+    "DriverEnrolled": {
+        "type": "object",
+        "required": ["driver_id", "token"],
+        "properties": {
+            "driver_id": STR,
+            "token": {**STR, "description": "shown once: the driver's --token (a new one replaces the old)"},
+        },
+    },
 }
 
 CP_ID = {"name": "cp_id", "in": "path", "required": True, "schema": STR}
 # The token is needed only when central requires auth.
 OPERATOR: list[dict[str, list[str]]] = [{"operator": []}, {}]
 UNAUTHORIZED = _error("the operator token is missing or wrong (auth on)")
+DRIVER: list[dict[str, list[str]]] = [{"driver": []}, {"operator": []}, {}]
 UNAVAILABLE = _error("central cannot record right now (its store is full or away), or it is a standby")
 
 
@@ -192,7 +207,10 @@ def document() -> dict[str, Any]:
         },
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"operator": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "operator": {"type": "http", "scheme": "bearer"},
+                "driver": {"type": "http", "scheme": "bearer", "description": "a driver's enrolment token"},
+            },
         },
         "paths": {
             "/health": {
@@ -232,12 +250,29 @@ def document() -> dict[str, Any]:
             "/request/charge": {
                 "post": {
                     "summary": "Ask for a charge (the same decision as a driver's request on Kafka)",
+                    "description": "With auth on: the driver's own token (or the operator's) as the bearer.",
+                    "security": DRIVER,
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChargeBody")}}},
                     "responses": {
                         "201": _json(_ref("ChargeAccepted"), "authorised: a session starts"),
                         "400": _error("not a charge request"),
+                        "401": _error("the driver's token is missing or wrong (auth on)"),
                         "404": _json(_ref("ChargeDenied"), "no such CP"),
                         "409": _json(_ref("ChargeDenied"), "denied, with the reason"),
+                        "413": _error("body too large"),
+                        "503": UNAVAILABLE,
+                    },
+                }
+            },
+            "/drivers": {
+                "post": {
+                    "summary": "Enrol a driver: its token, shown once; its requests must prove it (auth on)",
+                    "security": OPERATOR,
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("DriverBody")}}},
+                    "responses": {
+                        "201": _json(_ref("DriverEnrolled"), "enrolled, or given a new token"),
+                        "400": _error("not a driver id"),
+                        "401": UNAUTHORIZED,
                         "413": _error("body too large"),
                         "503": UNAVAILABLE,
                     },

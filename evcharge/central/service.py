@@ -22,7 +22,8 @@ from evcharge.central.ledger import CpEvent
 from evcharge.central.state import CentralState, Change, RequestOutcome
 from evcharge.central.store import CentralStore
 from evcharge.errors import Fenced, Refused
-from evcharge.protocol.messages import ChargeRequest, Health, Register, StopRequest, new_id
+from evcharge.protocol import signing
+from evcharge.protocol.messages import ChargeRequest, DenyCode, Health, Register, StopRequest, new_id
 from evcharge.runtime.faults import crash_point
 from evcharge.runtime.waits import sleep_unless, wait_first
 
@@ -62,7 +63,12 @@ class CentralService:
 
     async def load(self) -> None:
         """Every known CP starts DISCONNECTED; sessions that were running stay open."""
-        self.state = CentralState.loaded(await self.store.load_cps(), await self.store.load_active_sessions())
+        self.state = CentralState.loaded(
+            await self.store.load_cps(),
+            await self.store.load_active_sessions(),
+            await self.store.load_engine_keys(),
+            await self.store.load_driver_keys(),
+        )
         log.info(
             "loaded %d charging points, %d sessions in progress",
             len(self.state.cps),
@@ -114,10 +120,11 @@ class CentralService:
             self._monitor_joined.clear()
             await wait_first(self._monitor_joined, stop, timeout_s=remaining)
 
-    async def register(self, frame: Register, peer: str) -> None:
-        """Accept a monitor for `frame.cp_id`, or raise Refused with why."""
+    async def register(self, frame: Register, peer: str) -> str | None:
+        """Accept a monitor for `frame.cp_id` (returns its engine's signing key, with credentials
+        on), or raise Refused with why."""
         stored = await self.store.secret_hash(frame.cp_id) if self.rules.join_token is not None else None
-        await self._decide(
+        engine_key = await self._decide(
             lambda: decisions.register(
                 self.state,
                 frame,
@@ -129,6 +136,7 @@ class CentralService:
             )
         )
         self._monitor_joined.set()
+        return engine_key
 
     def heartbeat_changes_nothing(
         self, cp_id: str, instance: str, health: Health, engine: str | None = None, detail: str = ""
@@ -168,7 +176,11 @@ class CentralService:
     # ---------------------------------------------------------- requests
 
     async def charge(
-        self, request: ChargeRequest, waited_s: float = 0.0, source: str = "kafka"
+        self,
+        request: ChargeRequest,
+        waited_s: float = 0.0,
+        source: str = "kafka",
+        unproven: tuple[DenyCode, str] | None = None,
     ) -> RequestOutcome:
         async with self._lock:
             earlier = await self.store.request_outcome(request.request_id)
@@ -181,15 +193,27 @@ class CentralService:
                 now=self._clock(),
                 new_id=self._ids,
                 source=source,
+                unproven=unproven,
             )
             outcome = await self._carry_out(decision)
         assert outcome is not None
         return outcome
 
-    async def stop_request(self, request: StopRequest) -> None:
+    async def stop_request(self, request: StopRequest, unproven: tuple[DenyCode, str] | None = None) -> None:
         await self._decide(
-            lambda: decisions.stop_request(self.state, request, now=self._clock(), new_id=self._ids)
+            lambda: decisions.stop_request(
+                self.state, request, now=self._clock(), new_id=self._ids, unproven=unproven
+            )
         )
+
+    # ----------------------------------------------------------- drivers
+
+    async def enrol_driver(self, driver_id: str, by: str, peer: str = "") -> str:
+        """Enrol `driver_id` (or renew its token); returns the token, which only the caller sees."""
+        token = signing.new_token()
+        key = signing.driver_key(token)
+        await self._decide(lambda: decisions.enrol_driver(self.state, driver_id, key, by=by, peer=peer))
+        return token
 
     # ------------------------------------------------------------ events
 

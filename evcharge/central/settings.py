@@ -6,12 +6,11 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from evcharge.config import DEFAULT_STATE_DIR, Logging, kafka_setting, opt, partitions_setting
+from evcharge.config import DEFAULT_STATE_DIR, KafkaLink, Logging, opt, partitions_setting
 
 
 @dataclass(frozen=True, kw_only=True)
-class CentralSettings(Logging):
-    kafka: str = kafka_setting()
+class CentralSettings(KafkaLink, Logging):
     store: str = opt(
         str(DEFAULT_STATE_DIR / "central.sqlite"),
         "Where central keeps its registry and sessions: a SQLite file (a path, or sqlite:///path), "
@@ -76,6 +75,12 @@ class CentralSettings(Logging):
     join_token: str | None = opt(None, "Token a new CP shows to join.", "EVCHARGE_JOIN_TOKEN")
     operator_token: str | None = opt(
         None, "Bearer token for operator changes over HTTP (stop, resume, forget).", "EVCHARGE_OPERATOR_TOKEN"
+    )
+    insecure: bool = opt(
+        False,
+        "Allow central to listen beyond loopback without TLS (--cert/--key) and without Kafka credentials "
+        "(--kafka-user): only on a network you trust.",
+        "EVCHARGE_INSECURE",
     )
     audit_log: Path | None = opt(
         None,

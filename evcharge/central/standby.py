@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -125,9 +126,15 @@ class Standby:
     """The HTTP face of a central while it does not lead (an aiohttp middleware)."""
 
     def __init__(
-        self, leading: Callable[[], bool], leader: Callable[[], Holder | None], *, staked: asyncio.Event
+        self,
+        leading: Callable[[], bool],
+        leader: Callable[[], Holder | None],
+        *,
+        staked: asyncio.Event,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._leading = leading
+        self._tls = tls  # the leader is reached over HTTPS, its certificate checked
         self._leader = leader
         self._staked = staked
         # Followed only while another central leads: a leader has its own view.
@@ -135,7 +142,8 @@ class Standby:
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=self._tls) if self._tls is not None else None
+        async with aiohttp.ClientSession(connector=connector) as session:
             self._session = session
             try:
                 await self.mirror.run(stop, session)

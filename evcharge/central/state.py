@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from evcharge.central.facts import Fact
@@ -63,6 +63,8 @@ class Change:
     cps: dict[str, CpRecord] = field(default_factory=dict)
     forget: list[str] = field(default_factory=list)
     secrets: dict[str, str] = field(default_factory=dict)  # cp_id -> hash of its secret
+    engine_keys: dict[str, str] = field(default_factory=dict)  # cp_id -> key its engine signs with
+    driver_keys: dict[str, str] = field(default_factory=dict)  # driver_id -> key its requests prove
     sessions: dict[str, Session] = field(default_factory=dict)
     requests: list[RequestOutcome] = field(default_factory=list)
     messages: list[KafkaMessage] = field(default_factory=list)
@@ -73,13 +75,22 @@ class Change:
     @property
     def durable(self) -> bool:
         return bool(
-            self.cps or self.forget or self.secrets or self.sessions or self.requests or self.messages
+            self.cps
+            or self.forget
+            or self.secrets
+            or self.engine_keys
+            or self.driver_keys
+            or self.sessions
+            or self.requests
+            or self.messages
         )
 
     def merge(self, other: Change) -> Change:
         self.cps.update(other.cps)
         self.forget += other.forget
         self.secrets.update(other.secrets)
+        self.engine_keys.update(other.engine_keys)
+        self.driver_keys.update(other.driver_keys)
         self.sessions.update(other.sessions)
         self.requests += other.requests
         self.messages += other.messages
@@ -101,11 +112,24 @@ class CentralState:
     # something derived from a CP (its encoded JSON) knows when to derive it again.
     version: int = 0
     cp_versions: dict[str, int] = field(default_factory=dict)
+    # Credentials on: what proves an engine's events and a driver's requests (see protocol.signing).
+    engine_keys: dict[str, str] = field(default_factory=dict)
+    driver_keys: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def loaded(cls, cps: Iterable[CpRecord], active: Iterable[Session]) -> CentralState:
+    def loaded(
+        cls,
+        cps: Iterable[CpRecord],
+        active: Iterable[Session],
+        engine_keys: Mapping[str, str] | None = None,
+        driver_keys: Mapping[str, str] | None = None,
+    ) -> CentralState:
         """After a (re)start: every known CP DISCONNECTED until its monitor is back."""
-        state = cls(cps={c.cp_id: c for c in cps})
+        state = cls(
+            cps={c.cp_id: c for c in cps},
+            engine_keys=dict(engine_keys or {}),
+            driver_keys=dict(driver_keys or {}),
+        )
         for session in active:
             state.sessions[session.session_id] = session
             state.on_cp[session.cp_id] = session.session_id
@@ -135,8 +159,11 @@ class CentralState:
         for session in change.sessions.values():
             touched[session.cp_id] = self.version
         self.cps.update(change.cps)
+        self.engine_keys.update(change.engine_keys)
+        self.driver_keys.update(change.driver_keys)
         for cp_id in change.forget:
             self.cps.pop(cp_id, None)
+            self.engine_keys.pop(cp_id, None)
             self.links.pop(cp_id, None)
             self.health.pop(cp_id, None)
             self.detail.pop(cp_id, None)

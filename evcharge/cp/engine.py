@@ -21,6 +21,7 @@ from typing import IO, Any
 from aiokafka import ConsumerRecord
 
 from evcharge.cp import engine_commands
+from evcharge.cp.engine_key import EventSigner
 from evcharge.cp.engine_state import CpEvent, EngineState
 from evcharge.cp.engine_store import EngineStore
 from evcharge.cp.health_port import serve_health_port
@@ -92,6 +93,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
+        await s.kafka_access.check()  # a broker we must not trust: one line, no retries
         lock = InstanceLock(s.state_dir / f"engine-{s.cp_id}.lock")
         lock.acquire()
         try:
@@ -99,12 +101,15 @@ class Engine:
         except BaseException:
             lock.release()
             raise
-        relay = self._relay = OutboxRelay(store.outbox, s.kafka)
+        signer = EventSigner(s.key_path, required=s.signing)
+        relay = self._relay = OutboxRelay(
+            store.outbox, s.kafka_access, may_publish=signer.may_publish, headers_for=signer.headers
+        )
         server = OwnedServer(self._serve_monitor, "health")
         try:
             await self._recover(store)
             inbox = Inbox(
-                bootstrap=s.kafka,
+                bootstrap=s.kafka_access,
                 group_id=f"engine-{s.cp_id}",
                 subscriptions=[Subscription(Topic.CP_COMMANDS, key=s.cp_id)],
                 codecs=CODECS,

@@ -17,12 +17,14 @@ import secrets
 import time
 import uuid
 
+from evcharge.cp.engine_key import keep_key
 from evcharge.cp.health import HealthTracker
 from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
-from evcharge.protocol.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register
+from evcharge.protocol.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register, Registered
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
+from evcharge.runtime.tls import TlsRefused
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.monitor")
@@ -54,6 +56,7 @@ class Monitor:
         self.engine_detail = ""
         self._central_index = 0  # which of the centrals to try next
         self._leader_hint: tuple[str, int] | None = None
+        self._tls = settings.tls.client_context()
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
@@ -142,6 +145,11 @@ class Monitor:
                     policy=self._policy,
                 )
                 return
+            except TlsRefused as exc:
+                log.error("%s: %s", s.cp_id, exc)
+                self.exit_code = EXIT_REFUSED
+                stop.set()
+                return
             except Refused as exc:
                 if exc.code in FINAL_REFUSALS:
                     log.error("central refused %s: %s", s.cp_id, exc.reason)
@@ -197,11 +205,11 @@ class Monitor:
         s = self.settings
         host, port = self._next_central()
         timeout = s.heartbeat_interval_s * 2
-        conn = await FramedConnection.open(host, port, timeout_s=timeout)
+        conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
         try:
             health = self.tracker.health or Health.KO
             try:
-                await conn.request(
+                registered = await conn.request(
                     Register(
                         cp_id=s.cp_id,
                         location=s.location,
@@ -223,6 +231,9 @@ class Monitor:
                     self._leader_hint = (leader_host, int(leader_port))
                 raise
             attempts.succeeded()
+            engine_key = registered.engine_key if isinstance(registered, Registered) else None
+            if engine_key and keep_key(s.key_path, engine_key):
+                log.info("%s: kept the key its engine signs events with in %s", s.cp_id, s.key_path)
             log.info("%s registered with central at %s:%d (engine %s)", s.cp_id, host, port, health.value)
             while not stop.is_set():
                 self._health_changed.clear()

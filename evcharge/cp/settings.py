@@ -8,10 +8,11 @@ from typing import Any
 
 from evcharge.config import (
     DEFAULT_CENTRAL,
+    KafkaLink,
     Logging,
+    Tls,
     host_port,
     host_ports,
-    kafka_setting,
     opt,
     partitions_setting,
     required,
@@ -29,14 +30,19 @@ def default_engine_port(cp_id: str) -> int:
     return ENGINE_BASE_PORT + int(digits[-3:]) if digits else ENGINE_BASE_PORT
 
 
+def engine_key_path(state_dir: Path, cp_id: str) -> Path:
+    """Where the monitor keeps the engine's signing key (0600), and the engine reads it: the state
+    dir the two share on the CP's host."""
+    return state_dir / f"engine-{cp_id}.key"
+
+
 def _cp_id() -> Any:
     return required("This charging point's id, e.g. CP-005.", "EVCHARGE_CP_ID", flag="--cp-id")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EngineSettings(Logging):
+class EngineSettings(KafkaLink, Logging):
     cp_id: str = _cp_id()
-    kafka: str = kafka_setting()
     state_dir: Path = state_dir_setting()
     host: str = opt("127.0.0.1", "Address the health/control port listens on.", "EVCHARGE_ENGINE_HOST")
     port: int | None = opt(
@@ -75,6 +81,14 @@ class EngineSettings(Logging):
         None,
         flag="--keys/--no-keys",
     )
+    sign_events: bool | None = opt(
+        None,
+        "Sign every event with the key central issued to this CP at join (the monitor keeps it in the "
+        "state dir); events wait in the outbox until the key is there. Needed when central requires "
+        "credentials (default: on with --kafka-user).",
+        "EVCHARGE_SIGN_EVENTS",
+        flag="--sign-events/--no-sign-events",
+    )
 
     def __post_init__(self) -> None:
         if self.meter_interval_s <= 0:
@@ -87,12 +101,20 @@ class EngineSettings(Logging):
         return self.port if self.port is not None else default_engine_port(self.cp_id)
 
     @property
+    def signing(self) -> bool:
+        return self.sign_events if self.sign_events is not None else self.kafka_user is not None
+
+    @property
+    def key_path(self) -> Path:
+        return engine_key_path(self.state_dir, self.cp_id)
+
+    @property
     def meter_interval_ms(self) -> int:
         return max(1, round(self.meter_interval_s * 1000))
 
 
 @dataclass(frozen=True, kw_only=True)
-class MonitorSettings(Logging):
+class MonitorSettings(Tls, Logging):
     cp_id: str = _cp_id()
     engine: str | None = opt(
         None,
@@ -162,3 +184,7 @@ class MonitorSettings(Logging):
     @property
     def secret_path(self) -> Path:
         return self.state_dir / f"monitor-{self.cp_id}.secret"
+
+    @property
+    def key_path(self) -> Path:
+        return engine_key_path(self.state_dir, self.cp_id)

@@ -35,6 +35,7 @@ from evcharge.central.settings import CentralSettings
 from evcharge.config import DEFAULT_KAFKA, host_port, opt
 from evcharge.cp.settings import ENGINE_BASE_PORT, EngineSettings, MonitorSettings
 from evcharge.devtools.commands import child
+from evcharge.devtools.demo_secure import DemoSecurity
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
 from evcharge.driver.settings import DriverSettings
@@ -187,6 +188,13 @@ class DemoSettings:
         "EVCHARGE_DEMO_REQUESTS_DIR",
         hidden=True,
     )
+    secure: bool = opt(
+        False,
+        "TLS on central's ports, a SASL_SSL broker with a SCRAM user per role and ACLs, signed engine "
+        "events and enrolled drivers: certificates in <run dir>/../tls (made once). Needs a broker of "
+        "its own: the port of --kafka must be free or a secure broker's.",
+        "EVCHARGE_DEMO_SECURE",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.cps <= 999 or self.drivers < 0:
@@ -208,7 +216,9 @@ class Demo:
         assert s.run_dir is not None
         self.run_dir = s.run_dir.resolve()
         self.logs, self.state = self.run_dir / "logs", self.run_dir / "state"
-        self.url = f"http://{LOOPBACK}:{s.http_port}"
+        self.security = DemoSecurity.prepare(self.run_dir.parent / "tls") if s.secure else None
+        scheme = "https" if self.security is not None else "http"
+        self.url = f"{scheme}://{LOOPBACK}:{s.http_port}"
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
         self.stopping = threading.Event()
@@ -300,7 +310,10 @@ class Demo:
         data_dir = self.settings.kafka_dir or self.run_dir.parent / "kafka"
         # Its JVM gets SIGTERM from the kernel when the demo dies, even by SIGKILL, and
         # then shuts down by itself (in under a second on this machine).
-        broker = LocalBroker(data_dir=data_dir, host=host, port=port, die_with_parent=True)
+        security = self.security.broker if self.security is not None else None
+        if security is not None:
+            data_dir = self.settings.kafka_dir or self.run_dir.parent / "kafka-secure"
+        broker = LocalBroker(data_dir=data_dir, host=host, port=port, die_with_parent=True, security=security)
         self.say(f"no Kafka answers at {broker.bootstrap}: starting one (data {broker.data_dir})")
 
         def interrupt(signum: int, frame: Any) -> None:
@@ -334,6 +347,7 @@ class Demo:
             tcp_port=s.tcp_port,
             http_port=s.http_port,
             panel=s.panel,
+            **(self.security.central() if self.security is not None else {}),
         )
         if s.panel:
             self.say(
@@ -354,6 +368,12 @@ class Demo:
         if self._wait_for(lambda: self._get("/health")["status"] == "ok", "central's HTTP API"):
             self.say(f"central up at {self.url} (monitors on {LOOPBACK}:{s.tcp_port}, log {log_path})")
             self.say(f"operator's web page: {self.url}/  ·  metrics: {self.url}/metrics", style="bold")
+            if self.security is not None:
+                sec = self.security
+                self.say(
+                    f"secure: TLS with the CA {sec.ca}, Kafka users in {sec.users.path}; "
+                    f"operator token {sec.operator_token} (evcharge ctl ... --ca {sec.ca} --token ...)"
+                )
 
     def _start_cps(self) -> None:
         s = self.settings
@@ -365,6 +385,7 @@ class Demo:
                 state_dir=self.state,
                 max_session_s=s.session_s,
                 keys=False,
+                **(self.security.engine() if self.security is not None else {}),
             )
             self.engines.append(
                 child(
@@ -386,6 +407,7 @@ class Demo:
                 location=LOCATIONS[index % len(LOCATIONS)],
                 price=PRICES[index % len(PRICES)],
                 state_dir=self.state,
+                **(self.security.monitor() if self.security is not None else {}),
             )
             self.monitors.append(
                 child(
@@ -414,6 +436,9 @@ class Demo:
     def _start_drivers(self, requests: dict[str, Path]) -> None:
         s = self.settings
         for driver_id, path in requests.items():
+            secured = {}
+            if self.security is not None:
+                secured = self.security.driver(self.security.enrol(self.url, driver_id))
             driver = DriverSettings(
                 driver_id=driver_id,
                 requests=path,
@@ -422,6 +447,7 @@ class Demo:
                 interval_s=s.interval_s,
                 central_url=self.url,
                 events=self.logs / f"{driver_id}.events.jsonl",
+                **secured,
             )
             self.drivers[driver_id] = child(
                 "driver",
@@ -491,7 +517,8 @@ class Demo:
         return False
 
     def _get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=2) as response:
+        tls = self.security.http_context() if self.security is not None else None
+        with urllib.request.urlopen(self.url + path, timeout=2, context=tls) as response:
             return json.load(response)
 
     # ------------------------------------------------------- shutdown

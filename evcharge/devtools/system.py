@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +26,7 @@ from typing import Any
 from evcharge.central.settings import CentralSettings
 from evcharge.cp.settings import EngineSettings, MonitorSettings
 from evcharge.devtools.commands import child
+from evcharge.devtools.kafka_users import KafkaUsers
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
 from evcharge.driver.settings import DriverSettings
@@ -61,6 +63,38 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str, interval
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
         time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A system with security on: central requires the tokens; with `tls_dir` (what `certs init`
+    wrote) its ports and Kafka speak TLS, and with `kafka_users` every role is a SCRAM user."""
+
+    join_token: str
+    operator_token: str
+    tls_dir: Path | None = None
+    kafka_users: KafkaUsers | None = None
+
+    @property
+    def ca(self) -> Path | None:
+        return self.tls_dir / "ca.pem" if self.tls_dir is not None else None
+
+    def kafka(self, role: str) -> dict[str, Any]:
+        """The settings that make `role` reach Kafka as itself."""
+        tls = {"ca": self.ca} if self.ca is not None else {}
+        if self.kafka_users is None:
+            return tls
+        return {**tls, "kafka_user": role, "kafka_password": self.kafka_users.password(role)}
+
+    def http_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca is not None else None
+
+
+def open_url(
+    request: str | urllib.request.Request, timeout_s: float, tls: ssl.SSLContext | None = None
+) -> Any:
+    """urllib's urlopen, checking an https server's certificate against `tls` (our CA)."""
+    return urllib.request.urlopen(request, timeout=timeout_s, context=tls)
 
 
 @dataclass(frozen=True)
@@ -124,14 +158,15 @@ class CentralNode:
     tcp_port: int
     http_port: int
     address: str
+    tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.address}:{self.http_port}"
 
     def health(self) -> dict[str, Any] | None:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+            with open_url(self.url + "/health", 2, self.tls) as response:
                 answer: dict[str, Any] = json.load(response)
                 return answer
         except (OSError, ValueError):
@@ -161,6 +196,8 @@ class LocalSystem:
     central_place: Place = HERE
     cp_place: Place = HERE
     driver_place: Place = HERE
+    credentials: Credentials | None = None  # with `secure()`
+    driver_tokens: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state_dir = self.root / "state"
@@ -173,6 +210,48 @@ class LocalSystem:
 
     def ident(self, name: str) -> str:
         return f"{name}-{self.tag}"
+
+    def secure(self, credentials: Credentials) -> None:
+        """Security on for every process started from now on (central first)."""
+        self.credentials = credentials
+        if credentials.tls_dir is not None:
+            self.url = self.url.replace("http://", "https://", 1)
+
+    @property
+    def http_tls(self) -> ssl.SSLContext | None:
+        return self.credentials.http_context() if self.credentials is not None else None
+
+    def _secured(self, role: str) -> dict[str, Any]:
+        c = self.credentials
+        if c is None:
+            return {}
+        if role == "central":
+            served = {}
+            if c.tls_dir is not None:
+                served = {"cert": c.tls_dir / "central.pem", "key": c.tls_dir / "central.key"}
+            return {
+                "require_auth": True,
+                "join_token": c.join_token,
+                "operator_token": c.operator_token,
+                **served,
+                **c.kafka("central"),
+            }
+        if role == "monitor":
+            return {"join_token": c.join_token, **({"ca": c.ca} if c.ca else {})}
+        if role == "engine":
+            return {"sign_events": True, **c.kafka("engine")}
+        return c.kafka(role)
+
+    def enrol_driver(self, driver_id: str) -> str:
+        """The driver's token, from central (POST /drivers with the operator token), once per driver."""
+        assert self.credentials is not None
+        if driver_id not in self.driver_tokens:
+            status, answer = self.post(
+                "/drivers", {"driver_id": driver_id}, token=self.credentials.operator_token
+            )
+            assert status == 201, f"enrolling {driver_id}: {status} {answer}"
+            self.driver_tokens[driver_id] = answer["token"]
+        return self.driver_tokens[driver_id]
 
     # ------------------------------------------------------------ start
 
@@ -188,6 +267,7 @@ class LocalSystem:
             "tcp_port": self.tcp_port,
             "http_port": self.http_port,
             "panel": False,
+            **self._secured("central"),
         }
         return CentralSettings(**{**settings, **self.central_overrides, **overrides})
 
@@ -227,7 +307,7 @@ class LocalSystem:
         for number, ((tcp_port, http_port), place) in enumerate(zip(ports, at, strict=True), start=1):
             name = f"central-{number}"
             process = self.central_child(env, name=name, place=place, tcp_port=tcp_port, http_port=http_port)
-            node = CentralNode(name, process.start(), tcp_port, http_port, place.address)
+            node = CentralNode(name, process.start(), tcp_port, http_port, place.address, self.http_tls)
             self.centrals.append(node)
             wait_for(node.health, 30, f"{name}'s HTTP API")
             if number == 1 and count > 1:
@@ -273,6 +353,7 @@ class LocalSystem:
                 "state_dir": self.state_dir,
                 "max_session_s": self.max_session_s,
                 "keys": False,
+                **self._secured("engine"),
                 **overrides,
             }
         )
@@ -283,6 +364,7 @@ class LocalSystem:
             "engine": f"{self.cp_place.address}:{port}",
             "central": ((self.central_place.address, self.tcp_port),),
             "state_dir": self.state_dir,
+            **self._secured("monitor"),
         }
         return MonitorSettings(**{**settings, **self.monitor_overrides, **overrides})
 
@@ -343,6 +425,9 @@ class LocalSystem:
         path.write_text("\n".join(requests) + "\n")
         existing = self.drivers.get(driver_id)
         if existing is None or overrides or env:
+            if self.credentials is not None and "token" not in overrides:
+                overrides = {**overrides, "token": self.enrol_driver(driver_id)}
+            overrides = {**self._secured("driver"), **overrides}
             settings = DriverSettings(
                 driver_id=driver_id,
                 requests=path,
@@ -372,7 +457,7 @@ class LocalSystem:
     # ---------------------------------------------------------- observe
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+        with open_url(self.url + path, 5, self.http_tls) as response:
             return json.load(response)
 
     def request(
@@ -384,7 +469,7 @@ class LocalSystem:
             headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
+            with open_url(request, 5, self.http_tls) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")

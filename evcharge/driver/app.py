@@ -28,6 +28,7 @@ from evcharge.driver.screen import Screen
 from evcharge.driver.settings import DriverSettings
 from evcharge.errors import ConfigError
 from evcharge.protocol.messages import ChargeRequest, RequestDenied, StopRequest, Ticket, encode
+from evcharge.protocol.signing import PROOF_HEADER, driver_key, sign
 from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter, route
 from evcharge.runtime.faults import crash_point
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
@@ -59,6 +60,7 @@ class Driver:
 
     async def run(self, stop: asyncio.Event, requests: list[RequestLine] | None, plan_name: str) -> int:
         s = self.settings
+        await s.kafka_access.check()  # a broker we must not trust: one line, no retries
         lock_path = s.state_dir / f"driver-{s.driver_id}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = lock_path.open("a+")
@@ -73,7 +75,7 @@ class Driver:
             self._plan = _plan_key(plan_name, requests)
             await self._expect_pending_answer()
         inbox = Inbox(
-            bootstrap=s.kafka,
+            bootstrap=s.kafka_access,
             group_id=f"driver-{s.driver_id}",
             subscriptions=[Subscription(Topic.DRIVER_UPDATES, key=s.driver_id)],
             codecs=CODECS,
@@ -94,7 +96,7 @@ class Driver:
                     if requests is not None:
                         code = await self._run_plan(stop, requests)
                     else:
-                        await run_interactive(self, stop, s.central_url)
+                        await run_interactive(self, stop, s.central_url, s.tls.client_context())
                 stop.set()
                 await consume
         finally:
@@ -122,19 +124,25 @@ class Driver:
     async def send(self, message: ChargeRequest | StopRequest) -> None:
         """Publish one request, waiting out a Kafka outage (one calm line, then retries)."""
         topic, key = route(message)
-        await self._publish(topic, key, encode(message))
+        payload = encode(message)
+        token = self.settings.token
+        # The proof that this driver sent it: an HMAC of these exact bytes with its key.
+        proof = [(PROOF_HEADER, sign(driver_key(token), payload))] if token else None
+        await self._publish(topic, key, payload, proof)
 
-    async def _publish(self, topic: str, key: str, payload: bytes) -> None:
+    async def _publish(
+        self, topic: str, key: str, payload: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         async def attempt() -> None:
             if self._producer is None:
-                producer = new_producer(self.settings.kafka)
+                producer = new_producer(self.settings.kafka_access)
                 try:
                     await producer.start()
                 except BaseException:
                     await producer.stop()
                     raise
                 self._producer = producer
-            await self._producer.send_and_wait(topic, payload, key=key.encode())
+            await self._producer.send_and_wait(topic, payload, key=key.encode(), headers=headers)
 
         await retry_until_done(attempt, watch=self._kafka_watch, stop=self._stop)
 

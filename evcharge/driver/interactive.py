@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import sys
 from typing import Any, Protocol
 
@@ -27,7 +28,9 @@ class Controls(Protocol):
     async def stop_session(self) -> bool: ...
 
 
-async def run_interactive(driver: Controls, stop: asyncio.Event, central_urls: str) -> None:
+async def run_interactive(
+    driver: Controls, stop: asyncio.Event, central_urls: str, tls: ssl.SSLContext | None = None
+) -> None:
     screen = driver.screen
     screen.say(HELP)
     loop = asyncio.get_running_loop()
@@ -47,7 +50,7 @@ async def run_interactive(driver: Controls, stop: asyncio.Event, central_urls: s
             if command in ("quit", "exit", "q"):
                 break
             if command == "list":
-                await _list_cps(screen, central_urls)
+                await _list_cps(screen, central_urls, tls)
             elif command == "request" and len(args) == 1:
                 if charging is not None and not charging.done():
                     screen.say("a request is already in progress; 'stop' it first")
@@ -66,13 +69,14 @@ async def run_interactive(driver: Controls, stop: asyncio.Event, central_urls: s
                 await charging
 
 
-async def _list_cps(screen: Screen, central_urls: str) -> None:
+async def _list_cps(screen: Screen, central_urls: str, tls: ssl.SSLContext | None = None) -> None:
     data: Any = None
     errors = []
     for url in [u.strip() for u in central_urls.split(",") if u.strip()]:
         try:
+            connector = aiohttp.TCPConnector(ssl=tls) if tls is not None else None
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), connector=connector) as http,
                 http.get(f"{url}/cp") as response,
             ):
                 data = await response.json()

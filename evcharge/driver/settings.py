@@ -7,8 +7,8 @@ from pathlib import Path
 
 from evcharge.config import (
     DEFAULT_CENTRAL_URL,
+    KafkaLink,
     Logging,
-    kafka_setting,
     opt,
     partitions_setting,
     required,
@@ -17,7 +17,7 @@ from evcharge.config import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class DriverSettings(Logging):
+class DriverSettings(KafkaLink, Logging):
     driver_id: str = required("This driver's id, e.g. driver-alice.", "EVCHARGE_DRIVER_ID", flag="--id")
     requests: Path | None = opt(
         None, "File with one CP id per line; without it the driver is interactive.", "EVCHARGE_REQUESTS"
@@ -37,7 +37,12 @@ class DriverSettings(Logging):
         "EVCHARGE_SETTLE_TIMEOUT_S",
         flag="--settle-timeout",
     )
-    kafka: str = kafka_setting()
+    token: str | None = opt(
+        None,
+        "The token the operator enrolled this driver with (evcharge ctl driver add): every request "
+        "carries its proof. Needed when central requires credentials.",
+        "EVCHARGE_DRIVER_TOKEN",
+    )
     central_url: str = opt(
         DEFAULT_CENTRAL_URL,
         "Central's HTTP API (for `list`); several, comma-separated.",

@@ -62,6 +62,8 @@ class DenyCode(enum.StrEnum):
     EXPIRED = "expired"
     NOT_YOURS = "not_yours"
     NO_SESSION = "no_session"
+    UNKNOWN_DRIVER = "unknown_driver"  # nobody enrolled this driver id (central requires it)
+    BAD_PROOF = "bad_proof"  # the request's proof is not that driver's: someone else sent it
 
 
 class EngineAction(enum.StrEnum):
@@ -278,6 +280,9 @@ class Register(Frame, tag="register"):
 class Registered(Frame, tag="registered"):
     cp_id: CpId
     central: str = ""  # the instance of central that answered
+    # With credentials on: the key the CP's engine signs its events with, issued at join
+    # and the same at every registration after (so an answer lost on the way costs nothing).
+    engine_key: str | None = None
 
 
 class Heartbeat(Frame, tag="heartbeat"):

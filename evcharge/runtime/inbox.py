@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from evcharge.errors import ProtocolError
 from evcharge.runtime.kafka import TopicSpec, all_partitions, ensure_topics, key_partition, new_consumer
+from evcharge.runtime.kafka_access import Kafka
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.waits import sleep_unless
 
@@ -68,7 +69,7 @@ class Inbox:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        bootstrap: Kafka,
         group_id: str,
         subscriptions: Sequence[Subscription],
         codecs: Mapping[str, Decoder[Any]],
@@ -93,7 +94,7 @@ class Inbox:
         self._max_records = max_records
         self._new_group_starts_at_end = new_group_starts_at_end
         self.name = name or group_id
-        self._watch = LinkWatch(log, "Kafka", bootstrap)
+        self._watch = LinkWatch(log, "Kafka", str(bootstrap))
         self._store_watch = LinkWatch(
             logging.getLogger(f"evcharge.{self.name}"),
             self.name,

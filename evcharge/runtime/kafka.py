@@ -20,6 +20,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from evcharge.runtime.kafka_access import Kafka, access
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PARTITIONS = 8
@@ -42,7 +44,7 @@ def partition_for_key(key: str, partitions: int) -> int:
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Sequence[TopicSpec], partitions: int = DEFAULT_PARTITIONS
+    kafka: Kafka, specs: Sequence[TopicSpec], partitions: int = DEFAULT_PARTITIONS
 ) -> dict[str, int]:
     """Create every topic of `specs` that does not exist yet; safe to call from many processes.
 
@@ -50,7 +52,7 @@ async def ensure_topics(
     partition a key maps to. A topic that exists with other settings than its
     spec asks for is altered to them.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS)
+    admin = new_admin(kafka)
     await admin.start()
     try:
         brokers = len((await admin.describe_cluster())["brokers"])
@@ -106,9 +108,13 @@ async def _align_configs(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str,
         )
 
 
-def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
+def new_admin(kafka: Kafka) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**access(kafka).client_options(), request_timeout_ms=REQUEST_TIMEOUT_MS)
+
+
+def new_producer(kafka: Kafka, **extra: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **access(kafka).client_options(),
         acks="all",
         enable_idempotence=True,
         # Latency matters more than batching here: one hop must not wait for a batch to fill.
@@ -120,9 +126,9 @@ def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
     )
 
 
-def new_consumer(bootstrap: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
+def new_consumer(kafka: Kafka, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **access(kafka).client_options(),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

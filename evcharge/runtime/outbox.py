@@ -22,6 +22,7 @@ from aiokafka.errors import ProducerFenced
 
 from evcharge.errors import Fenced, StoreUnavailable
 from evcharge.runtime.kafka import new_producer
+from evcharge.runtime.kafka_access import Kafka
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.sqlite import Database
 from evcharge.runtime.waits import wait_first
@@ -61,13 +62,14 @@ class OutboxRelay:
     def __init__(
         self,
         store: OutboxStore,
-        bootstrap: str,
+        bootstrap: Kafka,
         *,
         policy: RetryPolicy = DEFAULT_POLICY,
         on_published: Callable[[list[OutboxRow]], Awaitable[None]] | None = None,
         may_publish: Callable[[], Awaitable[bool]] | None = None,
         transactional_id: str | None = None,
         headers: Sequence[tuple[str, bytes]] = (),
+        headers_for: Callable[[OutboxRow], Sequence[tuple[str, bytes]]] | None = None,
     ) -> None:
         self._store = store
         self._bootstrap = bootstrap
@@ -82,7 +84,9 @@ class OutboxRelay:
         # read by consumers (read_committed).
         self._transactional_id = transactional_id
         self._headers = list(headers)
-        self._watch = LinkWatch(log, "Kafka", bootstrap)
+        # Headers of one row's own, e.g. a signature over its exact payload bytes.
+        self._headers_for = headers_for
+        self._watch = LinkWatch(log, "Kafka", str(bootstrap))
         self._store_watch = LinkWatch(
             log,
             "the outbox relay",
@@ -168,9 +172,16 @@ class OutboxRelay:
     async def _send(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> None:
         # send() only enqueues; awaiting the futures afterwards keeps the order
         # (idempotent producer, one partition per key) and pipelines the batch.
-        headers = self._headers or None
-        futures = [await producer.send(r.topic, r.payload, key=r.key.encode(), headers=headers) for r in rows]
+        futures = [
+            await producer.send(r.topic, r.payload, key=r.key.encode(), headers=self._row_headers(r))
+            for r in rows
+        ]
         await asyncio.gather(*futures)
+
+    def _row_headers(self, row: OutboxRow) -> list[tuple[str, bytes]] | None:
+        if self._headers_for is None:
+            return self._headers or None
+        return [*self._headers, *self._headers_for(row)]
 
 
 OUTBOX_SCHEMA = """

@@ -20,6 +20,7 @@ from typing import TypeVar
 from aiokafka import errors as kafka_errors
 
 from evcharge.errors import EvchargeError
+from evcharge.runtime.tls import is_refusal
 
 T = TypeVar("T")
 
@@ -42,6 +43,8 @@ def is_retriable(exc: BaseException) -> bool:
     """True for an outage we expect to pass (peer down, slow, restarting, disk full); False for a bug."""
     if isinstance(exc, EvchargeError):
         return bool(exc.retriable)
+    if is_refusal(exc):
+        return False  # a certificate refused: the next handshake ends the same way
     if isinstance(exc, kafka_errors.KafkaError):
         return bool(getattr(exc, "retriable", False)) or isinstance(exc, _KAFKA_OUTAGES)
     # LookupError: topics that another process is still creating.

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -19,10 +20,12 @@ import msgspec
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
 from evcharge.protocol.framing import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, encode_frame
 from evcharge.protocol.messages import TCP_FRAMES, ErrorReply, Frame, encode
+from evcharge.runtime.tls import TlsRefused, is_refusal, refusal_text
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 16 * 1024
+TLS_HANDSHAKE_S = 5.0
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:
@@ -105,9 +108,22 @@ class FramedConnection:
         *,
         timeout_s: float,
         on_message: Callable[[Frame], Awaitable[None]] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> FramedConnection:
-        async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
+        """Connect (over TLS, checking the server's certificate and name, with `tls`).
+
+        A certificate either side refuses is `TlsRefused`: no retry will change it.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                if tls is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                else:
+                    reader, writer = await asyncio.open_connection(host, port, ssl=tls, server_hostname=host)
+        except (ssl.SSLError, OSError) as exc:
+            if is_refusal(exc):
+                raise TlsRefused(refusal_text(exc, f"{host}:{port}")) from None
+            raise
         return cls(reader, writer, on_message=on_message)
 
     @property
@@ -199,9 +215,20 @@ class OwnedServer:
     owning the tasks makes shutdown quiet and ordered.
     """
 
-    def __init__(self, handler: Handler, name: str) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        name: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        on_tls_refused: Callable[[str, BaseException], None] | None = None,
+    ) -> None:
         self._handler = handler
         self._name = name
+        # TLS is taken up by each connection's own task, so a failed handshake is seen
+        # (and told to `on_tls_refused`) instead of vanishing inside the event loop.
+        self._tls = tls
+        self._on_tls_refused = on_tls_refused
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -216,6 +243,8 @@ class OwnedServer:
         assert task is not None
         self._connections.add(task)
         try:
+            if self._tls is not None and not await self._handshake(writer):
+                return
             await self._handler(reader, writer)
         except asyncio.CancelledError:
             pass  # closing: the connection ends here, quietly
@@ -224,6 +253,22 @@ class OwnedServer:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
+        assert self._tls is not None
+        peer = peer_name(writer)
+        try:
+            async with asyncio.timeout(TLS_HANDSHAKE_S):
+                await writer.start_tls(self._tls)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            # A client that does not trust our certificate just hangs up (Python's does, with
+            # no alert): from here that is a reset, so every unfinished handshake is told.
+            if self._on_tls_refused is not None:
+                self._on_tls_refused(peer, exc)
+            else:
+                log.debug("%s: TLS handshake with %s did not finish: %r", self._name, peer, exc)
+            return False
+        return True
 
     async def close(self) -> None:
         """Idempotent: stop accepting, then end every open connection."""

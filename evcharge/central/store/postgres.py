@@ -164,6 +164,15 @@ class PostgresStore:
         rows = await self._fetch("SELECT secret_hash FROM cp_credentials WHERE cp_id = $1", cp_id)
         return str(rows[0]["secret_hash"]) if rows else None
 
+    async def load_engine_keys(self) -> dict[str, str]:
+        return {
+            str(r["cp_id"]): str(r["key"]) for r in await self._fetch("SELECT cp_id, key FROM engine_keys")
+        }
+
+    async def load_driver_keys(self) -> dict[str, str]:
+        rows = await self._fetch("SELECT driver_id, proof_key FROM driver_credentials")
+        return {str(r["driver_id"]): str(r["proof_key"]) for r in rows}
+
     async def request_outcome(self, request_id: str) -> RequestOutcome | None:
         rows = await self._fetch("SELECT * FROM requests WHERE request_id = $1", request_id)
         return outcome_from(rows[0]) if rows else None
@@ -224,6 +233,20 @@ class PostgresStore:
             if change.forget:
                 await conn.execute("DELETE FROM cps WHERE cp_id = ANY($1::text[])", change.forget)
                 await conn.execute("DELETE FROM cp_credentials WHERE cp_id = ANY($1::text[])", change.forget)
+                await conn.execute("DELETE FROM engine_keys WHERE cp_id = ANY($1::text[])", change.forget)
+            if change.engine_keys:
+                await conn.executemany(
+                    "INSERT INTO engine_keys VALUES ($1, $2) "
+                    "ON CONFLICT (cp_id) DO UPDATE SET key = excluded.key",
+                    list(change.engine_keys.items()),
+                )
+            if change.driver_keys:
+                await conn.executemany(
+                    "INSERT INTO driver_credentials VALUES ($1, $2, extract(epoch from clock_timestamp())) "
+                    "ON CONFLICT (driver_id) DO UPDATE SET proof_key = excluded.proof_key, "
+                    "enrolled_at = excluded.enrolled_at",
+                    list(change.driver_keys.items()),
+                )
             if change.secrets:
                 await conn.executemany(
                     "INSERT INTO cp_credentials VALUES ($1, $2) "

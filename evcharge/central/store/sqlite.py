@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -90,6 +91,13 @@ class SqliteStore:
         row = await self._db.fetchone("SELECT secret_hash FROM cp_credentials WHERE cp_id = ?", (cp_id,))
         return str(row[0]) if row else None
 
+    async def load_engine_keys(self) -> dict[str, str]:
+        return {str(r[0]): str(r[1]) for r in await self._db.fetchall("SELECT cp_id, key FROM engine_keys")}
+
+    async def load_driver_keys(self) -> dict[str, str]:
+        rows = await self._db.fetchall("SELECT driver_id, proof_key FROM driver_credentials")
+        return {str(r[0]): str(r[1]) for r in rows}
+
     async def request_outcome(self, request_id: str) -> RequestOutcome | None:
         row = await self._db.fetchone("SELECT * FROM requests WHERE request_id = ?", (request_id,))
         return outcome_from(row) if row else None
@@ -128,6 +136,16 @@ class SqliteStore:
                 "INSERT INTO cp_credentials VALUES (?, ?) "
                 "ON CONFLICT(cp_id) DO UPDATE SET secret_hash = excluded.secret_hash",
                 list(change.secrets.items()),
+            )
+            await db.executemany("DELETE FROM engine_keys WHERE cp_id = ?", [(c,) for c in change.forget])
+            await db.executemany(
+                "INSERT INTO engine_keys VALUES (?, ?) ON CONFLICT(cp_id) DO UPDATE SET key = excluded.key",
+                list(change.engine_keys.items()),
+            )
+            await db.executemany(
+                "INSERT INTO driver_credentials VALUES (?, ?, ?) ON CONFLICT(driver_id) DO UPDATE SET "
+                "proof_key = excluded.proof_key, enrolled_at = excluded.enrolled_at",
+                [(d, k, time.time()) for d, k in change.driver_keys.items()],
             )
             await db.executemany(_UPSERT_SESSION, [_sqlite_row(s) for s in change.sessions.values()])
             await db.executemany(

@@ -20,6 +20,7 @@ from evcharge.devtools.kafka import (
     LocalCluster,
     default_data_dir,
 )
+from evcharge.devtools.kafka.secure import BrokerSecurity
 from evcharge.errors import BrokerError
 
 app = typer.Typer(
@@ -54,8 +55,10 @@ DataDirOpt = Annotated[
 ]
 
 
-def _broker(host: str, port: int, data_dir: Path | None) -> LocalBroker:
-    return LocalBroker(data_dir=data_dir or default_data_dir(), host=host, port=port)
+def _broker(
+    host: str, port: int, data_dir: Path | None, security: BrokerSecurity | None = None
+) -> LocalBroker:
+    return LocalBroker(data_dir=data_dir or default_data_dir(), host=host, port=port, security=security)
 
 
 def _existing_cluster(data_dir: Path | None) -> LocalCluster | None:
@@ -108,12 +111,37 @@ def start(
             help="1: a single broker. More: a cluster of combined broker+controller nodes.",
         ),
     ] = 1,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            envvar="EVCHARGE_KAFKA_SECURE",
+            help="SASL_SSL only: TLS with the certificate in --tls-dir, SCRAM users central, engine, driver "
+            "(passwords in --tls-dir/kafka-users.json), ACLs that let each do only its part.",
+        ),
+    ] = False,
+    tls_dir: Annotated[
+        Path,
+        typer.Option("--tls-dir", envvar="EVCHARGE_TLS_DIR", help="What `evcharge certs init` wrote."),
+    ] = Path("evcharge-state") / "tls",
+    insecure: Annotated[
+        bool,
+        typer.Option("--insecure", help="Allow a plaintext broker beyond loopback (a network you trust)."),
+    ] = False,
 ) -> None:
     """Fetch Kafka if needed (first run only) and start the broker (or cluster) in the background."""
     with _errors_as_exit():
         existing = _existing_cluster(data_dir)
+        if not secure and not insecure and not _is_loopback(host):
+            raise BrokerError(
+                f"Kafka would listen on {host} beyond loopback with no authentication: "
+                "start it with --secure (after `evcharge certs init`), or say --insecure"
+            )
+        security = BrokerSecurity(tls_dir) if secure else None
+        if security is not None and (nodes != 1 or existing is not None):
+            raise BrokerError("--secure runs a single broker (--nodes 1)")
     if nodes == 1 and existing is None:
-        _start_broker(_broker(host, port, data_dir), timeout)
+        _start_broker(_broker(host, port, data_dir, security), timeout)
         return
     with _errors_as_exit():
         if existing is not None and existing.nodes != nodes:
@@ -216,3 +244,13 @@ def status(
     _describe(st)
     if not st.running:
         raise typer.Exit(3)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+    import socket
+
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False

@@ -43,7 +43,9 @@ from evcharge.devtools.kafka.fetch import (
     require_java,
     say,
 )
+from evcharge.devtools.kafka.secure import BrokerSecurity
 from evcharge.errors import BrokerError
+from evcharge.runtime.kafka_access import KafkaAccess, access
 from evcharge.runtime.lifetime import die_with_parent
 from evcharge.runtime.ports import port_answers, port_free
 
@@ -136,13 +138,13 @@ def _run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     return result
 
 
-async def _answers_kafka(bootstrap: str, timeout_s: float) -> bool:
+async def _answers_kafka(bootstrap: str | KafkaAccess, timeout_s: float) -> bool:
     # Imported here so the CLI's stop/status stay fast and do not need aiokafka loaded.
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
     ms = max(int(timeout_s * 1000), 500)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms)
+    admin = AIOKafkaAdminClient(**access(bootstrap).client_options(), request_timeout_ms=ms)
     try:
         async with asyncio.timeout(timeout_s):
             await admin.start()
@@ -197,6 +199,8 @@ class LocalBroker:
     # Prepended to the JVM's command line, e.g. ["ip", "netns", "exec", NAME] to run the
     # broker inside a network namespace where `host` is one of its addresses.
     command_prefix: Sequence[str] = ()
+    # With it: a SASL_SSL listener, SCRAM users and ACLs instead of PLAINTEXT for anyone.
+    security: BrokerSecurity | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     jvm_flags: ClassVar[tuple[str, ...]] = JVM_FLAGS
 
@@ -241,6 +245,15 @@ class LocalBroker:
     @property
     def kafka_log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def _acls_marker(self) -> Path:
+        return self.kafka_log_dir / "evcharge-acls"
+
+    @property
+    def admin_access(self) -> str | KafkaAccess:
+        """How this process reaches the broker for readiness checks: as its admin when secure."""
+        return self.security.access(self.bootstrap) if self.security is not None else self.bootstrap
 
     @property
     def _cport(self) -> int:
@@ -290,6 +303,10 @@ class LocalBroker:
                 # Covers Ctrl-C too: the JVM is detached and would otherwise live on unseen.
                 self._abort()
                 raise
+            if self.security is not None and not self._acls_marker.is_file():
+                count = self.security.grant(self.bootstrap)
+                self._acls_marker.write_text(f"{count}\n")
+                say(progress, f"ACLs for central, engines and drivers: {count} entries")
             start_s = time.monotonic() - launch.started
             say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
             return StartResult(self.status(), already_running=False, fetch_s=launch.fetch_s, start_s=start_s)
@@ -373,7 +390,7 @@ class LocalBroker:
             text = self.properties_path.read_text()
         except OSError:
             return None
-        match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+        match = re.search(r"^advertised\.listeners=(?:PLAINTEXT|SASL_SSL)://(\S+)$", text, re.MULTILINE)
         return match.group(1) if match else None
 
     def _write_config(self) -> None:
@@ -396,15 +413,27 @@ class LocalBroker:
 
     def _properties(self) -> dict[str, str]:
         """server.properties of a single node that is its own one-voter quorum."""
+        if self.security is not None:
+            # Secure: the plain controller listener is on loopback only (see secure.py).
+            controller = f"127.0.0.1:{self._cport}"
+            return {
+                **self._common_properties(controller),
+                **self.security.properties(self.host, self.port, controller, self.data_dir),
+            }
         controller = f"{self.host}:{self._cport}"
+        return {
+            **self._common_properties(controller),
+            "listeners": f"PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+
+    def _common_properties(self, controller: str) -> dict[str, str]:
         return {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": controller,
-            "listeners": f"PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{self.bootstrap}",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.kafka_log_dir),
             "num.partitions": "4",
             "offsets.topic.replication.factor": "1",
@@ -422,11 +451,12 @@ class LocalBroker:
 
     def _format_args(self) -> list[str]:
         """StorageTool's arguments after `-c props`: a new cluster id, a one-voter quorum."""
-        return [f"--cluster-id={new_cluster_id()}", "--standalone"]
+        users = self.security.format_args() if self.security is not None else []
+        return [f"--cluster-id={new_cluster_id()}", "--standalone", *users]
 
     def _answers(self, timeout_s: float) -> bool:
         """Readiness: the broker answers a Kafka request within `timeout_s`."""
-        return _run_blocking(functools.partial(_answers_kafka, self.bootstrap, timeout_s))
+        return _run_blocking(functools.partial(_answers_kafka, self.admin_access, timeout_s))
 
     def _java_cmd(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
         cmd = [
