@@ -1,0 +1,219 @@
+"""The OCPP gateway with real processes: central and the gateway as `evcharge` subcommands on the
+real broker, and chargers made of the `ocpp` library's own ChargePoint classes over real WebSockets.
+
+Each session is judged from three sources: the ticket central sent, central's record, and what
+the simulated charger itself metered (an OCPP charger has no engine record to read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evcharge.devtools.commands import child
+from evcharge.devtools.supervisor import Child
+from evcharge.gateway.settings import GatewaySettings
+from evcharge.gateway.sim import MeterTrace, SimCharger
+from evcharge.protocol.units import cost_micro_eur
+from evcharge.runtime.ports import free_ports
+from tests.harness import System
+
+pytestmark = [pytest.mark.kafka, pytest.mark.processes]
+
+JOIN = "gateway-join-token-for-tests"
+PRICE = 300_000  # the gateway's default, 0.30 EUR/kWh
+
+
+async def until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Poll `predicate` (run in a thread: it may do blocking I/O) without stalling the chargers."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        try:
+            last = await asyncio.to_thread(predicate)
+        except Exception as exc:  # what is polled may not be up yet
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval_s)
+
+
+@dataclass
+class GatewayRun:
+    """Central and one gateway process of a `System`, and the chargers of a test."""
+
+    system: System
+    join_token: str | None = JOIN
+    overrides: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] | None = None
+    process: Child | None = None
+    chargers: list[SimCharger] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.port, self.metrics_port = free_ports(2)
+        self.url = f"ws://127.0.0.1:{self.port}/ocpp"
+
+    def settings(self) -> GatewaySettings:
+        s = self.system
+        values: dict[str, Any] = {
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+            "kafka": s.kafka,
+            "central": (("127.0.0.1", s.tcp_port),),
+            "central_url": s.url,
+            "state_dir": s.state_dir,
+            "join_token": self.join_token,
+            "gateway_id": f"gateway-{s.tag}",
+            **self.overrides,
+        }
+        return GatewaySettings(**values)
+
+    def start(self, env: dict[str, str] | None = None) -> Child:
+        if self.process is not None:
+            self.process.stop()
+        self.process = child(
+            "gateway", self.settings(), self.system.logs / "gateway.log", env=env or self.env
+        ).start()
+        return self.process
+
+    async def ready(self, timeout_s: float = 30) -> None:
+        await until(lambda: _answers(self.metrics_port), timeout_s, "the gateway's metrics endpoint")
+
+    def charger(self, name: str, version: str = "1.6", **options: Any) -> SimCharger:
+        password = options.pop("password", self.join_token)
+        charger = SimCharger(self.system.ident(name), self.url, version=version, password=password, **options)
+        self.chargers.append(charger)
+        return charger
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def store(self) -> sqlite3.Connection:
+        path = self.system.state_dir / f"gateway-{self.system.tag}.sqlite"
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def outbox(self) -> int:
+        with contextlib.closing(self.store()) as db:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def _answers(port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as response:
+        return response.status == 200
+
+
+@contextlib.asynccontextmanager
+async def running(*chargers: SimCharger) -> AsyncIterator[asyncio.Event]:
+    """The chargers run (reconnecting by themselves) until the block ends."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in chargers]
+    try:
+        yield stop
+    finally:
+        stop.set()
+        async with asyncio.timeout(15):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.fixture
+def gateway(system) -> GatewayRun:
+    system.central_overrides = {"require_auth": True, "join_token": JOIN, "operator_token": "op-token"}
+    system.start_central()
+    run = GatewayRun(system)
+    run.start()
+    yield run
+    if run.process is not None:
+        run.process.stop()
+
+
+# ------------------------------------------------------------------ audit
+
+
+def central_session(system: System, session_id: str) -> dict[str, Any]:
+    return system.get(f"/sessions/{session_id}")
+
+
+async def ended_sessions(
+    system: System, cp_id: str, count: int, timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    def ended() -> list[dict[str, Any]] | None:
+        sessions = [s for s in system.get(f"/sessions?cp_id={cp_id}&limit=100")["sessions"]]
+        done = [s for s in sessions if s["state"] == "ended"]
+        return done if len(done) >= count and len(done) == len(sessions) else None
+
+    found: list[dict[str, Any]] = await until(ended, timeout_s, f"{count} ended sessions at {cp_id}")
+    return found
+
+
+def assert_billed_as_metered(session: dict[str, Any], trace: MeterTrace, price: int = PRICE) -> None:
+    """Central's record = the charger's own meter (stop - start), to the Wh and the micro-euro."""
+    assert trace.wh is not None, "the charger never stopped this transaction"
+    assert (session["wh"], session["micro_eur"]) == (trace.wh, cost_micro_eur(trace.wh, price)), (
+        session,
+        trace,
+    )
+
+
+def tickets_from_kafka_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == "ticket"]
+
+
+# ------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_driver_charges_at_an_ocpp_charger_with_live_readings_and_an_exact_ticket(
+    gateway: GatewayRun, version: str
+) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-001", version, meter_interval_s=0.5)
+    driver = system.ident("drv")
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "the charger ON at central")
+        system.start_driver(driver, [charger.cp_id], interval_s=0.2)
+        await until(lambda: system.status(charger.cp_id) == "SUPPLYING", 20, "SUPPLYING")
+        await until(lambda: len(charger.traces) == 1 and len(charger.traces[0].readings) >= 4, 20, "readings")
+        progress = await until(
+            lambda: [e for e in system.events(driver) if e["event"] == "progress" and e["wh"] > 0],
+            20,
+            "live readings on the driver's screen",
+        )
+        assert progress[-1]["micro_eur"] == cost_micro_eur(progress[-1]["wh"], PRICE)
+        session_id = progress[0]["session_id"]
+        status, _ = system.post(f"/cp/{charger.cp_id}/stop", token="op-token")
+        assert status == 200
+        await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
+        [session] = await ended_sessions(system, charger.cp_id, 1)
+        await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
+        await until(lambda: system.status(charger.cp_id) == "STOPPED", 20, "STOPPED")
+        assert not charger.available, "the charger was made Inoperative"
+        system.post(f"/cp/{charger.cp_id}/resume", token="op-token")
+        await until(lambda: charger.available, 20, "the charger Operative again")
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON again")
+    [trace] = charger.traces
+    assert session["session_id"] == session_id and session["end_reason"] == "operator"
+    assert_billed_as_metered(session, trace)
+    [ticket] = tickets_from_kafka_events(system.events(driver))
+    assert (ticket["wh"], ticket["micro_eur"]) == (session["wh"], session["micro_eur"])
+    assert trace.wh and trace.wh > 0
+    assert system.unexpected_log_lines() == {}
+
+
+__all__ = ["GatewayRun", "Path", "json", "running", "until"]
