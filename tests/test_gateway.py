@@ -8,9 +8,13 @@ the simulated charger itself metered (an OCPP charger has no engine record to re
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import json
+import hashlib
+import shutil
 import sqlite3
+import ssl
+import subprocess
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from evcharge.devtools.commands import child
 from evcharge.devtools.supervisor import Child
@@ -216,4 +222,182 @@ async def test_a_driver_charges_at_an_ocpp_charger_with_live_readings_and_an_exa
     assert system.unexpected_log_lines() == {}
 
 
-__all__ = ["GatewayRun", "Path", "json", "running", "until"]
+async def handshake(url: str, *, password: str | None, cp_id: str, subprotocol: str | None = "ocpp1.6",
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[int, str]:  # fmt: skip
+    """(HTTP status, body) of a handshake: 101 when the gateway let the charger in."""
+    headers = {}
+    if password is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{cp_id}:{password}".encode()).decode()
+    try:
+        async with connect(
+            url,
+            subprotocols=[subprotocol] if subprotocol else None,  # type: ignore[list-item]
+            additional_headers=headers,
+            open_timeout=5,
+            ssl=ssl_context,
+        ):
+            return 101, ""
+    except InvalidStatus as exc:
+        return exc.response.status_code, (exc.response.body or b"").decode()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_new_charger_joins_with_the_token_gets_a_password_of_its_own_and_only_that_opens_it(
+    gateway: GatewayRun, version: str
+) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-JOIN", version)
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "the new charger ON at central")
+        await until(
+            lambda: charger.password != JOIN and charger.counters.connects >= 2, 20, "its new password"
+        )
+        await until(lambda: charger.connected.is_set(), 20, "back with its own password")
+        with contextlib.closing(gateway.store()) as db:
+            row = db.execute(
+                "SELECT password_hash, pending_hash FROM chargers WHERE cp_id = ?", (charger.cp_id,)
+            ).fetchone()
+            dump = "\n".join(db.iterdump())
+        assert tuple(row) == (hashlib.sha256(charger.password.encode()).hexdigest(), None)
+        assert charger.password not in dump and JOIN not in dump, "only a hash is kept"
+        url = f"{gateway.url}/{charger.cp_id}"
+        status, body = await handshake(url, password=JOIN, cp_id=charger.cp_id)
+        assert status == 401 and "has a password of its own" in body, "the join token no longer opens it"
+        assert await handshake(url, password=None, cp_id=charger.cp_id) == (
+            401,
+            f"charger {charger.cp_id} must authenticate with HTTP Basic (OCPP security profile 1)\n",
+        )
+        assert system.status(charger.cp_id) == "ON", "the live charger is untouched"
+        stranger = system.ident("OCPP-666")
+        status, body = await handshake(f"{gateway.url}/{stranger}", password="a-guess", cp_id=stranger)
+        assert status == 401 and "unknown here" in body
+        status, body = await handshake(f"{gateway.url}/{stranger}", password=JOIN, cp_id="someone-else")
+        assert status == 401 and "is not the charger id" in body
+        assert (await handshake(gateway.url[: -len("/ocpp")] + "/elsewhere", password=JOIN, cp_id="x"))[
+            0
+        ] == 404
+        status, _ = await handshake(url, password=charger.password, cp_id=charger.cp_id, subprotocol="ocpp9")
+        assert status == 400
+        assert system.status(stranger) is None, "never registered at central"
+        log = gateway.process.output() if gateway.process else ""
+        assert f"refused a connection as {stranger}" in log
+    assert system.unexpected_log_lines() == {}
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_an_rfid_card_at_the_charger_is_authorised_by_central_and_billed_like_any_other(
+    gateway: GatewayRun, version: str
+) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-RFID", version, meter_interval_s=0.4)
+    card, other = system.ident("card"), system.ident("card2")
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON")
+        assert await charger.swipe(card) == "Accepted"
+        await until(lambda: system.status(charger.cp_id) == "SUPPLYING", 20, "SUPPLYING")
+        await until(lambda: len(charger.traces[0].readings) >= 3, 20, "a few readings")
+        assert await charger.swipe(other) == "Blocked", "central says the CP is busy"
+        charger.end("Local")
+        await until(lambda: charger.settled(), 20, "the stop answered")
+        [session] = await ended_sessions(system, charger.cp_id, 1)
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON again")
+    [trace] = charger.traces
+    assert session["driver_id"] == card and session["end_reason"] == "driver"
+    assert_billed_as_metered(session, trace)
+    assert "refused session" not in (gateway.process.output() if gateway.process else "")
+    assert system.unexpected_log_lines() == {}
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_faulted_charger_is_broken_and_a_lost_or_silent_one_disconnected(
+    gateway: GatewayRun, version: str
+) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-FAULT", version)
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON")
+        await charger.send_status("Faulted", "GroundFailure")
+        await until(lambda: system.status(charger.cp_id) == "BROKEN", 5, "BROKEN")
+        detail = system.get(f"/cp/{charger.cp_id}")["detail"]
+        assert detail.startswith("charger reports Faulted"), detail
+        await charger.send_status("Available")
+        await until(lambda: system.status(charger.cp_id) == "ON", 5, "ON once it is Available")
+        charger.go_offline()
+        await until(lambda: system.status(charger.cp_id) == "DISCONNECTED", 3, "DISCONNECTED at once")
+        charger.go_online()
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON when it is back")
+    await until(lambda: system.status(charger.cp_id) == "DISCONNECTED", 3, "DISCONNECTED when it leaves")
+    # A charger that hangs keeps its socket open and answers no ping: dropped within seconds.
+    hung = SimCharger(charger.cp_id, gateway.url, version=version, password=charger.password)
+    async with running(hung):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON")
+        assert hung._ws is not None
+        hung._ws.transport.pause_reading()
+        frozen = time.monotonic()
+        await until(lambda: system.status(charger.cp_id) == "DISCONNECTED", 10, "DISCONNECTED when hung")
+        # Ping interval + ping timeout + closing handshake, and a margin for the polling.
+        assert time.monotonic() - frozen < 1.0 + 1.5 + 0.5 + 0.5
+    assert system.unexpected_log_lines() == {}
+
+
+async def test_metrics_count_chargers_messages_latency_and_errors(gateway: GatewayRun) -> None:
+    await gateway.ready()
+    old, new = gateway.charger("OCPP-M16", "1.6"), gateway.charger("OCPP-M201", "2.0.1")
+    async with running(old, new):
+        await until(lambda: old.connected.is_set() and new.connected.is_set(), 20, "both connected")
+        await until(lambda: old.counters.connects >= 2 and new.counters.connects >= 2, 20, "own passwords")
+        await until(lambda: old.connected.is_set() and new.connected.is_set(), 20, "both back")
+        assert old._ws is not None
+        await old._ws.send("this is not OCPP")
+
+        def errored() -> str | None:
+            text = gateway.metrics()
+            return text if 'code="FormationViolation"' in text else None
+
+        text = await until(errored, 10, "the error counted")
+    assert 'evcharge_gateway_chargers_connected{version="1.6"} 1.0' in text
+    assert 'evcharge_gateway_chargers_connected{version="2.0.1"} 1.0' in text
+    assert 'evcharge_gateway_ocpp_messages_total{action="BootNotification",version="1.6"} 1.0' in text
+    assert 'evcharge_gateway_ocpp_messages_total{action="BootNotification",version="2.0.1"} 1.0' in text
+    assert 'evcharge_gateway_call_seconds_count{action="BootNotification"} 2.0' in text
+    assert 'evcharge_gateway_call_errors_total{code="FormationViolation"} 1.0' in text
+
+
+def make_certificate(where: Path) -> tuple[Path, Path]:
+    cert, key = where / "gateway.crt", where / "gateway.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_security_profile_2_tls_with_basic_auth(system, tmp_path: Path) -> None:
+    system.start_central()
+    cert, key = make_certificate(tmp_path)
+    run = GatewayRun(system, overrides={"cert": cert, "key": key})
+    run.url = f"wss://127.0.0.1:{run.port}/ocpp"
+    run.start()
+    try:
+        await run.ready()
+        trusted = ssl.create_default_context(cafile=str(cert))
+        charger = run.charger("OCPP-TLS", "2.0.1")
+        status, _ = await handshake(f"{run.url}/{charger.cp_id}", password=JOIN, cp_id=charger.cp_id,
+                                    subprotocol="ocpp2.0.1", ssl_context=trusted)  # fmt: skip
+        assert status == 101
+        status, _ = await handshake(f"{run.url}/{charger.cp_id}", password="nope", cp_id=charger.cp_id,
+                                       subprotocol="ocpp2.0.1", ssl_context=trusted)  # fmt: skip
+        assert status == 401
+        with pytest.raises(ssl.SSLError):
+            await handshake(f"{run.url}/{charger.cp_id}", password=JOIN, cp_id=charger.cp_id,
+                            ssl_context=ssl.create_default_context())  # fmt: skip
+        assert "ws://" not in run.process.output() if run.process else False
+        assert "wss://127.0.0.1" in (run.process.output() if run.process else "")
+    finally:
+        if run.process is not None:
+            run.process.stop()

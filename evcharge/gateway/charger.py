@@ -279,6 +279,8 @@ class ChargerSession:
         frame: str,
         decide: Callable[[aiosqlite.Connection, Binding | None], Awaitable[Outcome]],
         bind: Callable[[], Awaitable[Binding | None]] | None = None,
+        *,
+        action: str,
     ) -> Answer:
         """Apply one transaction message once (who it is for is found first, unless it is a replay)."""
         assert self._live is not None
@@ -296,7 +298,9 @@ class ChargerSession:
                     await GatewayStore.consume_pending(db, bound.session_id)
                 return await decide(db, bound)
 
-            applied = await self._s.recorder.apply(self.cp_id, key, run, frame=frame, source=self._source)
+            applied = await self._s.recorder.apply(
+                self.cp_id, key, run, frame=frame, source=self._source, action=action
+            )
         self._s.kafka_watch.succeeded()
         outcome = applied.outcome
         if outcome is not None and outcome.dead_letter is not None:
@@ -323,7 +327,8 @@ class ChargerSession:
         async def bind() -> Binding | None:
             return await self._bind(str(payload["idTag"]))
 
-        return await self._transaction(transactions.message_key("start", payload), frame, decide, bind)
+        key = transactions.message_key("start", payload)
+        return await self._transaction(key, frame, decide, bind, action="StartTransaction")
 
     async def _meter_values_16(self, call: CallIn, frame: str) -> Answer:
         payload = call.payload
@@ -335,7 +340,8 @@ class ChargerSession:
             txn = await self._s.store.txn(db, self.cp_id, str(tx_id))
             return transactions.meter_values_16(txn, payload)
 
-        return await self._transaction(transactions.message_key(f"meter:{tx_id}", payload), frame, decide)
+        key = transactions.message_key(f"meter:{tx_id}", payload)
+        return await self._transaction(key, frame, decide, action="MeterValues")
 
     async def _stop_16(self, call: CallIn, frame: str) -> Answer:
         payload, lenient = call.payload, self._s.settings.lenient
@@ -346,7 +352,7 @@ class ChargerSession:
             txn = await self._s.store.txn(db, self.cp_id, tx_id)
             return transactions.stop_16(txn, payload, lenient=lenient)
 
-        return await self._transaction(f"stop:{tx_id}", frame, decide)
+        return await self._transaction(f"stop:{tx_id}", frame, decide, action="StopTransaction")
 
     async def _transaction_event(self, call: CallIn, frame: str) -> Answer:
         payload, lenient = call.payload, self._s.settings.lenient
@@ -364,7 +370,9 @@ class ChargerSession:
             txn = await store.txn(db, self.cp_id, tx_id)
             return transactions.transaction_event_201(self.cp_id, txn, payload, binding, lenient=lenient)
 
-        return await self._transaction(transactions.transaction_key_201(payload), frame, decide, bind)
+        key = transactions.transaction_key_201(payload)
+        action = f"TransactionEvent.{payload['eventType']}"
+        return await self._transaction(key, frame, decide, bind, action=action)
 
     # --------------------------------------------------- central's asks
 

@@ -21,6 +21,7 @@ import aiosqlite
 from evcharge.gateway.store import GatewayStore
 from evcharge.gateway.transactions import Outcome
 from evcharge.protocol.topics import dead_letter
+from evcharge.runtime.faults import crash_point
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow
 from evcharge.runtime.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -56,8 +57,14 @@ class TransactionRecorder:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.relay = OutboxRelay(store, bootstrap, policy=policy, on_published=self._published)
 
-    async def apply(self, cp_id: str, key: str, decide: Decide, *, frame: str, source: str) -> Applied:
-        """Apply one transaction message (or find it applied); return once Kafka acknowledged."""
+    async def apply(
+        self, cp_id: str, key: str, decide: Decide, *, frame: str, source: str, action: str = ""
+    ) -> Applied:
+        """Apply one transaction message (or find it applied); return once Kafka acknowledged.
+
+        Crash points for the tests: `gateway.<action>.recorded` (committed, Kafka not yet
+        asked) and `gateway.<action>.acknowledged` (Kafka has it, the charger not yet told).
+        """
         origin = f"{cp_id} {key}"
         db = self._store.database
         answer = await GatewayStore.answer_of(db.conn, cp_id, key)
@@ -88,11 +95,13 @@ class TransactionRecorder:
         except BaseException:
             self._forget(rows, futures)
             raise
+        crash_point(f"gateway.{action}.recorded")
         self.relay.wake()
         if outcome is None:  # another task applied it while we waited for the store
             await self._await_rows(await self._store.waiting_rows(origin))
             return Applied(answer, True, None)
         await self._await_rows(rows, futures)
+        crash_point(f"gateway.{action}.acknowledged")
         return Applied(answer, False, outcome)
 
     async def publish(self, messages: Sequence[object]) -> None:

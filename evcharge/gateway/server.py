@@ -32,6 +32,7 @@ log = logging.getLogger("evcharge.gateway")
 
 PATH_PREFIX = "/ocpp/"
 MAX_MESSAGE_BYTES = 256 * 1024
+CLOSE_TIMEOUT_S = 0.5
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -60,7 +61,9 @@ class OcppServer:
             process_request=self._admit,
             ping_interval=s.ping_interval_s,
             ping_timeout=s.ping_timeout_s,
-            close_timeout=2,
+            # A charger that misses its pong gets this long for the closing handshake: the time
+            # to DISCONNECTED is ping interval + ping timeout + this, within central's 3 s.
+            close_timeout=CLOSE_TIMEOUT_S,
             open_timeout=10,
             max_size=MAX_MESSAGE_BYTES,
             compression=None,  # OCPP frames are small; deflate costs memory per connection

@@ -90,7 +90,7 @@ class GatewaySettings(Logging):
         flag="--ping-interval",
     )
     ping_timeout_s: float = opt(
-        2.0,
+        1.5,
         "A charger whose pong is later than this is dropped (DISCONNECTED at central).",
         "EVCHARGE_GATEWAY_PING_TIMEOUT_S",
         flag="--ping-timeout",

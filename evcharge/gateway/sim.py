@@ -364,9 +364,7 @@ class SimCharger:
         trace.meter_stop = self.meter_wh
         stamp = now_text()
         if self.version == "1.6":
-            self.enqueue(
-                lambda: call16.StopTransaction(trace.meter_stop, stamp, trace.tx_id, reason=reason)
-            )
+            self.enqueue(lambda: call16.StopTransaction(trace.meter_stop, stamp, trace.tx_id, reason=reason))
         else:
             event = call201.TransactionEvent(
                 event_type="Ended",
