@@ -18,6 +18,7 @@ import socket
 import uuid
 
 import aiohttp
+import aiosqlite
 from aiokafka import ConsumerRecord
 
 from evcharge.errors import ConfigError
@@ -149,8 +150,11 @@ class Gateway:
             f"gateway-{self.settings.gateway_id}",
             reason,
         )
-        async with self._store.database.transaction() as db:
+
+        async def queue(db: aiosqlite.Connection) -> None:
             await GatewayStore.queue_raw(db, topic, key, payload)
+
+        await self._store.write(queue)
         self._recorder.relay.wake()
 
 

@@ -97,6 +97,7 @@ class OcppConnection:
         self._tasks: set[asyncio.Task[None]] = set()
         self.close_reason = ""
         self.closed = asyncio.Event()
+        self._unusable = 0
 
     async def serve(self, handle: CallHandler) -> str:
         """Read until the socket closes; the reason it closed."""
@@ -143,7 +144,15 @@ class OcppConnection:
             log.error("%s: a call handler failed: %r", self.cp_id, exc, exc_info=exc)
 
     async def _refuse(self, message: Unusable, frame: str) -> None:
-        log.warning("%s sent an unusable frame (%s): %s", self.cp_id, message.code.value, message.reason)
+        # The first one is worth a warning; the rest of them are counted and dead-lettered.
+        self._unusable += 1
+        (log.warning if self._unusable == 1 else log.debug)(
+            "%s sent an unusable frame (%s): %s%s",
+            self.cp_id,
+            message.code.value,
+            message.reason,
+            "; further ones are only counted and kept as dead letters" if self._unusable == 1 else "",
+        )
         self._metrics.call_error(message.code.spelling(self.version))
         if message.action:
             self._metrics.message(message.action, self.version)

@@ -73,49 +73,59 @@ class TransactionRecorder:
             return Applied(answer, True, None)
         rows: list[int] = []
         futures: list[asyncio.Future[None]] = []
-        outcome: Outcome | None = None
+
+        async def record(conn: aiosqlite.Connection) -> Outcome | None:
+            if await GatewayStore.answer_of(conn, cp_id, key) is not None:
+                return None  # applied meanwhile (another connection, another process)
+            outcome = await decide(conn)
+            if outcome.txn is not None:
+                await GatewayStore.save_txn(conn, outcome.txn)
+            await GatewayStore.save_message(conn, cp_id, key, outcome.answer)
+            ids = await GatewayStore.queue(conn, outcome.events, origin)
+            if outcome.dead_letter is not None:
+                topic, letter_key, payload = dead_letter(
+                    source, 0, -1, cp_id.encode(), frame.encode(), self._consumer, outcome.dead_letter
+                )
+                ids.append(await GatewayStore.queue_raw(conn, topic, letter_key, payload))
+            # Waiters exist before COMMIT: the relay may publish these rows the moment it
+            # can delete them, and its word must not be missed.
+            rows.extend(ids)
+            futures.extend(self._watch(ids))
+            return outcome
+
         try:
-            async with db.transaction() as conn:
-                answer = await GatewayStore.answer_of(conn, cp_id, key)  # applied meanwhile?
-                if answer is None:
-                    outcome = await decide(conn)
-                    answer = outcome.answer
-                    if outcome.txn is not None:
-                        await GatewayStore.save_txn(conn, outcome.txn)
-                    await GatewayStore.save_message(conn, cp_id, key, answer)
-                    rows = await GatewayStore.queue(conn, outcome.events, origin)
-                    if outcome.dead_letter is not None:
-                        topic, letter_key, payload = dead_letter(
-                            source, 0, -1, cp_id.encode(), frame.encode(), self._consumer, outcome.dead_letter
-                        )
-                        rows.append(await GatewayStore.queue_raw(conn, topic, letter_key, payload))
-                    # Waiters exist before COMMIT: the relay may publish these rows the moment it
-                    # can delete them, and its word must not be missed.
-                    futures = self._watch(rows)
+            outcome = await self._store.write(record)
         except BaseException:
             self._forget(rows, futures)
             raise
         crash_point(f"gateway.{action}.recorded")
         self.relay.wake()
         if outcome is None:  # another task applied it while we waited for the store
+            answer = await GatewayStore.answer_of(db.conn, cp_id, key)
             await self._await_rows(await self._store.waiting_rows(origin))
-            return Applied(answer, True, None)
+            return Applied(answer or {}, True, None)
         await self._await_rows(rows, futures)
         crash_point(f"gateway.{action}.acknowledged")
-        return Applied(answer, False, outcome)
+        return Applied(outcome.answer, False, outcome)
 
     async def publish(self, messages: Sequence[object]) -> None:
         """Queue messages the gateway owes by itself (a refused start); the relay delivers them."""
-        async with self._store.database.transaction() as conn:
+
+        async def queue(conn: aiosqlite.Connection) -> None:
             await GatewayStore.queue(conn, messages)
+
+        await self._store.write(queue)
         self.relay.wake()
 
     async def dead_letter(self, cp_id: str, source: str, frame: str, reason: str) -> None:
         topic, key, payload = dead_letter(
             source, 0, -1, cp_id.encode(), frame.encode(errors="replace"), self._consumer, reason
         )
-        async with self._store.database.transaction() as conn:
+
+        async def queue(conn: aiosqlite.Connection) -> None:
             await GatewayStore.queue_raw(conn, topic, key, payload)
+
+        await self._store.write(queue)
         self.relay.wake()
 
     def _watch(self, rows: Sequence[int]) -> list[asyncio.Future[None]]:

@@ -10,12 +10,15 @@ here, so they are unique and never reused, even after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -25,6 +28,9 @@ from evcharge.protocol.messages import EndReason, encode
 from evcharge.protocol.topics import route
 from evcharge.runtime.outbox import OutboxRow, OutboxStats
 from evcharge.runtime.sqlite import Database
+
+log = logging.getLogger("evcharge.gateway")
+T = TypeVar("T")
 
 MIGRATIONS = [
     """
@@ -114,6 +120,29 @@ class PendingStart:
 class GatewayStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `work` in one transaction that a cancelled caller cannot cut in half.
+
+        A task cancelled while its BEGIN or COMMIT is on SQLite's thread would leave
+        the shared connection inside a transaction; the write runs as a task of its own,
+        shielded, and the caller's cancellation only stops it from waiting.
+        """
+
+        async def run() -> T:
+            async with self._db.transaction() as conn:
+                return await work(conn)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+        return await asyncio.shield(task)
+
+    def _written(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a store write whose caller had gone failed: %r", task.exception())
 
     @classmethod
     async def open(cls, path: Path) -> GatewayStore:
@@ -124,6 +153,8 @@ class GatewayStore:
         return self._db
 
     async def close(self) -> None:
+        """Finish the writes in flight, then close."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
         await self._db.close()
 
     # ---------------------------------------------------------- chargers
@@ -142,42 +173,55 @@ class GatewayStore:
 
     async def join(self, cp_id: str) -> ChargerRecord:
         """The charger's record, created on first sight with the secret it shows central (kept first)."""
-        async with self._db.transaction() as db:
+
+        async def work(db: aiosqlite.Connection) -> Any:
             await db.execute(
                 "INSERT OR IGNORE INTO chargers (cp_id, monitor_secret, joined_at) VALUES (?, ?, ?)",
                 (cp_id, secrets.token_urlsafe(32), time.time()),
             )
+
+        await self.write(work)
         record = await self.charger(cp_id)
         assert record is not None
         return record
 
     async def booted(self, cp_id: str, vendor: str, model: str) -> None:
-        async with self._db.transaction() as db:
+        async def work(db: aiosqlite.Connection) -> Any:
             await db.execute(
                 "UPDATE chargers SET vendor = ?, model = ?, booted_at = ? WHERE cp_id = ?",
                 (vendor, model, time.time(), cp_id),
             )
 
+        await self.write(work)
+
     async def set_pending_password(self, cp_id: str, digest: str) -> None:
-        async with self._db.transaction() as db:
+        async def work(db: aiosqlite.Connection) -> Any:
             await db.execute("UPDATE chargers SET pending_hash = ? WHERE cp_id = ?", (digest, cp_id))
+
+        await self.write(work)
 
     async def confirm_password(self, cp_id: str) -> None:
         """The pending password is the charger's: the join token no longer opens this id."""
-        async with self._db.transaction() as db:
+
+        async def work(db: aiosqlite.Connection) -> Any:
             await db.execute(
                 "UPDATE chargers SET password_hash = pending_hash, pending_hash = NULL "
                 "WHERE cp_id = ? AND pending_hash IS NOT NULL",
                 (cp_id,),
             )
 
+        await self.write(work)
+
     async def set_stopped(self, cp_id: str, stopped: bool) -> bool:
         """Record the operator's wish; False when the charger is not one of ours."""
-        async with self._db.transaction() as db:
+
+        async def work(db: aiosqlite.Connection) -> Any:
             cursor = await db.execute(
                 "UPDATE chargers SET stopped = ? WHERE cp_id = ?", (1 if stopped else 0, cp_id)
             )
             return cursor.rowcount > 0
+
+        return await self.write(work)
 
     # ------------------------------------------------------ transactions
 
@@ -202,11 +246,13 @@ class GatewayStore:
         return _txn(row) if row else None
 
     async def set_stop_reason(self, cp_id: str, tx_id: str, reason: EndReason) -> None:
-        async with self._db.transaction() as db:
+        async def work(db: aiosqlite.Connection) -> Any:
             await db.execute(
                 "UPDATE transactions SET stop_reason = ? WHERE cp_id = ? AND tx_id = ? AND ended = 0",
                 (reason.value, cp_id, tx_id),
             )
+
+        await self.write(work)
 
     @staticmethod
     async def next_tx_id(db: aiosqlite.Connection, cp_id: str) -> int:
@@ -271,7 +317,8 @@ class GatewayStore:
         self, cp_id: str, session_id: str, driver_id: str, price: int, kind: str, *, remote: bool
     ) -> PendingStart:
         """Remember a start central asked for (a remote start gets a durable remoteStartId)."""
-        async with self._db.transaction() as db:
+
+        async def work(db: aiosqlite.Connection) -> Any:
             async with db.execute(
                 "SELECT remote_start_id FROM pending_starts WHERE session_id = ?", (session_id,)
             ) as cursor:
@@ -289,7 +336,10 @@ class GatewayStore:
                     "INSERT INTO pending_starts VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (session_id, cp_id, driver_id, price, remote_start_id, kind, time.time()),
                 )
-        return PendingStart(session_id, cp_id, driver_id, price, remote_start_id, kind)
+            return PendingStart(session_id, cp_id, driver_id, price, remote_start_id, kind)
+
+        start: PendingStart = await self.write(work)
+        return start
 
     async def pending(self, session_id: str) -> PendingStart | None:
         row = await self._db.fetchone("SELECT * FROM pending_starts WHERE session_id = ?", (session_id,))
@@ -314,9 +364,11 @@ class GatewayStore:
         return _pending(row) if row else None
 
     async def drop_pending(self, session_id: str) -> bool:
-        async with self._db.transaction() as db:
+        async def work(db: aiosqlite.Connection) -> Any:
             cursor = await db.execute("DELETE FROM pending_starts WHERE session_id = ?", (session_id,))
             return cursor.rowcount > 0
+
+        return await self.write(work)
 
     @staticmethod
     async def consume_pending(db: aiosqlite.Connection, session_id: str) -> None:
@@ -355,8 +407,10 @@ class GatewayStore:
         return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     async def outbox_delete(self, row_ids: list[int]) -> None:
-        async with self._db.transaction() as conn:
+        async def work(conn: aiosqlite.Connection) -> Any:
             await conn.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
+
+        await self.write(work)
 
     async def outbox_stats(self) -> OutboxStats:
         row = await self._db.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox")
