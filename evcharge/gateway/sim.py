@@ -17,6 +17,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -84,6 +85,10 @@ class Counters:
     call_errors: list[str] = field(default_factory=list)
     timeouts: int = 0
     answered: int = 0
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # action -> seconds, call to result
+
+    def took(self, action: str, seconds: float) -> None:
+        self.latencies.setdefault(action, []).append(seconds)
 
 
 class SimCharger:
@@ -186,6 +191,7 @@ class SimCharger:
 
     async def _boot(self, cp: Any) -> None:
         while True:
+            started = time.monotonic()
             if self.version == "1.6":
                 result = await cp.call(call16.BootNotification("SimCharger", "evcharge-sim"), suppress=False)
             else:
@@ -196,6 +202,7 @@ class SimCharger:
                     ),
                     suppress=False,
                 )
+            self.counters.took("BootNotification", time.monotonic() - started)
             if result.status == "Accepted":
                 self.booted = True
                 return
@@ -211,8 +218,10 @@ class SimCharger:
             item = self.queue[0]
             if item.payload is None:
                 item.payload = item.build()
+            started = time.monotonic()
             try:
                 result = await cp.call(item.payload, suppress=False)
+                self.counters.took(type(item.payload).__name__, time.monotonic() - started)
             except TimeoutError:
                 self.counters.timeouts += 1
                 continue  # unanswered: the same message again
