@@ -65,17 +65,18 @@ class Authoriser:
         self._asking[key] += 1
         try:
             status, body = await self._ask(cp_id, id_token)
+            session_id = body.get("session_id")
+            if status == 201 and isinstance(session_id, str):
+                # Kept before we stop "asking": central's StartSupply for it may be read meanwhile.
+                start = await self._store.add_pending(
+                    cp_id, session_id, id_token, self._price, "rfid", remote=False
+                )
+                log.info("%s: central authorised %s (session %s)", cp_id, id_token, session_id[:8])
+                return Verdict(ACCEPTED, start)
         finally:
             self._asking[key] -= 1
             if self._asking[key] <= 0:
                 del self._asking[key]
-        session_id = body.get("session_id")
-        if status == 201 and isinstance(session_id, str):
-            start = await self._store.add_pending(
-                cp_id, session_id, id_token, self._price, "rfid", remote=False
-            )
-            log.info("%s: central authorised %s (session %s)", cp_id, id_token, start.session_id[:8])
-            return Verdict(ACCEPTED, start)
         reason = str(body.get("message") or body.get("error") or f"HTTP {status}")
         log.info("%s: central did not authorise %s: %s", cp_id, id_token, reason)
         return Verdict(BLOCKED if status == 409 else INVALID, reason=reason)

@@ -68,19 +68,18 @@ class CommandDesk:
         if command.engine is not None and command.engine != self._instance:
             log.info("%s: session %s is for another gateway process: not ours", cp_id, session_id[:8])
             return
-        if await self._store.txn_of_session(session_id) is not None:
-            return  # the transaction it is for is running already (an RFID start bound it)
-        known = await self._store.pending(session_id)
-        if known is not None and known.kind == "rfid":
-            return  # authorised at the charger: its own start follows, no remote start
+        # An RFID start goes through "being asked" -> pending -> bound to its transaction, each
+        # before the previous one ends: asked in that order, one of them is always seen.
         if self._authoriser.asking(cp_id, command.driver_id):
             # Central's answer to our own question, read before its HTTP reply: the card's start follows.
             await self._store.add_pending(
                 cp_id, session_id, command.driver_id, command.price, "rfid", remote=False
             )
             return
-        if known is not None:
-            return  # the same command read again: its remote start went out already
+        if await self._store.pending(session_id) is not None:
+            return  # authorised at the charger (its start follows), or this command read again
+        if await self._store.txn_of_session(session_id) is not None:
+            return  # the transaction it is for is running already (an RFID start bound it)
         reason = None
         session = self._session(cp_id)
         if taken_back:

@@ -104,6 +104,7 @@ class SimCharger:
         meter_start_wh: int = 10_000,
         response_timeout_s: float = 5.0,
         reconnect: Backoff | None = None,
+        max_backlog: int | None = None,
     ) -> None:
         self.cp_id = cp_id
         self.url = url.rstrip("/") + "/" + cp_id
@@ -113,6 +114,9 @@ class SimCharger:
         self.meter_interval_s = meter_interval_s
         self.meter_wh = meter_start_wh
         self.response_timeout_s = response_timeout_s
+        # With a backlog this long a reading is not sent (the meter still counts): a load test
+        # then offers as much as the gateway answers, not an ever longer queue.
+        self.max_backlog = max_backlog
         self.backoff = reconnect or Backoff(initial_delay_s=0.3, max_delay_s=3.0, jitter=0.9)
         self.queue: deque[Queued] = deque()
         self.history: list[Queued] = []  # every transaction message answered, in order
@@ -346,7 +350,8 @@ class SimCharger:
             now = loop.time()
             self.meter_wh += int(self.power_w * (now - last) / 3600)
             last = now
-            self._reading(trace, self.meter_wh)
+            if self.max_backlog is None or len(self.queue) < self.max_backlog:
+                self._reading(trace, self.meter_wh)
 
     def _reading(self, trace: MeterTrace, wh: int) -> None:
         trace.readings.append(wh)

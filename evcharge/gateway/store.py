@@ -10,9 +10,7 @@ here, so they are unique and never reused, even after a restart.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,12 +22,12 @@ import aiosqlite
 
 from evcharge.gateway.auth import Credentials
 from evcharge.gateway.transactions import Binding, Txn
+from evcharge.gateway.writer import GroupWriter
 from evcharge.protocol.messages import EndReason, encode
 from evcharge.protocol.topics import route
 from evcharge.runtime.outbox import OutboxRow, OutboxStats
 from evcharge.runtime.sqlite import Database
 
-log = logging.getLogger("evcharge.gateway")
 T = TypeVar("T")
 
 MIGRATIONS = [
@@ -120,29 +118,11 @@ class PendingStart:
 class GatewayStore:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._writes: set[asyncio.Task[Any]] = set()
+        self._writer = GroupWriter(db)
 
     async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run `work` in one transaction that a cancelled caller cannot cut in half.
-
-        A task cancelled while its BEGIN or COMMIT is on SQLite's thread would leave
-        the shared connection inside a transaction; the write runs as a task of its own,
-        shielded, and the caller's cancellation only stops it from waiting.
-        """
-
-        async def run() -> T:
-            async with self._db.transaction() as conn:
-                return await work(conn)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._writes.add(task)
-        task.add_done_callback(self._written)
-        return await asyncio.shield(task)
-
-    def _written(self, task: asyncio.Task[Any]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("a store write whose caller had gone failed: %r", task.exception())
+        """Run `work` in a transaction (shared with other writes waiting: one fsync for all)."""
+        return await self._writer.write(work)
 
     @classmethod
     async def open(cls, path: Path) -> GatewayStore:
@@ -154,7 +134,7 @@ class GatewayStore:
 
     async def close(self) -> None:
         """Finish the writes in flight, then close."""
-        await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._writer.close()
         await self._db.close()
 
     # ---------------------------------------------------------- chargers
