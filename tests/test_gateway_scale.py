@@ -118,6 +118,24 @@ async def test_a_thousand_chargers_reconnect_at_once_after_a_gateway_restart_wit
         report["storm_errors"] = _errors(chargers)
         report["gateway_log_errors"] = system.unexpected_log_lines()
 
+        # Low load: ten chargers boot one after the other, then one meters five times a second.
+        late = [gateway.charger(f"LATE{i}", "1.6" if i % 2 else "2.0.1") for i in range(10)]
+        for charger in late:
+            async with running(charger):
+                await until(lambda c=charger: c.booted, 20, "a late charger's boot")
+        quiet = chargers[-1]
+        quiet.meter_interval_s, quiet.max_backlog = 0.2, None
+        assert await quiet.swipe(system.ident("quiet")) == "Accepted"
+        await asyncio.sleep(5)
+        quiet.end("Local")
+        await until(lambda: quiet.settled(), 30, "the quiet charger's stop")
+        boots = _latencies(late, "BootNotification")
+        quiet_meters = _latencies([quiet], "MeterValues") + _latencies([quiet], "TransactionEvent")
+        report["low_load_boot_p50_p99_ms"] = [round(_percentile(boots, q) * 1000, 1) for q in (0.5, 0.99)]
+        report["low_load_meter_p50_p99_ms"] = [
+            round(_percentile(quiet_meters, q) * 1000, 1) for q in (0.5, 0.99)
+        ]
+
         # Throughput: some chargers meter as fast as they are answered (one call at a time each).
         metering = chargers[:METERING]
         for charger in metering:
