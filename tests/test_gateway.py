@@ -30,7 +30,10 @@ from evcharge.devtools.commands import child
 from evcharge.devtools.supervisor import Child
 from evcharge.gateway.settings import GatewaySettings
 from evcharge.gateway.sim import MeterTrace, SimCharger
+from evcharge.protocol.messages import StopRequest, encode
+from evcharge.protocol.topics import route
 from evcharge.protocol.units import cost_micro_eur
+from evcharge.runtime.kafka import new_producer
 from evcharge.runtime.ports import free_ports
 from tests.harness import System
 
@@ -401,3 +404,44 @@ async def test_security_profile_2_tls_with_basic_auth(system, tmp_path: Path) ->
     finally:
         if run.process is not None:
             run.process.stop()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_drivers_stop_is_a_remote_stop_and_a_rejected_remote_start_a_refused_session(
+    gateway: GatewayRun, version: str
+) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-RSTOP", version, meter_interval_s=0.3)
+    driver = system.ident("drv")
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON")
+        status, body = system.post("/request/charge", {"driver_id": driver, "cp_id": charger.cp_id})
+        assert status == 201
+        session_id = body["session_id"]
+        await until(lambda: system.status(charger.cp_id) == "SUPPLYING", 20, "SUPPLYING")
+        await until(lambda: len(charger.traces[0].readings) >= 2, 20, "readings")
+        producer = new_producer(system.kafka)
+        await producer.start()
+        try:
+            stop = StopRequest(driver_id=driver, session_id=session_id)
+            topic, key = route(stop)
+            await producer.send_and_wait(topic, encode(stop), key=key.encode())
+        finally:
+            await producer.stop()
+        await until(lambda: charger.settled(), 20, "the remote stop carried out and answered")
+        [session] = await ended_sessions(system, charger.cp_id, 1)
+        assert session["end_reason"] == "driver"
+        assert_billed_as_metered(session, charger.traces[0])
+
+        charger.available = False  # it will reject a remote start, without saying so first
+        status, body = system.post("/request/charge", {"driver_id": driver, "cp_id": charger.cp_id})
+        assert status == 201
+        refused = await until(
+            lambda: (s := central_session(system, body["session_id"]))["state"] == "ended" and s,
+            20,
+            "refused",
+        )
+        assert refused["end_reason"] == "not_started" and refused["wh"] == 0
+        assert len(charger.traces) == 1, "nothing started at the charger"
+    assert system.unexpected_log_lines() == {}
