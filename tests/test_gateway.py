@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import shutil
 import sqlite3
 import ssl
@@ -445,3 +446,29 @@ async def test_a_drivers_stop_is_a_remote_stop_and_a_rejected_remote_start_a_ref
         assert refused["end_reason"] == "not_started" and refused["wh"] == 0
         assert len(charger.traces) == 1, "nothing started at the charger"
     assert system.unexpected_log_lines() == {}
+
+
+async def test_lenient_mode_is_a_setting_for_known_vendor_quirks(system) -> None:
+    system.start_central()
+    boot = json.dumps(
+        [2, "b", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M", "x": 1}]
+    )
+    for lenient in (False, True):
+        run = GatewayRun(
+            system, join_token=None, overrides={"lenient": lenient, "gateway_id": f"gw-{lenient}"}
+        )
+        run.start()
+        try:
+            await run.ready()
+            cp_id = system.ident(f"OCPP-Q{int(lenient)}")
+            status, _ = await handshake(f"{run.url}/{cp_id}", password=None, cp_id=cp_id, subprotocol=None)
+            assert status == (101 if lenient else 400), "no subprotocol offered: taken as 1.6 only if lenient"
+            async with connect(f"{run.url}/{cp_id}", subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+                await ws.send(boot)
+                reply = json.loads(await ws.recv())
+            assert reply[0] == (3 if lenient else 4), reply
+            if not lenient:
+                assert reply[2] == "FormationViolation"
+        finally:
+            if run.process is not None:
+                run.process.stop()

@@ -353,3 +353,49 @@ def test_after_the_fuzzing_the_gateway_is_healthy_and_logged_no_error(live_gatew
     metrics = run.metrics()
     assert "evcharge_gateway_call_errors_total" in metrics
     assert run.system.unexpected_log_lines() == {}
+
+
+async def _dead_letters(bootstrap: str, consumer: str) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer
+
+    from evcharge.protocol.messages import DEAD_LETTERS
+
+    reader = AIOKafkaConsumer(
+        "evcharge.deadletter", bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+    )
+    await reader.start()
+    try:
+        batches = await reader.getmany(timeout_ms=3000, max_records=10_000)
+    finally:
+        await reader.stop()
+    letters = [DEAD_LETTERS.decode(r.value or b"") for batch in batches.values() for r in batch]
+    return [letter for letter in letters if letter.consumer == consumer]
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
+def test_every_unusable_frame_is_kept_as_a_dead_letter_with_its_reason(live_gateway) -> None:
+    import asyncio
+
+    run: GatewayRun = live_gateway
+    cp_id = run.system.ident("OCPP-DLQ")
+    with connect(f"{run.url}/{cp_id}", subprotocols=["ocpp1.6"], open_timeout=5) as ws:  # type: ignore[list-item]
+        ws.send("{not json")
+        ws.send(call("BootNotification", {"chargePointVendor": "V"}, "incomplete"))
+        assert _answer_to(ws, "incomplete")[2] == "ProtocolError"
+        ws.send(
+            call("StopTransaction", {"transactionId": 424242, "meterStop": 1, "timestamp": STAMP}, "stop")
+        )
+        assert _answer_to(ws, "stop")[0] == 3, "a stop for an unknown transaction is still answered"
+    consumer = f"gateway-gateway-{run.system.tag}"
+    deadline = time.monotonic() + 20
+    while True:
+        letters = [x for x in asyncio.run(_dead_letters(run.system.kafka, consumer)) if x.key == cp_id]
+        reasons = " | ".join(letter.reason for letter in letters)
+        if len(letters) >= 3 or time.monotonic() > deadline:
+            break
+    assert "not JSON" in reasons
+    assert "chargePointModel" in reasons
+    assert "transaction 424242, which this gateway never gave" in reasons
+    assert any(letter.payload.startswith(b"{not json") for letter in letters), "the original bytes are kept"
+    assert "never gave: recorded as a dead letter" in (run.process.output() if run.process else "")

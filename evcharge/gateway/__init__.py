@@ -11,6 +11,7 @@ values become the same Kafka events, applied once, answered after Kafka has them
     auth          security profile 1: Basic credentials, join token, per-charger password (pure)
     dialects      what 1.6 and 2.0.1 spell differently in the calls the gateway makes (pure)
     store         the durable record: credentials, transactions, applied messages, outbox
+    writer        group commit: the writes of many chargers share one transaction (one fsync)
     recorder      apply a transaction message once, answer after Kafka acknowledged
     authorisation whose start is it: a pending remote start, or central asked over HTTP
     central_link  one charger's monitor link to central (register, heartbeats)
@@ -18,6 +19,7 @@ values become the same Kafka events, applied once, answered after Kafka has them
     charger       one connected charger: its calls answered, central's asks carried out
     commands      central's commands (Kafka) for the gateway's chargers
     registry      one live connection per charger id; reconnects replace
+    tasks         background work with one owner (cancelled and awaited on close)
     server        the WebSocket endpoint: path, subprotocol, authentication, TLS
     metrics       Prometheus metrics on their own port
     app           the role: wiring, start-up and the shutdown order
