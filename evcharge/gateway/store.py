@@ -126,7 +126,12 @@ class GatewayStore:
 
     @classmethod
     async def open(cls, path: Path) -> GatewayStore:
-        return cls(await Database.open(path, MIGRATIONS))
+        db = await Database.open(path, MIGRATIONS)
+        # It holds each charger's secret for central: readable by the gateway's user alone.
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists():
+                file.chmod(0o600)
+        return cls(db)
 
     @property
     def database(self) -> Database:

@@ -111,6 +111,11 @@ Incoming = CallIn | ResultIn | ErrorIn | Unusable
 _ACTIONS = {Version.V16: {a.value for a in Action16}, Version.V201: {a.value for a in Action201}}
 
 
+def is_action(version: Version, name: object) -> bool:
+    """Whether `name` is an action of this version of OCPP (either direction)."""
+    return isinstance(name, str) and name in _ACTIONS[version]
+
+
 def parse(text: str | bytes, version: Version, *, lenient: bool = False) -> Incoming:
     """One WebSocket message as a frame; every way it can be wrong is an `Unusable`."""
     try:
