@@ -223,6 +223,7 @@ async def test_a_driver_charges_at_an_ocpp_charger_with_live_readings_and_an_exa
     [ticket] = tickets_from_kafka_events(system.events(driver))
     assert (ticket["wh"], ticket["micro_eur"]) == (session["wh"], session["micro_eur"])
     assert trace.wh and trace.wh > 0
+    system.assert_invariants()
     assert system.unexpected_log_lines() == {}
 
 
@@ -472,3 +473,27 @@ async def test_lenient_mode_is_a_setting_for_known_vendor_quirks(system) -> None
         finally:
             if run.process is not None:
                 run.process.stop()
+
+
+async def test_a_reconnect_with_the_same_charger_id_replaces_the_old_socket(gateway: GatewayRun) -> None:
+    system = gateway.system
+    await gateway.ready()
+    charger = gateway.charger("OCPP-TWICE", "1.6")
+    async with running(charger):
+        await until(lambda: charger.password != JOIN and charger.connected.is_set(), 20, "joined")
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON")
+        token = base64.b64encode(f"{charger.cp_id}:{charger.password}".encode()).decode()
+        # A second socket for the same charger (the charger came back before the old one died):
+        async with connect(
+            f"{gateway.url}/{charger.cp_id}",
+            subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+            additional_headers={"Authorization": f"Basic {token}"},
+        ) as newer:
+            await until(lambda: charger.counters.connects >= 3, 10, "the old socket closed, the sim back")
+            await newer.wait_closed()  # ... and the sim's reconnect in turn replaced this one
+            assert newer.close_code == 4000 and "replaced" in (newer.close_reason or "")
+        await until(lambda: charger.connected.is_set(), 10, "connected")
+        assert system.status(charger.cp_id) == "ON"
+    log = gateway.process.output() if gateway.process else ""
+    assert "reconnected: the new connection replaces the old one" in log
+    assert system.unexpected_log_lines() == {}

@@ -119,12 +119,15 @@ class ChargerSession:
     async def run(self) -> str:
         """Serve the connection until it ends; why it ended."""
         s = self._s
-        live, replaced = s.registry.attach(self)
+        live, loser = s.registry.attach(self)
+        if loser is self:
+            await self.conn.close("superseded by a newer connection of the same charger", 4000)
+            return self.conn.close_reason
         self._live = live
         live.health.stop(self.record.stopped)
-        if replaced is not None:
+        if loser is not None:
             log.info("%s reconnected: the new connection replaces the old one", self.cp_id)
-            await replaced.conn.close("replaced by a new connection of the same charger", 4000)
+            await loser.conn.close("replaced by a new connection of the same charger", 4000)
         if self.admitted == "pending":
             await s.store.confirm_password(self.cp_id)
         s.metrics.connection(self.version, +1)

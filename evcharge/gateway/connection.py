@@ -82,11 +82,13 @@ class OcppConnection:
         lenient: bool,
         report: Report,
         call_timeout_s: float,
+        arrived: int = 0,
     ) -> None:
         self.socket = socket
         self.cp_id = cp_id
         self.version = version
         self.id = uuid.uuid4().hex[:12]
+        self.arrived = arrived  # the order its handshake came in: the newest connection wins
         self._metrics = metrics
         self._lenient = lenient
         self._report = report

@@ -51,11 +51,17 @@ class Registry:
         return [live.session for live in self._live.values()]
 
     def attach(self, session: ChargerSession) -> tuple[Live, ChargerSession | None]:
-        """Make `session` the charger's live one; the session it replaces (to be closed), if any."""
+        """Make `session` the charger's live one unless a newer connection is; the loser, if any.
+
+        Newer is by the order the handshakes arrived (`OcppConnection.arrived`), not the
+        order they got here: an old socket that took longer to set up never replaces a new one.
+        """
         live = self._live.get(session.cp_id)
         if live is None:
             live = self._live[session.cp_id] = Live(session.cp_id, session, ChargerHealth())
             return live, None
+        if live.session.conn.arrived > session.conn.arrived:
+            return live, session
         replaced, live.session = live.session, session
         return live, replaced
 

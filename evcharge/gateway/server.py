@@ -11,6 +11,7 @@ fresh `ChargerSession`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 import weakref
@@ -47,7 +48,10 @@ class OcppServer:
         self._s = services
         self._server: Server | None = None
         # How each connection was let in, from its handshake to its handler.
-        self._admitted: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
+        self._admitted: weakref.WeakKeyDictionary[ServerConnection, tuple[str, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._arrivals = itertools.count(1)
         self.port = 0
 
     async def start(self) -> int:
@@ -97,6 +101,7 @@ class OcppServer:
         raise NegotiationError(f"offer the subprotocol {wanted} (offered: {', '.join(offered) or 'none'})")
 
     async def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        arrived = next(self._arrivals)  # before any wait: the order the charger's sockets came in
         cp_id = _cp_id(request.path)
         if cp_id is None:
             return _refuse(
@@ -115,13 +120,14 @@ class OcppServer:
                 "refused a connection as %s from %s: %s", cp_id[:70], _peer(connection), verdict.reason
             )
             return _refuse(connection, HTTPStatus(verdict.status), verdict.reason)
-        self._admitted[connection] = verdict.how
+        self._admitted[connection] = (verdict.how, arrived)
         return None
 
     async def _serve(self, socket: ServerConnection) -> None:
         s = self._s
         cp_id = _cp_id(socket.request.path if socket.request else "") or ""
         version = Version(socket.subprotocol) if socket.subprotocol else Version.V16
+        admitted, arrived = self._admitted.pop(socket, ("open", 0))
         record = await s.store.join(cp_id)
         conn = OcppConnection(
             socket,
@@ -131,8 +137,9 @@ class OcppServer:
             lenient=s.settings.lenient,
             report=self._reporter(cp_id, version),
             call_timeout_s=s.settings.call_timeout_s,
+            arrived=arrived,
         )
-        session = ChargerSession(conn, record, self._admitted.pop(socket, "open"), s)
+        session = ChargerSession(conn, record, admitted, s)
         log.debug("%s connected from %s (OCPP %s)", cp_id, _peer(socket), version.label)
         await session.run()
 

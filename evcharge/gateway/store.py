@@ -158,6 +158,9 @@ class GatewayStore:
 
     async def join(self, cp_id: str) -> ChargerRecord:
         """The charger's record, created on first sight with the secret it shows central (kept first)."""
+        known = await self.charger(cp_id)
+        if known is not None:
+            return known  # a reconnect costs no write
 
         async def work(db: aiosqlite.Connection) -> Any:
             await db.execute(
