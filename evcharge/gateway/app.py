@@ -15,10 +15,10 @@ import asyncio
 import ipaddress
 import logging
 import socket
+import sqlite3
 import uuid
 
 import aiohttp
-import aiosqlite
 from aiokafka import ConsumerRecord
 
 from evcharge.errors import ConfigError
@@ -151,8 +151,8 @@ class Gateway:
             reason,
         )
 
-        async def queue(db: aiosqlite.Connection) -> None:
-            await GatewayStore.queue_raw(db, topic, key, payload)
+        def queue(db: sqlite3.Connection) -> None:
+            GatewayStore.queue_raw(db, topic, key, payload)
 
         await self._store.write(queue)
         self._recorder.relay.wake()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-import aiosqlite
 
 from evcharge.errors import ConnectionLost, StoreUnavailable
 from evcharge.gateway import auth, transactions
@@ -280,7 +279,7 @@ class ChargerSession:
         self,
         key: str,
         frame: str,
-        decide: Callable[[aiosqlite.Connection, Binding | None], Awaitable[Outcome]],
+        decide: Callable[[sqlite3.Connection, Binding | None], Outcome],
         bind: Callable[[], Awaitable[Binding | None]] | None = None,
         *,
         action: str,
@@ -290,16 +289,13 @@ class ChargerSession:
         store = self._s.store
         async with self._live.tx_lock:
             bound = None
-            if (
-                bind is not None
-                and await GatewayStore.answer_of(store.database.conn, self.cp_id, key) is None
-            ):
+            if bind is not None and await store.answer_of(self.cp_id, key) is None:
                 bound = await bind()
 
-            async def run(db: aiosqlite.Connection) -> Outcome:
+            def run(db: sqlite3.Connection) -> Outcome:
                 if bound is not None:
-                    await GatewayStore.consume_pending(db, bound.session_id)
-                return await decide(db, bound)
+                    GatewayStore.consume_pending(db, bound.session_id)
+                return decide(db, bound)
 
             applied = await self._s.recorder.apply(
                 self.cp_id, key, run, frame=frame, source=self._source, action=action
@@ -322,9 +318,9 @@ class ChargerSession:
         payload, lenient = call.payload, self._s.settings.lenient
         transactions.timestamp(payload["timestamp"], lenient=lenient)  # refused before anyone is asked
 
-        async def decide(db: aiosqlite.Connection, binding: Binding | None) -> Outcome:
+        def decide(db: sqlite3.Connection, binding: Binding | None) -> Outcome:
             # The id comes from the store's counter in the same transaction: unique, never reused.
-            tx_id = await GatewayStore.next_tx_id(db, self.cp_id)
+            tx_id = GatewayStore.next_tx_id(db, self.cp_id)
             return transactions.start_16(self.cp_id, tx_id, payload, binding, lenient=lenient)
 
         async def bind() -> Binding | None:
@@ -339,8 +335,8 @@ class ChargerSession:
         if tx_id is None:
             return Answer({})  # clock-aligned values outside a transaction: nothing to bill
 
-        async def decide(db: aiosqlite.Connection, _: Binding | None) -> Outcome:
-            txn = await self._s.store.txn(db, self.cp_id, str(tx_id))
+        def decide(db: sqlite3.Connection, _: Binding | None) -> Outcome:
+            txn = GatewayStore.txn_in(db, self.cp_id, str(tx_id))
             return transactions.meter_values_16(txn, payload)
 
         key = transactions.message_key(f"meter:{tx_id}", payload)
@@ -351,8 +347,8 @@ class ChargerSession:
         transactions.timestamp(payload["timestamp"], lenient=lenient)
         tx_id = str(payload["transactionId"])
 
-        async def decide(db: aiosqlite.Connection, _: Binding | None) -> Outcome:
-            txn = await self._s.store.txn(db, self.cp_id, tx_id)
+        def decide(db: sqlite3.Connection, _: Binding | None) -> Outcome:
+            txn = GatewayStore.txn_in(db, self.cp_id, tx_id)
             return transactions.stop_16(txn, payload, lenient=lenient)
 
         return await self._transaction(f"stop:{tx_id}", frame, decide, action="StopTransaction")
@@ -365,12 +361,12 @@ class ChargerSession:
         store = self._s.store
 
         async def bind() -> Binding | None:
-            if not transactions.needs_binding_201(await store.txn(None, self.cp_id, tx_id), payload):
+            if not transactions.needs_binding_201(await store.txn(self.cp_id, tx_id), payload):
                 return None
             return await self._bind((payload.get("idToken") or {}).get("idToken"), info.get("remoteStartId"))
 
-        async def decide(db: aiosqlite.Connection, binding: Binding | None) -> Outcome:
-            txn = await store.txn(db, self.cp_id, tx_id)
+        def decide(db: sqlite3.Connection, binding: Binding | None) -> Outcome:
+            txn = GatewayStore.txn_in(db, self.cp_id, tx_id)
             return transactions.transaction_event_201(self.cp_id, txn, payload, binding, lenient=lenient)
 
         key = transactions.transaction_key_201(payload)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import aiosqlite
 
 from evcharge.gateway.store import GatewayStore
 from evcharge.gateway.transactions import Outcome
@@ -27,7 +26,7 @@ from evcharge.runtime.retry import DEFAULT_POLICY, RetryPolicy
 
 log = logging.getLogger("evcharge.gateway")
 
-Decide = Callable[[aiosqlite.Connection], Awaitable[Outcome]]
+Decide = Callable[[sqlite3.Connection], Outcome]  # runs inside the store's write
 
 
 class Unacknowledged(Exception):
@@ -66,53 +65,43 @@ class TransactionRecorder:
         asked) and `gateway.<action>.acknowledged` (Kafka has it, the charger not yet told).
         """
         origin = f"{cp_id} {key}"
-        db = self._store.database
-        answer = await GatewayStore.answer_of(db.conn, cp_id, key)
+        answer = await self._store.answer_of(cp_id, key)
         if answer is not None:
             await self._await_rows(await self._store.waiting_rows(origin))
             return Applied(answer, True, None)
         rows: list[int] = []
-        futures: list[asyncio.Future[None]] = []
 
-        async def record(conn: aiosqlite.Connection) -> Outcome | None:
-            if await GatewayStore.answer_of(conn, cp_id, key) is not None:
+        def record(conn: sqlite3.Connection) -> Outcome | None:
+            if GatewayStore.answer_in(conn, cp_id, key) is not None:
                 return None  # applied meanwhile (another connection, another process)
-            outcome = await decide(conn)
+            outcome = decide(conn)
             if outcome.txn is not None:
-                await GatewayStore.save_txn(conn, outcome.txn)
-            await GatewayStore.save_message(conn, cp_id, key, outcome.answer)
-            ids = await GatewayStore.queue(conn, outcome.events, origin)
+                GatewayStore.save_txn(conn, outcome.txn)
+            GatewayStore.save_message(conn, cp_id, key, outcome.answer)
+            rows.extend(GatewayStore.queue(conn, outcome.events, origin))
             if outcome.dead_letter is not None:
                 topic, letter_key, payload = dead_letter(
                     source, 0, -1, cp_id.encode(), frame.encode(), self._consumer, outcome.dead_letter
                 )
-                ids.append(await GatewayStore.queue_raw(conn, topic, letter_key, payload))
-            # Waiters exist before COMMIT: the relay may publish these rows the moment it
-            # can delete them, and its word must not be missed.
-            rows.extend(ids)
-            futures.extend(self._watch(ids))
+                rows.append(GatewayStore.queue_raw(conn, topic, letter_key, payload))
             return outcome
 
-        try:
-            outcome = await self._store.write(record)
-        except BaseException:
-            self._forget(rows, futures)
-            raise
+        outcome = await self._store.write(record)
         crash_point(f"gateway.{action}.recorded")
         self.relay.wake()
         if outcome is None:  # another task applied it while we waited for the store
-            answer = await GatewayStore.answer_of(db.conn, cp_id, key)
+            answer = await self._store.answer_of(cp_id, key)
             await self._await_rows(await self._store.waiting_rows(origin))
             return Applied(answer or {}, True, None)
-        await self._await_rows(rows, futures)
+        await self._await_rows(rows)
         crash_point(f"gateway.{action}.acknowledged")
         return Applied(outcome.answer, False, outcome)
 
     async def publish(self, messages: Sequence[object]) -> None:
         """Queue messages the gateway owes by itself (a refused start); the relay delivers them."""
 
-        async def queue(conn: aiosqlite.Connection) -> None:
-            await GatewayStore.queue(conn, messages)
+        def queue(conn: sqlite3.Connection) -> None:
+            GatewayStore.queue(conn, messages)
 
         await self._store.write(queue)
         self.relay.wake()
@@ -122,8 +111,8 @@ class TransactionRecorder:
             source, 0, -1, cp_id.encode(), frame.encode(errors="replace"), self._consumer, reason
         )
 
-        async def queue(conn: aiosqlite.Connection) -> None:
-            await GatewayStore.queue_raw(conn, topic, key, payload)
+        def queue(conn: sqlite3.Connection) -> None:
+            GatewayStore.queue_raw(conn, topic, key, payload)
 
         await self._store.write(queue)
         self.relay.wake()
@@ -146,18 +135,17 @@ class TransactionRecorder:
             else:
                 self._waiters.pop(row_id, None)
 
-    async def _await_rows(
-        self, rows: Sequence[int], futures: Sequence[asyncio.Future[None]] | None = None
-    ) -> None:
+    async def _await_rows(self, rows: Sequence[int]) -> None:
+        """Until the relay has published every one of `rows` (Kafka acknowledged), or the deadline."""
         if not rows:
             return
-        if futures is None:
-            futures = self._watch(rows)
-            # Rows deleted before the watch began were published already: nothing to wait for.
-            left = await self._store.rows_left(rows)
-            for row_id, future in zip(rows, futures, strict=True):
-                if row_id not in left and not future.done():
-                    future.set_result(None)
+        futures = self._watch(rows)
+        # A row no longer in the outbox was published (rows are deleted only after Kafka's
+        # ack); one still there will be reported by the relay, and the watch is already set.
+        left = await self._store.rows_left(rows)
+        for row_id, future in zip(rows, futures, strict=True):
+            if row_id not in left and not future.done():
+                future.set_result(None)
         try:
             async with asyncio.timeout(self._answer_timeout_s):
                 await asyncio.gather(*futures)

@@ -1,7 +1,7 @@
 """The gateway's durable record: each charger's credentials, its transactions, every transaction
 message it applied, the starts central asked for, and the outbox of what goes to Kafka.
 
-One SQLite file (WAL, fsync per commit). A transaction message's effects, its
+One SQLite file (WAL, fsync per group commit). A transaction message's effects, its
 key and its answer are written in one transaction with the outbox rows it
 derived, so a replay finds the answer it got the first time and the rows still
 waiting for Kafka, never new figures. 1.6 transaction ids come from a counter
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from evcharge.gateway.auth import Credentials
 from evcharge.gateway.transactions import Binding, Txn
-from evcharge.gateway.writer import GroupWriter
+from evcharge.gateway.writer import GroupWriter, Reader
 from evcharge.protocol.messages import EndReason, encode
 from evcharge.protocol.topics import route
 from evcharge.runtime.outbox import OutboxRow, OutboxStats
@@ -116,36 +115,36 @@ class PendingStart:
 
 
 class GatewayStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._writer = GroupWriter(db)
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = GroupWriter(path)
+        self._read = Reader(path)
 
-    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a transaction (shared with other writes waiting: one fsync for all)."""
         return await self._writer.write(work)
 
     @classmethod
     async def open(cls, path: Path) -> GatewayStore:
-        db = await Database.open(path, MIGRATIONS)
+        # The schema (and WAL mode) through the project's own migrations; then the store's
+        # own connections, one for writes and one for reads, each on a thread of its own.
+        migrated = await Database.open(path, MIGRATIONS)
+        await migrated.close()
         # It holds each charger's secret for central: readable by the gateway's user alone.
         for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if file.exists():
                 file.chmod(0o600)
-        return cls(db)
-
-    @property
-    def database(self) -> Database:
-        return self._db
+        return cls(path)
 
     async def close(self) -> None:
         """Finish the writes in flight, then close."""
         await self._writer.close()
-        await self._db.close()
+        await self._read.close()
 
     # ---------------------------------------------------------- chargers
 
     async def charger(self, cp_id: str) -> ChargerRecord | None:
-        row = await self._db.fetchone(
+        row = await self._read.one(
             "SELECT cp_id, password_hash, pending_hash, monitor_secret, stopped, vendor, model, booted_at "
             "FROM chargers WHERE cp_id = ?",
             (cp_id,),
@@ -162,8 +161,8 @@ class GatewayStore:
         if known is not None:
             return known  # a reconnect costs no write
 
-        async def work(db: aiosqlite.Connection) -> Any:
-            await db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute(
                 "INSERT OR IGNORE INTO chargers (cp_id, monitor_secret, joined_at) VALUES (?, ?, ?)",
                 (cp_id, secrets.token_urlsafe(32), time.time()),
             )
@@ -174,8 +173,8 @@ class GatewayStore:
         return record
 
     async def booted(self, cp_id: str, vendor: str, model: str) -> None:
-        async def work(db: aiosqlite.Connection) -> Any:
-            await db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute(
                 "UPDATE chargers SET vendor = ?, model = ?, booted_at = ? WHERE cp_id = ?",
                 (vendor, model, time.time(), cp_id),
             )
@@ -183,16 +182,16 @@ class GatewayStore:
         await self.write(work)
 
     async def set_pending_password(self, cp_id: str, digest: str) -> None:
-        async def work(db: aiosqlite.Connection) -> Any:
-            await db.execute("UPDATE chargers SET pending_hash = ? WHERE cp_id = ?", (digest, cp_id))
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute("UPDATE chargers SET pending_hash = ? WHERE cp_id = ?", (digest, cp_id))
 
         await self.write(work)
 
     async def confirm_password(self, cp_id: str) -> None:
         """The pending password is the charger's: the join token no longer opens this id."""
 
-        async def work(db: aiosqlite.Connection) -> Any:
-            await db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute(
                 "UPDATE chargers SET password_hash = pending_hash, pending_hash = NULL "
                 "WHERE cp_id = ? AND pending_hash IS NOT NULL",
                 (cp_id,),
@@ -203,8 +202,8 @@ class GatewayStore:
     async def set_stopped(self, cp_id: str, stopped: bool) -> bool:
         """Record the operator's wish; False when the charger is not one of ours."""
 
-        async def work(db: aiosqlite.Connection) -> Any:
-            cursor = await db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            cursor = db.execute(
                 "UPDATE chargers SET stopped = ? WHERE cp_id = ?", (1 if stopped else 0, cp_id)
             )
             return cursor.rowcount > 0
@@ -213,16 +212,20 @@ class GatewayStore:
 
     # ------------------------------------------------------ transactions
 
-    async def txn(self, db: aiosqlite.Connection | None, cp_id: str, tx_id: str) -> Txn | None:
-        conn = db or self._db.conn
-        async with conn.execute(
+    async def txn(self, cp_id: str, tx_id: str) -> Txn | None:
+        row = await self._read.one("SELECT * FROM transactions WHERE cp_id = ? AND tx_id = ?", (cp_id, tx_id))
+        return _txn(row) if row else None
+
+    @staticmethod
+    def txn_in(db: sqlite3.Connection, cp_id: str, tx_id: str) -> Txn | None:
+        """The same, inside a write."""
+        row = db.execute(
             "SELECT * FROM transactions WHERE cp_id = ? AND tx_id = ?", (cp_id, tx_id)
-        ) as cursor:
-            row = await cursor.fetchone()
+        ).fetchone()
         return _txn(row) if row else None
 
     async def running_txn(self, cp_id: str) -> Txn | None:
-        row = await self._db.fetchone(
+        row = await self._read.one(
             "SELECT * FROM transactions WHERE cp_id = ? AND ended = 0 AND session_id IS NOT NULL "
             "ORDER BY started_at DESC LIMIT 1",
             (cp_id,),
@@ -230,12 +233,12 @@ class GatewayStore:
         return _txn(row) if row else None
 
     async def txn_of_session(self, session_id: str) -> Txn | None:
-        row = await self._db.fetchone("SELECT * FROM transactions WHERE session_id = ?", (session_id,))
+        row = await self._read.one("SELECT * FROM transactions WHERE session_id = ?", (session_id,))
         return _txn(row) if row else None
 
     async def set_stop_reason(self, cp_id: str, tx_id: str, reason: EndReason) -> None:
-        async def work(db: aiosqlite.Connection) -> Any:
-            await db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute(
                 "UPDATE transactions SET stop_reason = ? WHERE cp_id = ? AND tx_id = ? AND ended = 0",
                 (reason.value, cp_id, tx_id),
             )
@@ -243,14 +246,14 @@ class GatewayStore:
         await self.write(work)
 
     @staticmethod
-    async def next_tx_id(db: aiosqlite.Connection, cp_id: str) -> int:
-        cursor = await db.execute("INSERT INTO tx_ids (cp_id) VALUES (?)", (cp_id,))
+    def next_tx_id(db: sqlite3.Connection, cp_id: str) -> int:
+        cursor = db.execute("INSERT INTO tx_ids (cp_id) VALUES (?)", (cp_id,))
         assert cursor.lastrowid is not None
         return int(cursor.lastrowid)
 
     @staticmethod
-    async def save_txn(db: aiosqlite.Connection, txn: Txn) -> None:
-        await db.execute(
+    def save_txn(db: sqlite3.Connection, txn: Txn) -> None:
+        db.execute(
             "INSERT INTO transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (cp_id, tx_id) DO UPDATE SET session_id = excluded.session_id, "
             "driver_id = excluded.driver_id, price = excluded.price, "
@@ -273,30 +276,35 @@ class GatewayStore:
 
     # ---------------------------------------------------------- messages
 
-    @staticmethod
-    async def answer_of(db: aiosqlite.Connection, cp_id: str, key: str) -> dict[str, object] | None:
-        async with db.execute(
+    async def answer_of(self, cp_id: str, key: str) -> dict[str, object] | None:
+        """The answer a transaction message got when it was applied; None if it never was."""
+        row = await self._read.one(
             "SELECT answer FROM messages WHERE cp_id = ? AND message_key = ?", (cp_id, key)
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return json.loads(row[0]) if row else None
 
     @staticmethod
-    async def save_message(db: aiosqlite.Connection, cp_id: str, key: str, answer: dict[str, object]) -> None:
-        await db.execute(
-            "INSERT INTO messages VALUES (?, ?, ?, ?)", (cp_id, key, json.dumps(answer), time.time())
-        )
+    def answer_in(db: sqlite3.Connection, cp_id: str, key: str) -> dict[str, object] | None:
+        """The same, inside a write."""
+        row = db.execute(
+            "SELECT answer FROM messages WHERE cp_id = ? AND message_key = ?", (cp_id, key)
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    @staticmethod
+    def save_message(db: sqlite3.Connection, cp_id: str, key: str, answer: dict[str, object]) -> None:
+        db.execute("INSERT INTO messages VALUES (?, ?, ?, ?)", (cp_id, key, json.dumps(answer), time.time()))
 
     async def waiting_rows(self, origin: str) -> list[int]:
         """The outbox rows a message derived that Kafka has not acknowledged yet."""
-        rows = await self._db.fetchall("SELECT row_id FROM outbox WHERE origin = ?", (origin,))
+        rows = await self._read.all("SELECT row_id FROM outbox WHERE origin = ?", (origin,))
         return [int(r[0]) for r in rows]
 
     async def rows_left(self, row_ids: Sequence[int]) -> set[int]:
         if not row_ids:
             return set()
         marks = ",".join("?" * len(row_ids))
-        rows = await self._db.fetchall(f"SELECT row_id FROM outbox WHERE row_id IN ({marks})", tuple(row_ids))
+        rows = await self._read.all(f"SELECT row_id FROM outbox WHERE row_id IN ({marks})", tuple(row_ids))
         return {int(r[0]) for r in rows}
 
     # ---------------------------------------------------- pending starts
@@ -306,21 +314,18 @@ class GatewayStore:
     ) -> PendingStart:
         """Remember a start central asked for (a remote start gets a durable remoteStartId)."""
 
-        async def work(db: aiosqlite.Connection) -> Any:
-            async with db.execute(
+        def work(db: sqlite3.Connection) -> Any:
+            row = db.execute(
                 "SELECT remote_start_id FROM pending_starts WHERE session_id = ?", (session_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             if row is not None:
                 remote_start_id = row[0]
             else:
                 remote_start_id = None
                 if remote:
-                    cursor = await db.execute(
-                        "INSERT INTO remote_start_ids (session_id) VALUES (?)", (session_id,)
-                    )
+                    cursor = db.execute("INSERT INTO remote_start_ids (session_id) VALUES (?)", (session_id,))
                     remote_start_id = cursor.lastrowid
-                await db.execute(
+                db.execute(
                     "INSERT INTO pending_starts VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (session_id, cp_id, driver_id, price, remote_start_id, kind, time.time()),
                 )
@@ -330,14 +335,14 @@ class GatewayStore:
         return start
 
     async def pending(self, session_id: str) -> PendingStart | None:
-        row = await self._db.fetchone("SELECT * FROM pending_starts WHERE session_id = ?", (session_id,))
+        row = await self._read.one("SELECT * FROM pending_starts WHERE session_id = ?", (session_id,))
         return _pending(row) if row else None
 
     async def pending_for(
         self, cp_id: str, driver_id: str | None, remote_start_id: int | None = None
     ) -> PendingStart | None:
         if remote_start_id is not None:
-            row = await self._db.fetchone(
+            row = await self._read.one(
                 "SELECT * FROM pending_starts WHERE cp_id = ? AND remote_start_id = ?",
                 (cp_id, remote_start_id),
             )
@@ -345,33 +350,33 @@ class GatewayStore:
                 return _pending(row)
         if driver_id is None:
             return None
-        row = await self._db.fetchone(
+        row = await self._read.one(
             "SELECT * FROM pending_starts WHERE cp_id = ? AND driver_id = ? ORDER BY created_at LIMIT 1",
             (cp_id, driver_id),
         )
         return _pending(row) if row else None
 
     async def drop_pending(self, session_id: str) -> bool:
-        async def work(db: aiosqlite.Connection) -> Any:
-            cursor = await db.execute("DELETE FROM pending_starts WHERE session_id = ?", (session_id,))
+        def work(db: sqlite3.Connection) -> Any:
+            cursor = db.execute("DELETE FROM pending_starts WHERE session_id = ?", (session_id,))
             return cursor.rowcount > 0
 
         return await self.write(work)
 
     @staticmethod
-    async def consume_pending(db: aiosqlite.Connection, session_id: str) -> None:
-        await db.execute("DELETE FROM pending_starts WHERE session_id = ?", (session_id,))
+    def consume_pending(db: sqlite3.Connection, session_id: str) -> None:
+        db.execute("DELETE FROM pending_starts WHERE session_id = ?", (session_id,))
 
     # ------------------------------------------------------------ outbox
 
     @staticmethod
-    async def queue(db: aiosqlite.Connection, messages: Sequence[object], origin: str = "") -> list[int]:
+    def queue(db: sqlite3.Connection, messages: Sequence[object], origin: str = "") -> list[int]:
         """Queue evcharge messages for Kafka inside the caller's transaction; their row ids."""
         ids = []
         now = time.time()
         for message in messages:
             topic, key = route(message)  # type: ignore[arg-type]
-            cursor = await db.execute(
+            cursor = db.execute(
                 "INSERT INTO outbox (topic, key, payload, origin, created_at) VALUES (?, ?, ?, ?, ?)",
                 (topic, key, encode(message), origin, now),  # type: ignore[arg-type]
             )
@@ -380,8 +385,8 @@ class GatewayStore:
         return ids
 
     @staticmethod
-    async def queue_raw(db: aiosqlite.Connection, topic: str, key: str, payload: bytes) -> int:
-        cursor = await db.execute(
+    def queue_raw(db: sqlite3.Connection, topic: str, key: str, payload: bytes) -> int:
+        cursor = db.execute(
             "INSERT INTO outbox (topic, key, payload, origin, created_at) VALUES (?, ?, ?, '', ?)",
             (topic, key, payload, time.time()),
         )
@@ -389,23 +394,23 @@ class GatewayStore:
         return int(cursor.lastrowid)
 
     async def outbox_batch(self, limit: int) -> list[OutboxRow]:
-        rows = await self._db.fetchall(
+        rows = await self._read.all(
             "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
         )
         return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
 
     async def outbox_delete(self, row_ids: list[int]) -> None:
-        async def work(conn: aiosqlite.Connection) -> Any:
-            await conn.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
+        def work(conn: sqlite3.Connection) -> Any:
+            conn.executemany("DELETE FROM outbox WHERE row_id = ?", [(i,) for i in row_ids])
 
         await self.write(work)
 
     async def outbox_stats(self) -> OutboxStats:
-        row = await self._db.fetchone("SELECT COUNT(*), MIN(created_at) FROM outbox")
+        row = await self._read.one("SELECT COUNT(*), MIN(created_at) FROM outbox")
         return OutboxStats(int(row[0]), row[1]) if row else OutboxStats(0, None)
 
 
-def _txn(row: aiosqlite.Row) -> Txn:
+def _txn(row: sqlite3.Row) -> Txn:
     return Txn(
         cp_id=row["cp_id"],
         tx_id=row["tx_id"],
@@ -421,7 +426,7 @@ def _txn(row: aiosqlite.Row) -> Txn:
     )
 
 
-def _pending(row: aiosqlite.Row) -> PendingStart:
+def _pending(row: sqlite3.Row) -> PendingStart:
     return PendingStart(
         row["session_id"], row["cp_id"], row["driver_id"], row["price"], row["remote_start_id"], row["kind"]
     )
