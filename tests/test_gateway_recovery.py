@@ -5,6 +5,7 @@ meter. Every session is checked against what the simulated charger itself metere
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import pytest
@@ -76,6 +77,13 @@ async def test_the_gateway_sigkilled_mid_transaction_loses_nothing(gateway: Gate
         charger.end("Local")
         await until(lambda: charger.settled(), 20, "the stop answered")
         await one_exact_ticket(gateway, charger, driver)
+    with contextlib.closing(gateway.store()) as db:
+        keys = [
+            r[0] for r in db.execute("SELECT message_key FROM messages WHERE cp_id = ?", (charger.cp_id,))
+        ]
+    # Once the transaction ended its readings' keys went: the table stays bounded.
+    kinds = sorted(key.split(":")[0] for key in keys)
+    assert kinds == (["start", "stop"] if version == "1.6" else ["tx"]), keys
     assert gateway.system.unexpected_log_lines() == {}
 
 

@@ -349,7 +349,10 @@ class ChargerSession:
 
         def decide(db: sqlite3.Connection, _: Binding | None) -> Outcome:
             txn = GatewayStore.txn_in(db, self.cp_id, tx_id)
-            return transactions.stop_16(txn, payload, lenient=lenient)
+            outcome = transactions.stop_16(txn, payload, lenient=lenient)
+            if txn is not None:
+                GatewayStore.forget_readings(db, self.cp_id, f"meter:{tx_id}:")
+            return outcome
 
         return await self._transaction(f"stop:{tx_id}", frame, decide, action="StopTransaction")
 
@@ -367,7 +370,10 @@ class ChargerSession:
 
         def decide(db: sqlite3.Connection, binding: Binding | None) -> Outcome:
             txn = GatewayStore.txn_in(db, self.cp_id, tx_id)
-            return transactions.transaction_event_201(self.cp_id, txn, payload, binding, lenient=lenient)
+            outcome = transactions.transaction_event_201(self.cp_id, txn, payload, binding, lenient=lenient)
+            if payload["eventType"] == "Ended" and txn is not None:
+                GatewayStore.forget_readings(db, self.cp_id, f"tx:{tx_id}:")
+            return outcome
 
         key = transactions.transaction_key_201(payload)
         action = f"TransactionEvent.{payload['eventType']}"

@@ -295,6 +295,16 @@ class GatewayStore:
     def save_message(db: sqlite3.Connection, cp_id: str, key: str, answer: dict[str, object]) -> None:
         db.execute("INSERT INTO messages VALUES (?, ?, ?, ?)", (cp_id, key, json.dumps(answer), time.time()))
 
+    @staticmethod
+    def forget_readings(db: sqlite3.Connection, cp_id: str, prefix: str) -> None:
+        """Keep the table bounded: once a transaction has ended, the keys of its readings go.
+
+        A reading replayed after that finds the transaction ended and derives nothing;
+        the keys of starts stay, since a start replayed must get its transaction id back.
+        """
+        like = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+        db.execute("DELETE FROM messages WHERE cp_id = ? AND message_key LIKE ? ESCAPE '\\'", (cp_id, like))
+
     async def waiting_rows(self, origin: str) -> list[int]:
         """The outbox rows a message derived that Kafka has not acknowledged yet."""
         rows = await self._read.all("SELECT row_id FROM outbox WHERE origin = ?", (origin,))
