@@ -26,6 +26,10 @@ from evcharge.runtime.waits import wait_first
 log = logging.getLogger("evcharge.gateway")
 
 FINAL_REFUSALS = frozenset({"bad_token", "bad_secret", "weak_secret"})
+# A registration is given longer than a heartbeat: after a gateway restart a thousand of them
+# reach central at once, and one retried while the first is still in flight at central can
+# leave central holding the stale link (see the report on central's monitor server).
+REGISTER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class CentralLink:
         me = self.identity
         host, port = self._central()
         timeout = self._interval_s * 2
-        conn = await FramedConnection.open(host, port, timeout_s=timeout)
+        conn = await FramedConnection.open(host, port, timeout_s=max(timeout, REGISTER_TIMEOUT_S))
         try:
             health, _detail = self._health()
             try:
@@ -114,7 +118,7 @@ class CentralLink:
                         token=me.token,
                         secret=me.secret,
                     ),
-                    timeout_s=timeout,
+                    timeout_s=max(timeout, REGISTER_TIMEOUT_S),
                 )
             except Refused as exc:
                 if exc.code == "not_leader" and exc.leader:

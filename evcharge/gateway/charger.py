@@ -129,6 +129,7 @@ class ChargerSession:
             await loser.conn.close("replaced by a new connection of the same charger", 4000)
         if self.admitted == "pending":
             await s.store.confirm_password(self.cp_id)
+            log.info("%s joined: it connected with the password the gateway set", self.cp_id)
         s.metrics.connection(self.version, +1)
         try:
             if self.record.booted:
@@ -254,7 +255,7 @@ class ChargerSession:
             return
         if self.dialect.accepted(action, result):
             await self._s.store.confirm_password(self.cp_id)
-            log.info("%s joined: it has a password of its own now", self.cp_id)
+            log.info("%s took the password the gateway set: only it opens this charger id now", self.cp_id)
         else:
             log.warning("%s refused the password the gateway set (%s)", self.cp_id, result)
 
