@@ -35,13 +35,19 @@ def _statuses(gateway: GatewayRun) -> dict[str, str]:
 
 async def _all_on(gateway: GatewayRun, chargers: list[SimCharger], timeout_s: float) -> float:
     started = time.monotonic()
-    ids = {c.cp_id for c in chargers}
+    by_id = {c.cp_id: c for c in chargers}
 
     def on() -> bool:
         statuses = _statuses(gateway)
-        return all(statuses.get(i) == "ON" for i in ids)
+        return all(statuses.get(i) == "ON" for i in by_id)
 
-    await until(on, timeout_s, f"all {len(ids)} chargers ON at central", interval_s=0.25)
+    try:
+        await until(on, timeout_s, f"all {len(by_id)} chargers ON at central", interval_s=0.25)
+    except AssertionError:
+        statuses = _statuses(gateway)
+        late = [i for i in by_id if statuses.get(i) != "ON"][:5]
+        seen = {i: (statuses.get(i), by_id[i].connected.is_set(), by_id[i].counters) for i in late}
+        raise AssertionError(f"not ON at central (status, connected, counters): {seen}") from None
     return time.monotonic() - started
 
 

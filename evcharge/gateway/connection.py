@@ -200,6 +200,8 @@ class OcppConnection:
                 raise ConnectionLost(_closed_reason(exc)) from exc
             finally:
                 self._pending.pop(unique_id, None)
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # seen, even by a call cancelled as the connection died
 
     async def close(self, reason: str, code: int = 1000) -> None:
         """Idempotent: close the socket with `reason` and end every call in flight."""
