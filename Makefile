@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install system-deps test test-fast lint demo chaos-test chaos-random chaos-soak mutants bench \
+.PHONY: install system-deps test test-fast lint demo chaos-test chaos-random chaos-soak mutants bench screenshot \
 	kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
@@ -59,6 +59,10 @@ mutants: $(STAMP) system-deps
 BENCH_ARGS ?=
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The README's picture of the operator's page, taken during a real charge by the browser test.
+screenshot: $(STAMP) system-deps
+	EVCHARGE_SCREENSHOT=docs/dashboard.png $(PYTEST) -q tests/test_web_page.py -k real_charge
 
 kafka-up: $(STAMP)
 	$(BIN)/evcharge kafka start --port $(KAFKA_PORT)

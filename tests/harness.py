@@ -9,15 +9,37 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from evcharge.devtools.system import ChargePoint, Identity, LocalSystem, Ticket, wait_for
 
-__all__ = ["Audit", "ChargePoint", "Identity", "System", "Ticket", "wait_until"]
+__all__ = ["Audit", "ChargePoint", "Identity", "System", "Ticket", "scrape", "value", "wait_until"]
 
 # Lines that say a process failed in a way nobody planned for.
 UNEXPECTED = re.compile(r"Traceback \(most recent call last\)|\bERROR\b|\bCRITICAL\b")
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(system: LocalSystem) -> Samples:
+    """Central's `GET /metrics`, parsed by Prometheus' own parser: {(name, labels): value}."""
+    with urllib.request.urlopen(system.url + "/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:

@@ -61,6 +61,7 @@ def kafka_broker(
         data_dir=tmp_path_factory.mktemp("kafka"),
         port=port,
         controller_port=controller_port,
+        die_with_parent=True,  # a test run killed outright takes its broker along
     )
     try:
         broker.start(timeout_s=120, progress=_terminal_progress(request.config))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -59,7 +61,8 @@ def test_the_child_is_the_program_itself_with_default_signals() -> None:
         wait_until(lambda: exec_done(child.pid), 5, "the exec")
         ignored = signal_mask(child.pid, "SigIgn")
         assert not is_set(ignored, signal.SIGPIPE)  # not inherited from the step's interpreter
-        assert not is_set(ignored, signal.SIGHUP)
+        # SIGHUP as we have it: ignored only when we ignore it ourselves (run under nohup).
+        assert is_set(ignored, signal.SIGHUP) == (signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)
     finally:
         child.kill()
         child.wait(5)
@@ -121,3 +124,37 @@ def test_only_the_main_thread_may_start_such_children() -> None:
     thread.start()
     thread.join(5)
     assert len(errors) == 1 and "main thread" in str(errors[0])
+
+
+def test_a_postgresql_server_ends_with_the_sigkilled_process_that_started_it() -> None:
+    parent_code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from evcharge.devtools.postgres import LocalPostgres\n"
+        "from evcharge.runtime.ports import free_port\n"
+        "server = LocalPostgres(Path(sys.argv[1]), free_port())\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    # Not under pytest's tmp_path: the postgres user must reach its folder.
+    folder = Path(tempfile.mkdtemp(prefix="evcharge-pg-"))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    postmaster = None
+    try:
+        assert parent.stdout is not None
+        postmaster = int(parent.stdout.readline())
+        assert runs(postmaster)
+        parent.kill()
+        parent.wait(5)
+        wait_until(lambda: not runs(postmaster), 30, "the PostgreSQL server to end with its parent")
+    finally:
+        parent.kill()
+        parent.wait(5)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if postmaster is not None and runs(postmaster):
+            os.kill(postmaster, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)

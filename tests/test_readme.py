@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from evcharge.devtools.supervisor import Child
 from evcharge.runtime.ports import free_ports
@@ -84,8 +85,10 @@ def test_every_runnable_block_works_as_written(tmp_path) -> None:
                     f"{shlex.join(words)} failed:\n{result.stdout}\n{result.stderr}"
                 )
                 ran.append((words, result.stdout))
-                if words[0] == "curl":
-                    json.loads(result.stdout)  # every endpoint answers JSON
+                if words[0] == "curl" and words[-1].endswith("/metrics"):
+                    assert list(text_string_to_metric_families(result.stdout)), "Prometheus' text format"
+                elif words[0] == "curl":
+                    json.loads(result.stdout)  # every other endpoint answers JSON
         assert [p.name for p in background if not p.alive] == [], (
             "central, the engine and the monitor ran throughout"
         )

@@ -333,7 +333,9 @@ def test_events_for_an_unknown_cp_or_session_are_rejected_for_dead_letters() -> 
     reading = MeterReading(cp_id="CP-1", session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1)
     stranger = MeterReading(cp_id="CP-X", session_id="nobody", seq=1, power_w=1, wh=1, micro_eur=1)
     decision = event(state, clock, reading, stranger)
-    assert set(decision.result) == {0, 1} and "not a known charging point" in decision.result[1]
+    assert set(decision.result) == {0, 1}
+    assert decision.result[0][0] == "unknown_session"
+    assert decision.result[1] == ("unknown_cp", "CP-X is not a known charging point")
 
 
 def test_a_local_plug_in_is_billed_like_any_session() -> None:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from evcharge.errors import ProtocolError
 from evcharge.protocol.messages import (
+    CENTRAL_CLAIMS,
     SCHEMA_VERSION,
     Ack,
+    CentralClaim,
     ChargeRequest,
     ChargingProgress,
     Codec,
@@ -194,6 +196,16 @@ def test_kafka_messages_carry_schema_version_id_and_timestamp() -> None:
     assert isinstance(obj["ts"], float)
 
 
+def test_a_central_claim_round_trips_and_is_no_other_topics_message() -> None:
+    claim = CentralClaim(
+        instance="c-1", store_id="ab" * 16, store="postgresql://evcharge@db/evcharge", role="leader",
+        http="http://10.0.0.1:8000", tcp="10.0.0.1:7000", pid=42, host="c1",
+    )  # fmt: skip
+    assert CENTRAL_CLAIMS.decode(encode(claim)) == claim
+    with pytest.raises(ProtocolError):
+        CENTRAL_CLAIMS.decode(encode(StopCp(cp_id="CP-1")))
+
+
 def test_dead_letter_round_trip_keeps_the_raw_bytes() -> None:
     letter = DeadLetter(
         source_topic="evcharge.cp.events",
@@ -323,7 +335,21 @@ def test_price_out_of_range_or_not_whole_micro_euros_is_refused(price: float) ->
 
 @pytest.mark.parametrize(
     "cp_id",
-    ["CP 1", " CP1", "CP1 ", "", "C" * 65, "-CP1", ".CP1", "CP/1", "CP\t1", "CP\n1", "ÇP1"],
+    [
+        "CP 1",
+        " CP1",
+        "CP1 ",
+        "",
+        "C" * 65,
+        "-CP1",
+        ".CP1",
+        "CP/1",
+        "CP\t1",
+        "CP\n1",
+        "ÇP1",
+        "stop-all",
+        "resume-all",
+    ],
     ids=[
         "inner-space",
         "leading-space",
@@ -336,6 +362,8 @@ def test_price_out_of_range_or_not_whole_micro_euros_is_refused(price: float) ->
         "tab",
         "inner-newline",
         "non-ascii",
+        "the-all-operation-stop",
+        "the-all-operation-resume",
     ],
 )
 def test_bad_cp_id_is_refused(cp_id: str) -> None:
@@ -345,7 +373,7 @@ def test_bad_cp_id_is_refused(cp_id: str) -> None:
         decode(with_changes(REGISTER, cp_id=cp_id), TcpFrame)
 
 
-@pytest.mark.parametrize("cp_id", ["C", "CP-1", "cp_1.a", "C" * 64, "0"])
+@pytest.mark.parametrize("cp_id", ["C", "CP-1", "cp_1.a", "C" * 64, "0", "stop-all-2", "resume"])
 def test_good_cp_id_is_accepted(cp_id: str) -> None:
     assert decode(with_changes(READING, cp_id=cp_id), CpEvent).cp_id == cp_id
 

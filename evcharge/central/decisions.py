@@ -332,21 +332,21 @@ def apply_events(
     loaded: Mapping[str, Session],
     now: float,
     new_id: NewId,
-) -> Decision[dict[int, str]]:
+) -> Decision[dict[int, tuple[str, str]]]:
     """Apply a batch of engine events exactly once.
 
     `loaded` holds the ended sessions the store had for events memory could not
     place (a late reading for a session central closed). The result lists the
-    events that fit nowhere (by position) with why: an unknown CP, or a session
-    nobody started. Duplicates are not in it.
+    events that fit nowhere (by position) with a code and why: an unknown CP, or
+    a session nobody started. Duplicates are not in it.
     """
     change = Change()
-    rejected: dict[int, str] = {}
+    rejected: dict[int, tuple[str, str]] = {}
     applied = ignored = 0
     moved: dict[str, None] = {}
     for position, event in enumerate(events):
         if event.cp_id not in state.cps:
-            rejected[position] = f"{event.cp_id} is not a known charging point"
+            rejected[position] = ("unknown_cp", f"{event.cp_id} is not a known charging point")
             continue
         sid = event.session_id
         session = change.sessions.get(sid) or state.sessions.get(sid) or loaded.get(sid)
@@ -354,7 +354,7 @@ def apply_events(
             session = _local_session(event)
             change.facts.append(facts.LocalSupply(event.cp_id, event.driver_id))
         if session is None:
-            rejected[position] = f"session {sid} of {event.cp_id} is not known here"
+            rejected[position] = ("unknown_session", f"session {sid} of {event.cp_id} is not known here")
             continue
         result = apply_event(session, event, new_id, now)
         if not isinstance(result, Applied):

@@ -129,6 +129,7 @@ class OperatorRefused:
 class DeadLettered:
     topic: str
     reason: str
+    code: str = "undecodable"  # or unknown_cp, unknown_session: what `evcharge_dead_letters_total` counts
 
 
 Fact = (

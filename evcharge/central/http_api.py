@@ -8,29 +8,39 @@ may retry.
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import logging
 import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from evcharge import __version__
-from evcharge.central import facts
+from evcharge.central import facts, openapi
+from evcharge.central.leadership import Holder
+from evcharge.central.live import LiveFeed
+from evcharge.central.metrics import CONTENT_TYPE as METRICS_TYPE
 from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
+from evcharge.central.standby import Standby
 from evcharge.central.state import Outcome
 from evcharge.central.store import SessionQuery
 from evcharge.central.view import cp_json, cps_json, session_json
-from evcharge.errors import Refused, StoreUnavailable
+from evcharge.errors import Fenced, Refused, StoreUnavailable
 from evcharge.protocol.messages import ChargeRequest
 
 log = logging.getLogger("evcharge.central.http")
 
 MAX_BODY_BYTES = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Any CP id but the two names of operations on all of them (no CP may take those names).
+ONE_CP = "/cp/{cp_id:(?!(?:stop|resume)-all$)[^/]+}"
+ASSETS = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+WEB = importlib.resources.files("evcharge.central") / "web"
 
 
 class ChargeBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,11 +62,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(
+        answer = error(
             exc.status, (exc.reason or "error").lower().replace(" ", "_"), exc.text or exc.reason or ""
         )
+        if "Allow" in exc.headers:  # a 405 says which methods the path takes
+            answer.headers["Allow"] = exc.headers["Allow"]
+        return answer
     except StoreUnavailable as exc:
         return error(503, "unavailable", f"central cannot record right now: {exc}")
+    except Fenced:
+        return error(503, "not_leader", "this central just lost the lead to another; retry in a second")
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error(500, "internal", "internal error; see central's log")
@@ -77,6 +92,11 @@ class CentralApi:
         store_state: Callable[[], str],
         role: Callable[[], str] = lambda: "single",
         operator_token: str | None = None,
+        live: LiveFeed | None = None,
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
+        leader: Callable[[], Holder | None] = lambda: None,
+        epoch: Callable[[], int | None] = lambda: None,
+        standby: Standby | None = None,
     ) -> None:
         self._service = service
         self._messages = messages
@@ -88,23 +108,34 @@ class CentralApi:
         self._store_state = store_state
         self._role = role
         self._operator_token = operator_token
-        self.app = web.Application(
-            middlewares=[json_errors, self._operator_only], client_max_size=MAX_BODY_BYTES
-        )
+        self._live = live
+        self._metrics = metrics
+        self._leader = leader
+        self._epoch = epoch
+        self._contract = msgspec.json.encode(openapi.document())
+        middlewares: list[Any] = [json_errors, self._operator_only]
+        if standby is not None:
+            middlewares.append(standby.middleware)
+        self.app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         self.app.add_routes(
             [
                 web.get("/health", self.health),
                 web.get("/cp", self.list_cps),
                 web.post("/cp/stop-all", self.stop_all),
                 web.post("/cp/resume-all", self.resume_all),
-                web.get("/cp/{cp_id}", self.get_cp),
-                web.post("/cp/{cp_id}/stop", self.stop_cp),
-                web.post("/cp/{cp_id}/resume", self.resume_cp),
-                web.delete("/cp/{cp_id}", self.forget_cp),
+                web.get(ONE_CP, self.get_cp),
+                web.post(ONE_CP + "/stop", self.stop_cp),
+                web.post(ONE_CP + "/resume", self.resume_cp),
+                web.delete(ONE_CP, self.forget_cp),
                 web.post("/request/charge", self.request_charge),
                 web.get("/sessions", self.list_sessions),
                 web.get("/sessions/{session_id}", self.get_session),
                 web.get("/messages", self.list_messages),
+                web.get("/events", self.events),
+                web.get("/metrics", self.metrics),
+                web.get("/openapi.json", self.contract),
+                web.get("/", self.page),
+                web.get("/web/{name}", self.asset),
             ]
         )
 
@@ -142,6 +173,8 @@ class CentralApi:
                 "store": self._store_state(),
                 "auth": self.auth,
                 "role": self._role(),
+                "leader": _holder_json(self._leader()),
+                "epoch": self._epoch(),
                 "charging_points": len(state.cps),
                 "sessions_in_progress": len(state.sessions),
                 "counters": dict(self._counters.counts),
@@ -252,9 +285,47 @@ class CentralApi:
             {"messages": [{"at": m.at, "level": m.level, "text": m.text} for m in self._messages.latest]}
         )
 
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        if self._live is None:
+            return error(404, "not_found", "this central has no live feed")
+        return await self._live.serve(request)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if self._metrics is None:
+            return error(404, "not_found", "this central keeps no metrics")
+        return web.Response(body=await self._metrics(), headers={"Content-Type": METRICS_TYPE})
+
+    async def contract(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._contract, content_type="application/json")
+
+    async def page(self, request: web.Request) -> web.Response:
+        return _asset("index.html")
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in ASSETS or name == "index.html":
+            return error(404, "not_found", f"no asset {name}")
+        return _asset(name)
+
+
+def _holder_json(holder: Holder | None) -> dict[str, Any] | None:
+    if holder is None:
+        return None
+    return {"instance": holder.instance, "http": holder.http, "tcp": holder.tcp, "pid": holder.pid}
+
+
+def _asset(name: str) -> web.Response:
+    # Read on each call: small files, and an operator's edit shows on reload.
+    return web.Response(
+        body=(WEB / name).read_bytes(),
+        content_type=ASSETS[name],
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
+
 
 def _float(text: str | None) -> float | None:
-    if text is None or text == "":
+    if text is None:
         return None
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):

@@ -10,7 +10,6 @@ nothing anywhere: the caller sees `StoreUnavailable` and may retry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,10 +21,10 @@ from evcharge.central.facts import Fact
 from evcharge.central.ledger import CpEvent
 from evcharge.central.state import CentralState, Change, RequestOutcome
 from evcharge.central.store import CentralStore
-from evcharge.errors import Refused
+from evcharge.errors import Fenced, Refused
 from evcharge.protocol.messages import ChargeRequest, Health, Register, StopRequest, new_id
 from evcharge.runtime.faults import crash_point
-from evcharge.runtime.waits import sleep_unless
+from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.central")
 
@@ -58,6 +57,8 @@ class CentralService:
         self._monitor_joined = asyncio.Event()
         # May this instance decide? A standby (or a fenced leader) may not.
         self.may_decide: Callable[[], bool] = lambda: True
+        # Told when the store refused a commit because another central leads now.
+        self.on_fenced: Callable[[], None] = lambda: None
 
     async def load(self) -> None:
         """Every known CP starts DISCONNECTED; sessions that were running stay open."""
@@ -77,7 +78,11 @@ class CentralService:
         """Commit, then memory, then observers; a refusal is raised after it was told."""
         change = decision.change
         if change.durable:
-            await self.store.commit(change)
+            try:
+                await self.store.commit(change)
+            except Fenced:
+                self.on_fenced()
+                raise
             crash_point("central.committed")
         self.state.apply(change)
         if change.messages:
@@ -98,18 +103,16 @@ class CentralService:
 
     # ---------------------------------------------------------- monitors
 
-    async def wait_for_monitors(self, timeout_s: float) -> None:
-        """Return when every known CP has its monitor connected, or after `timeout_s`."""
+    async def wait_for_monitors(self, timeout_s: float, stop: asyncio.Event) -> None:
+        """Return when every known CP has its monitor connected, after `timeout_s`, or on `stop`."""
         deadline = time.monotonic() + timeout_s
-        while missing := [c for c in self.state.cps if c not in self.state.links]:
+        while not stop.is_set() and (missing := [c for c in self.state.cps if c not in self.state.links]):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.info("not waiting any longer for the monitors of %s", ", ".join(sorted(missing)[:10]))
                 return
             self._monitor_joined.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._monitor_joined.wait()
+            await wait_first(self._monitor_joined, stop, timeout_s=remaining)
 
     async def register(self, frame: Register, peer: str) -> None:
         """Accept a monitor for `frame.cp_id`, or raise Refused with why."""
@@ -178,7 +181,7 @@ class CentralService:
 
     # ------------------------------------------------------------ events
 
-    async def apply_events(self, events: Sequence[CpEvent]) -> dict[int, str]:
+    async def apply_events(self, events: Sequence[CpEvent]) -> dict[int, tuple[str, str]]:
         """Apply a batch of engine events exactly once, in one transaction; returns the misfits."""
         async with self._lock:
             unknown = {e.session_id for e in events if e.session_id not in self.state.sessions}

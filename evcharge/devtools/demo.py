@@ -353,6 +353,7 @@ class Demo:
         self.central.start()
         if self._wait_for(lambda: self._get("/health")["status"] == "ok", "central's HTTP API"):
             self.say(f"central up at {self.url} (monitors on {LOOPBACK}:{s.tcp_port}, log {log_path})")
+            self.say(f"operator's web page: {self.url}/  ·  metrics: {self.url}/metrics", style="bold")
 
     def _start_cps(self) -> None:
         s = self.settings

@@ -18,31 +18,42 @@ import time
 from pathlib import Path
 
 from evcharge.errors import BrokerError
+from evcharge.runtime.lifetime import die_with_parent
 from evcharge.runtime.ports import port_answers
 
 SEARCH = ("/usr/lib/postgresql",)
 POSTGRES_MISSING = (
     "PostgreSQL's server is needed for a PostgreSQL store (and its tests): install it "
-    "(Debian: apt-get install postgresql), or set EVCHARGE_PG_BIN to the folder with initdb and pg_ctl"
+    "(Debian: apt-get install postgresql), or set EVCHARGE_PG_BIN to the folder with initdb and postgres"
 )
 USER = "evcharge"
 
 
 def server_binaries() -> Path:
-    """The folder holding initdb, pg_ctl and postgres, newest version first."""
+    """The folder holding initdb and postgres, newest version first."""
     configured = os.environ.get("EVCHARGE_PG_BIN")
     candidates = [Path(configured)] if configured else []
     for root in SEARCH:
         with contextlib.suppress(OSError):
             versions = sorted(Path(root).iterdir(), key=lambda p: _version_key(p.name), reverse=True)
             candidates += [v / "bin" for v in versions]
-    found = shutil.which("pg_ctl")
+    found = shutil.which("postgres")
     if found:
         candidates.append(Path(found).resolve().parent)
     for folder in candidates:
-        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
     raise BrokerError(POSTGRES_MISSING)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -52,13 +63,16 @@ def _version_key(name: str) -> tuple[int, ...]:
 class LocalPostgres:
     """One PostgreSQL server on `host:port`, its data in `folder/data`."""
 
-    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1", *, detached: bool = False) -> None:
         self.folder = folder.resolve()
+        # Detached: the server outlives us (`evcharge postgres start`); else it ends with us.
+        self.detached = detached
         self.port = port
         self.host = host
         self.data = self.folder / "data"
         self.log_path = self.folder / "postgres.log"
         self._as_postgres = os.geteuid() == 0
+        self._server: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -80,7 +94,7 @@ class LocalPostgres:
         return result
 
     def start(self, timeout_s: float = 60) -> None:
-        """initdb (once), then start the server and wait until it takes connections."""
+        """initdb (once), then the server as our own child (ending with us), ready for connections."""
         binaries = server_binaries()
         self.folder.mkdir(parents=True, exist_ok=True)
         if self._as_postgres:
@@ -89,32 +103,54 @@ class LocalPostgres:
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self.folder.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
-            self._run(
-                binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
-            )
-        options = f"-p {self.port} -h {self.host} -k {self.folder} -c max_connections=200"
-        wait = str(int(timeout_s))
-        pg_ctl: list[str | Path] = [
-            binaries / "pg_ctl",
-            "-D",
-            self.data,
-            "-l",
-            self.log_path,
-            "-o",
-            options,
-            "-w",
-            "-t",
-            wait,
+            try:
+                initdb: list[str | Path] = [binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust"]
+                self._run(*initdb, "-E", "UTF8", "--no-sync")
+            except BrokerError as exc:
+                if "Permission denied" not in str(exc):
+                    raise
+                raise BrokerError(
+                    f"{exc}\nthe postgres user must reach {self.folder}: choose a folder it can, "
+                    "e.g. --data-dir /var/tmp/evcharge-postgres"
+                ) from None
+        command = [
+            str(binaries / "postgres"),
+            *("-D", str(self.data), "-p", str(self.port), "-h", self.host, "-k", str(self.folder)),
+            *("-c", "max_connections=200"),
         ]
-        self._run(*pg_ctl, "start", timeout_s=timeout_s + 10)
+        with open(self.log_path, "ab") as log_file:
+            # In the foreground, not through pg_ctl (which daemonizes): a parent that is killed
+            # outright takes its server along.
+            user = "postgres" if self._as_postgres else ""
+            if self.detached:
+                command = ["runuser", "-u", user, "--", *command] if user else command
+            else:
+                command = die_with_parent(command, user=user)
+            self._server = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.folder,
+                start_new_session=self.detached,
+            )
         deadline = time.monotonic() + timeout_s
-        while not port_answers(self.host, self.port, 0.5):
-            if time.monotonic() > deadline:
+        while not self._accepting(binaries):
+            if self._server.poll() is not None or time.monotonic() > deadline:
                 raise BrokerError(
                     f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}"
                 )
             time.sleep(0.1)
         self.create_database(USER)
+
+    def _accepting(self, binaries: Path) -> bool:
+        """Taking connections: past the port opening, past crash recovery (pg_isready)."""
+        if not port_answers(self.host, self.port, 0.5):
+            return False
+        ready = self._run(
+            binaries / "pg_isready", "-q", "-h", self.host, "-p", str(self.port), "-t", "1", check=False
+        )
+        return ready.returncode == 0
 
     def create_database(self, name: str) -> str:
         """A database of its own (a test's); returns its URL. Fine if it exists."""
@@ -141,13 +177,31 @@ class LocalPostgres:
                 os.kill(pid, sig)
 
     def stop(self, mode: str = "fast") -> None:
-        if not (self.data / "PG_VERSION").exists():
-            return
-        self._run(server_binaries() / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop", check=False)
+        """Shut the server down: `fast` (SIGINT) or `immediate` (SIGQUIT), then make sure it is gone."""
+        sig = signal.SIGQUIT if mode == "immediate" else signal.SIGINT
+        server = self._server
+        if server is not None and server.poll() is None:
+            server.send_signal(sig)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(10)
+        else:
+            pid = self.pid  # started by another process (`evcharge postgres start`)
+            if pid is not None and _running(pid):
+                os.kill(pid, sig)
+                deadline = time.monotonic() + 30
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
         pid = self.pid
-        if pid is not None:  # a crashed postmaster leaves its pid file; make sure nothing lingers
+        if pid is not None and _running(pid):  # make sure nothing lingers
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _running(pid) and port_answers(self.host, self.port, 0.5)
 
     def remove(self) -> None:
         self.stop("immediate")

@@ -19,7 +19,8 @@ from evcharge.errors import ProtocolError
 
 SCHEMA_VERSION = 2
 
-CpId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
+# `stop-all` and `resume-all` name operations on every CP in central's HTTP API, so no CP may be called so.
+CpId = Annotated[str, msgspec.Meta(pattern=r"^(?!(?:stop|resume)-all\Z)[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
 DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
 WattHours = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
@@ -237,6 +238,19 @@ class DeadLetter(KafkaMessage, tag="dead_letter"):
     payload: bytes  # msgspec writes bytes as base64 in JSON
 
 
+class CentralClaim(KafkaMessage, tag="central_claim"):
+    """A central announcing itself, once a second: centrals on one Kafka must share one store."""
+
+    instance: str
+    store_id: str
+    store: str  # where the store lives, for the message a refused central shows (no password)
+    role: str  # leader, standby or single
+    http: str
+    tcp: str
+    pid: int
+    host: str
+
+
 # ------------------------------------------------------------------ TCP ----
 
 
@@ -354,4 +368,5 @@ DRIVER_UPDATES: Codec[RequestAccepted | RequestDenied | ChargingProgress | Ticke
 CP_COMMANDS: Codec[StartSupply | StopSupply | StopCp | ResumeCp] = Codec(CpCommand)
 CP_EVENTS: Codec[SessionStarted | MeterReading | SessionEnded | SessionRefused] = Codec(CpEvent)
 DEAD_LETTERS: Codec[DeadLetter] = Codec(DeadLetter)
+CENTRAL_CLAIMS: Codec[CentralClaim] = Codec(CentralClaim)
 TCP_FRAMES: Codec[Frame] = Codec(TcpFrame)

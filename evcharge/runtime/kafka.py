@@ -120,7 +120,7 @@ def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
     )
 
 
-def new_consumer(bootstrap: str, group_id: str, **extra: Any) -> AIOKafkaConsumer:
+def new_consumer(bootstrap: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -131,7 +131,9 @@ def new_consumer(bootstrap: str, group_id: str, **extra: Any) -> AIOKafkaConsume
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,
         metadata_max_age_ms=30000,
-        isolation_level="read_uncommitted",
+        # Central publishes in transactions: what a fenced (former) leader wrote is aborted,
+        # and read_committed never hands it over.
+        isolation_level="read_committed",
         **extra,
     )
 

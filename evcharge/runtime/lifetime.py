@@ -18,10 +18,17 @@ import threading
 from collections.abc import Sequence
 
 # Runs between fork and the real program: stdlib only, no site, no evcharge import.
-# argv: parent pid, "1" to leave SIGHUP to the parent (else "0"), then the command.
+# argv: parent pid, "1" to leave SIGHUP to the parent (else "0"), the user to become ("" to
+# stay), then the command. The user changes first: a change of credentials clears the setting.
 _STEP = """\
-import ctypes, os, signal, sys
-parent, ignore_hangup, argv = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3:]
+import ctypes, os, pwd, signal, sys
+parent, ignore_hangup, user, argv = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3], sys.argv[4:]
+if user:
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
 PR_SET_PDEATHSIG = 1
 libc = ctypes.CDLL(None, use_errno=True)
 if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
@@ -43,16 +50,17 @@ def supported() -> bool:
     return sys.platform.startswith("linux")
 
 
-def die_with_parent(argv: Sequence[str], *, ignore_hangup: bool = False) -> list[str]:
+def die_with_parent(argv: Sequence[str], *, ignore_hangup: bool = False, user: str = "") -> list[str]:
     """The command that runs `argv` as a process SIGTERMed when this process dies.
 
     `ignore_hangup`: for a child on this process's terminal, whose hangup this process
     turns into an ordered stop of everything (the child then gets SIGTERM in its turn).
+    `user`: run `argv` as this user (we are root), e.g. a PostgreSQL server.
     """
     if not supported():
         return list(argv)
     if threading.current_thread() is not threading.main_thread():
         # The child would get SIGTERM as soon as this thread ends, long before the process.
         raise RuntimeError("children that die with their parent must be started from the main thread")
-    step = [sys.executable, "-I", "-S", "-c", _STEP, str(os.getpid()), "1" if ignore_hangup else "0"]
+    step = [sys.executable, "-I", "-S", "-c", _STEP, str(os.getpid()), "1" if ignore_hangup else "0", user]
     return [*step, *argv]

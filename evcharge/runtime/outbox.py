@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import ProducerFenced
 
-from evcharge.errors import StoreUnavailable
+from evcharge.errors import Fenced, StoreUnavailable
 from evcharge.runtime.kafka import new_producer
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.sqlite import Database
@@ -31,6 +32,9 @@ BATCH_ROWS = 500
 IDLE_POLL_S = 1.0
 PUBLISH_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 5.0
+# A leader frozen inside a transaction holds read_committed consumers back until its
+# successor fences it or this runs out.
+TRANSACTION_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class OutboxRelay:
         policy: RetryPolicy = DEFAULT_POLICY,
         on_published: Callable[[list[OutboxRow]], Awaitable[None]] | None = None,
         may_publish: Callable[[], Awaitable[bool]] | None = None,
+        transactional_id: str | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         self._store = store
         self._bootstrap = bootstrap
@@ -71,6 +77,11 @@ class OutboxRelay:
         # Asked before each batch: a role that lost the right to speak (a fenced
         # leader) publishes nothing more.
         self._may_publish = may_publish
+        # With a transactional id, each batch is one Kafka transaction: a newer relay with
+        # the same id (a new leader) fences this one, whose later batches are aborted, never
+        # read by consumers (read_committed).
+        self._transactional_id = transactional_id
+        self._headers = list(headers)
         self._watch = LinkWatch(log, "Kafka", bootstrap)
         self._store_watch = LinkWatch(
             log,
@@ -94,9 +105,18 @@ class OutboxRelay:
         )
 
     async def _session(self, attempts: Attempts, stop: asyncio.Event) -> None:
-        producer = new_producer(self._bootstrap)
+        extra: dict[str, Any] = {}
+        if self._transactional_id is not None:
+            extra = {
+                "transactional_id": self._transactional_id,
+                "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
+            }
+        producer = new_producer(self._bootstrap, **extra)
         try:
-            await producer.start()
+            try:
+                await producer.start()
+            except ProducerFenced as exc:
+                raise Fenced(f"the outbox relay was fenced by a newer one: {exc}") from exc
             store_backoff = self._policy.backoff()
             while not stop.is_set():
                 # Cleared before reading, not after: a wake() while the batch is read
@@ -130,16 +150,27 @@ class OutboxRelay:
         rows = await self._store.outbox_batch(BATCH_ROWS)
         if not rows:
             return False
-        # send() only enqueues; awaiting the futures afterwards keeps the order
-        # (idempotent producer, one partition per key) and pipelines the batch.
-        futures = [await producer.send(r.topic, r.payload, key=r.key.encode()) for r in rows]
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await asyncio.gather(*futures)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                if self._transactional_id is None:
+                    await self._send(producer, rows)
+                else:
+                    async with producer.transaction():
+                        await self._send(producer, rows)
+        except ProducerFenced as exc:
+            raise Fenced(f"the outbox relay was fenced by a newer one: {exc}") from exc
         await self._store.outbox_delete([r.row_id for r in rows])
         self.published += len(rows)
         if self._on_published is not None:
             await self._on_published(rows)
         return True
+
+    async def _send(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> None:
+        # send() only enqueues; awaiting the futures afterwards keeps the order
+        # (idempotent producer, one partition per key) and pipelines the batch.
+        headers = self._headers or None
+        futures = [await producer.send(r.topic, r.payload, key=r.key.encode(), headers=headers) for r in rows]
+        await asyncio.gather(*futures)
 
 
 OUTBOX_SCHEMA = """

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.conftest import Scenario
-from tests.harness import System, wait_until
+from tests.harness import System, scrape, value, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes, pytest.mark.chaos]
 
@@ -137,6 +137,20 @@ def test_central_whose_disk_fills_holds_what_it_reads_and_decides_it_when_space_
         assert status == 503 and body["error"] == "unavailable" and "cannot record" in body["message"]
         assert not any(e["event"] in ("accepted", "denied") for e in system.events(bob)), "held, not decided"
         assert "cannot record what it read" in system.central.output()
+        # What central holds is lag on the broker, and the lag gauge says so.
+        wait_until(
+            lambda: (
+                sum(
+                    v
+                    for (name, labels), v in scrape(system).items()
+                    if name == "evcharge_kafka_consumer_lag"
+                    and ("topic", "evcharge.driver.requests") in labels
+                )
+                >= 1
+            ),
+            BOUND_S,
+            "the held request counted as consumer lag",
+        )
 
         scenario.mark("restart_at")
         filler.unlink()
@@ -144,6 +158,7 @@ def test_central_whose_disk_fills_holds_what_it_reads_and_decides_it_when_space_
         scenario.mark("served_at")
         system.wait_driver_done(alice, 60)
         system.wait_driver_done(bob, 60)
+        assert value(scrape(system), "evcharge_requests_total", outcome="accepted", code="") == 2
         assert [t.reason for t in system.tickets(bob)] == ["completed"], "the held request was decided, once"
         assert [t.reason for t in system.tickets(alice)] == ["completed"]
         system.assert_only_restarted(before, set())
