@@ -1,6 +1,7 @@
 """Nothing lost, nothing billed twice, with real processes: the gateway SIGKILLed mid-transaction and
 inside a StopTransaction, a charger that replays its offline queue twice, Kafka down while chargers
-meter. Every session is checked against what the simulated charger itself metered."""
+meter, the leading central killed while a charger supplies. Every session is checked against what
+the simulated charger itself metered."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import signal
 import pytest
 
 from evcharge.gateway.sim import SimCharger
+from tests.harness import UNEXPECTED
 from tests.test_gateway import (
+    JOIN,
     GatewayRun,
     assert_billed_as_metered,
     ended_sessions,
@@ -179,3 +182,49 @@ async def test_kafka_down_while_chargers_meter_answers_wait_and_nothing_is_lost(
         assert log.count(line) <= 1, line
     assert log.count("evcharge.runtime.inbox: Kafka at") == 1
     assert gateway.system.unexpected_log_lines() == {}
+
+
+async def test_the_chargers_follow_the_leading_central_and_a_charge_outlives_the_leaders_death(
+    system, postgres_url: str
+) -> None:
+    system.store = postgres_url
+    system.central_overrides = {"require_auth": True, "join_token": JOIN, "startup_grace_s": 3.0}
+    first, second = system.start_centrals(2)
+    # The gateway knows only the standby: it must follow the standby's word to the leader, and ask
+    # the standby to authorise a card (it forwards the request to the leader).
+    gateway = GatewayRun(
+        system,
+        overrides={"central": ((second.address, second.tcp_port),), "central_url": second.url},
+    )
+    gateway.start()
+    try:
+        await gateway.ready()
+        charger = gateway.charger("OCPP-HA", "1.6", meter_interval_s=0.3)
+        card = system.ident("card")
+        async with running(charger):
+            await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON at the leader")
+            assert await charger.swipe(card) == "Accepted"
+            await until(lambda: len(charger.traces[0].readings) >= 3, 20, "readings")
+            first.child.kill()
+            await asyncio.to_thread(system.wait_leader, 30, not_=first)
+            seen = len(charger.traces[0].readings)
+            await until(
+                lambda: (
+                    system.status(charger.cp_id) == "SUPPLYING"
+                    and len(charger.traces[0].readings) >= seen + 3
+                ),
+                30,
+                "the charger SUPPLYING at the new leader, still metering",
+            )
+            charger.end("Local")
+            await until(lambda: charger.settled(), 20, "the stop answered")
+            [session] = await ended_sessions(system, charger.cp_id, 1, timeout_s=30)
+            await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON again at the new leader")
+        [trace] = charger.traces
+        assert session["driver_id"] == card
+        assert_billed_as_metered(session, trace)
+        log = gateway.process.output() if gateway.process else ""
+        assert not [line for line in log.splitlines() if UNEXPECTED.search(line)]
+    finally:
+        if gateway.process is not None:
+            gateway.process.stop()

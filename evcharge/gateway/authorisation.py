@@ -38,14 +38,18 @@ class Authoriser:
         self,
         store: GatewayStore,
         http: aiohttp.ClientSession,
-        central_url: str,
+        central_urls: str,
         *,
         price: int,
         timeout_s: float,
     ) -> None:
         self._store = store
         self._http = http
-        self._url = central_url.rstrip("/")
+        # Any central will do (a standby forwards the request to the leader); the next is tried
+        # only when one cannot be reached or has no leader to forward to.
+        self._urls = [url.strip().rstrip("/") for url in central_urls.split(",") if url.strip()]
+        if not self._urls:
+            raise ValueError("at least one central URL")
         self._price = price
         self._timeout_s = timeout_s
         self._asking: Counter[tuple[str, str]] = Counter()
@@ -82,13 +86,24 @@ class Authoriser:
         return Verdict(BLOCKED if status == 409 else INVALID, reason=reason)
 
     async def _ask(self, cp_id: str, driver_id: str) -> tuple[int, dict[str, object]]:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                async with self._http.post(
-                    f"{self._url}/request/charge", json={"driver_id": driver_id, "cp_id": cp_id}
-                ) as response:
-                    body = await response.json(content_type=None)
-                    return response.status, body if isinstance(body, dict) else {}
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.warning("%s: cannot ask central to authorise %s: %r", cp_id, driver_id, exc)
-            return 0, {"message": f"central cannot be asked ({exc.__class__.__name__})"}
+        failures = []
+        for url in self._urls:
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    async with self._http.post(
+                        f"{url}/request/charge", json={"driver_id": driver_id, "cp_id": cp_id}
+                    ) as response:
+                        body = await response.json(content_type=None)
+                        body = body if isinstance(body, dict) else {}
+                        if response.status == 503 and body.get("error") == "not_leader":
+                            failures.append(f"{url}: no leader")
+                            continue  # refused before anything was decided: another may have one
+                        return response.status, body
+            except aiohttp.ClientConnectorError as exc:
+                failures.append(f"{url}: {exc.__class__.__name__}")  # never reached: try the next
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                # It may have reached central: asking another could start a second session.
+                failures.append(f"{url}: {exc.__class__.__name__}")
+                break
+        log.warning("%s: cannot ask central to authorise %s: %s", cp_id, driver_id, "; ".join(failures))
+        return 0, {"message": f"central cannot be asked ({'; '.join(failures)})"}

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 from evcharge.errors import Refused
 from evcharge.protocol.messages import Health, Heartbeat, Register
+from evcharge.runtime.centrals import Centrals
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
 from evcharge.runtime.waits import wait_first
 
 log = logging.getLogger("evcharge.gateway")
 
-FINAL_REFUSALS = frozenset({"bad_token", "bad_secret", "weak_secret"})
 # A registration is given longer than a heartbeat: after a gateway restart a thousand of them
 # reach central at once, and one retried while the first is still in flight at central can
 # leave central holding the stale link (see the report on central's monitor server).
@@ -64,7 +64,7 @@ class CentralLink:
         policy: RetryPolicy,
     ) -> None:
         self.identity = identity
-        self._centrals = centrals
+        self._centrals = Centrals(centrals)  # this charger's own: a standby's hint is for its next dial
         self._health = health
         self._interval_s = heartbeat_interval_s
         self._watch = watch
@@ -72,8 +72,6 @@ class CentralLink:
             policy.initial_delay_s, policy.max_delay_s, policy.factor, policy.jitter, _retriable
         )
         self._changed = asyncio.Event()
-        self._next = 0
-        self._leader: tuple[str, int] | None = None
         self.registered = asyncio.Event()
         self.refusal: str | None = None
 
@@ -86,20 +84,12 @@ class CentralLink:
             await keep_trying(self._serve, watch=self._watch, stop=stop, policy=self._policy)
         except Refused as exc:
             self.refusal = f"central refused {self.identity.cp_id}: {exc.reason}"
-            if exc.code not in FINAL_REFUSALS:
+            if exc.code not in Refused.CREDENTIALS:
                 raise
-
-    def _central(self) -> tuple[str, int]:
-        if self._leader is not None:
-            leader, self._leader = self._leader, None
-            return leader
-        address = self._centrals[self._next % len(self._centrals)]
-        self._next += 1
-        return address
 
     async def _serve(self, attempts: Attempts) -> None:
         me = self.identity
-        host, port = self._central()
+        host, port = self._centrals.next()
         timeout = self._interval_s * 2
         conn = await FramedConnection.open(host, port, timeout_s=max(timeout, REGISTER_TIMEOUT_S))
         try:
@@ -121,9 +111,7 @@ class CentralLink:
                     timeout_s=max(timeout, REGISTER_TIMEOUT_S),
                 )
             except Refused as exc:
-                if exc.code == "not_leader" and exc.leader:
-                    leader_host, _, leader_port = exc.leader.rpartition(":")
-                    self._leader = (leader_host, int(leader_port))
+                self._centrals.refused(exc)
                 raise
             attempts.succeeded()
             self.registered.set()

@@ -48,7 +48,7 @@ class GatewaySettings(Logging):
     )
     central_url: str = opt(
         DEFAULT_CENTRAL_URL,
-        "Central's HTTP API, asked to authorise an RFID start at a charger.",
+        "Central's HTTP API, asked to authorise an RFID start at a charger; several, comma-separated.",
         "EVCHARGE_GATEWAY_CENTRAL_URL",
     )
     state_dir: Path = opt(
