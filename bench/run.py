@@ -6,7 +6,8 @@ PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
 recovery (Kafka last among them), then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
-central's capacity on PostgreSQL), two centrals failing over, scale. A phase that fails is recorded as failed
+central's capacity on PostgreSQL), two centrals failing over, scale, OCPP chargers through
+the gateway. A phase that fails is recorded as failed
 (its "error") and the run goes on with the next; only Kafka not starting ends it.
 """
 
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from bench import chaos, failover, footprint, latency, load, profile, report, storage
+from bench import chaos, failover, footprint, gateway, latency, load, profile, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
@@ -53,6 +54,8 @@ class Plan:
     scale_sizes: list[int] = field(default_factory=list)
     commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
     commit_round_s: float = 2.0
+    gateway_chargers: int = 1000  # on one gateway process, and in its reconnect storm
+    gateway_metering: int = 100  # of them metering as fast as they are answered
     quick: bool = False
 
     @classmethod
@@ -69,6 +72,7 @@ class Plan:
                 scale_sizes=[100, 1000],
                 commit_rounds=3,
                 commit_round_s=1.0,
+                gateway_metering=50,
                 quick=True,
             )
         return cls(
@@ -99,6 +103,7 @@ class Bench:
                 "drain": [plan.drain.drivers, plan.drain.meter_interval_s, plan.backlog_s],
                 "scale_sizes": plan.scale_sizes,
                 "commit_rounds": [plan.commit_rounds, plan.commit_round_s],
+                "gateway": [plan.gateway_chargers, plan.gateway_metering],
             },
             "phases_s": {},
         }
@@ -205,6 +210,12 @@ class Bench:
             "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
         )
         self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
+        self.results["gateway"] = self.measure(
+            "gateway",
+            lambda: gateway.measure(
+                self.loop, self.root, kafka, plan.gateway_chargers, plan.gateway_metering, self.say
+            ),
+        )
 
     def _main_system(self, kafka: str, lat: dict[str, Any]) -> None:
         """Central and two CPs measured one request at a time, then failed and restarted."""

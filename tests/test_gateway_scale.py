@@ -1,9 +1,11 @@
-"""1,000 chargers on one gateway process: they join at once, the gateway is killed and restarted and
-they all come back with zero errors; then the gateway's figures are measured and printed (chargers
-per process, transaction messages per second, call -> result p50/p99, time to all ON).
+"""Many chargers on one gateway process: they join at once, the gateway is SIGKILLed and restarted
+and they all come back with zero errors; then some charge, metering as fast as they are answered,
+and every session is billed as the charger metered it.
 
-Nothing here asserts a duration except the bounds past which the run has plainly failed: the
-figures are printed for the README (`pytest -s tests/test_gateway_scale.py`).
+`make test` runs it with 100 chargers (about a minute); `make gateway-scale` with 1,000
+(EVCHARGE_GATEWAY_SCALE). Nothing here asserts a duration, only the bounds past which the run
+has plainly failed: the gateway's figures (chargers per process, transaction messages per
+second, call -> result p50/p99, the storm's time to all ON) are measured by `make bench`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from tests.test_gateway import GatewayRun, running, until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
-CHARGERS = int(os.environ.get("EVCHARGE_GATEWAY_SCALE", "1000"))
-METERING = int(os.environ.get("EVCHARGE_GATEWAY_METERING", "100"))
+CHARGERS = int(os.environ.get("EVCHARGE_GATEWAY_SCALE", "100"))
+METERING = int(os.environ.get("EVCHARGE_GATEWAY_METERING", str(max(10, CHARGERS // 10))))
 REPORT = os.environ.get("EVCHARGE_GATEWAY_REPORT")  # where to keep the figures as JSON, if anywhere
 
 
@@ -80,7 +82,7 @@ def gateway(system):
 
 
 @pytest.mark.timeout(900)
-async def test_a_thousand_chargers_reconnect_at_once_after_a_gateway_restart_with_zero_errors(
+async def test_every_charger_reconnects_at_once_after_a_gateway_restart_with_zero_errors(
     gateway: GatewayRun,
 ) -> None:
     system = gateway.system
@@ -124,31 +126,13 @@ async def test_a_thousand_chargers_reconnect_at_once_after_a_gateway_restart_wit
         report["storm_errors"] = _errors(chargers)
         report["gateway_log_errors"] = system.unexpected_log_lines()
 
-        # Low load: ten chargers boot one after the other, then one meters five times a second.
-        late = [gateway.charger(f"LATE{i}", "1.6" if i % 2 else "2.0.1") for i in range(10)]
-        for charger in late:
-            async with running(charger):
-                await until(lambda c=charger: c.booted, 20, "a late charger's boot")
-        quiet = chargers[-1]
-        quiet.meter_interval_s, quiet.max_backlog = 0.2, None
-        assert await quiet.swipe(system.ident("quiet")) == "Accepted"
-        await asyncio.sleep(5)
-        quiet.end("Local")
-        await until(lambda: quiet.settled(), 30, "the quiet charger's stop")
-        boots = _latencies(late, "BootNotification")
-        quiet_meters = _latencies([quiet], "MeterValues") + _latencies([quiet], "TransactionEvent")
-        report["low_load_boot_p50_p99_ms"] = [round(_percentile(boots, q) * 1000, 1) for q in (0.5, 0.99)]
-        report["low_load_meter_p50_p99_ms"] = [
-            round(_percentile(quiet_meters, q) * 1000, 1) for q in (0.5, 0.99)
-        ]
-
         # Throughput: some chargers meter as fast as they are answered (one call at a time each).
         metering = chargers[:METERING]
         for charger in metering:
             charger.counters.latencies.clear()
         statuses = await asyncio.gather(*(c.swipe(system.ident(f"d{i}")) for i, c in enumerate(metering)))
         assert set(statuses) == {"Accepted"}, statuses
-        window_s = 15.0
+        window_s = 5.0
         answered_before = sum(c.counters.answered for c in metering)
         await asyncio.sleep(window_s)
         answered = sum(c.counters.answered for c in metering) - answered_before

@@ -105,6 +105,7 @@ class SimCharger:
         response_timeout_s: float = 5.0,
         reconnect: Backoff | None = None,
         max_backlog: int | None = None,
+        full_after_s: float | None = None,
     ) -> None:
         self.cp_id = cp_id
         self.url = url.rstrip("/") + "/" + cp_id
@@ -117,6 +118,8 @@ class SimCharger:
         # With a backlog this long a reading is not sent (the meter still counts): a load test
         # then offers as much as the gateway answers, not an ever longer queue.
         self.max_backlog = max_backlog
+        # A car that is full after this long ends the transaction itself; None: it charges until stopped.
+        self.full_after_s = full_after_s
         self.backoff = reconnect or Backoff(initial_delay_s=0.3, max_delay_s=3.0, jitter=0.9)
         self.queue: deque[Queued] = deque()
         self.history: list[Queued] = []  # every transaction message answered, in order
@@ -342,7 +345,7 @@ class SimCharger:
 
     async def _meter(self, trace: MeterTrace) -> None:
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        last = began = loop.time()
         while self._charging is trace:
             await asyncio.sleep(self.meter_interval_s)  # the meter's own clock
             if self._charging is not trace:
@@ -350,6 +353,9 @@ class SimCharger:
             now = loop.time()
             self.meter_wh += int(self.power_w * (now - last) / 3600)
             last = now
+            if self.full_after_s is not None and now - began >= self.full_after_s:
+                self.end("Other" if self.version == "1.6" else "StoppedByEV")  # the car is full
+                return
             if self.max_backlog is None or len(self.queue) < self.max_backlog:
                 self._reading(trace, self.meter_wh)
 
@@ -569,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default=None, help="the join token (each then gets its own password)")
     parser.add_argument("--prefix", default="SIM", help="charger ids are PREFIX-0001, ...")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds to run")
+    parser.add_argument(
+        "--charge-s", type=float, default=30.0, help="a charge ends by itself after this long (0: never)"
+    )
+    parser.add_argument("--meter-interval", type=float, default=1.0, help="seconds between meter readings")
     args = parser.parse_args(argv)
 
     async def run() -> dict[str, Any]:
@@ -578,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.url,
                 version=args.version if args.version != "mixed" else ("1.6" if i % 2 else "2.0.1"),
                 password=args.password,
+                meter_interval_s=args.meter_interval,
+                full_after_s=args.charge_s or None,
             )
             for i in range(args.cps)
         ]
