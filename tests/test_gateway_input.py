@@ -233,6 +233,10 @@ def test_admission_join_token_then_only_the_chargers_own_password() -> None:
     refused = auth.admit("CP-1", ("CP-1", "join"), own, "join")
     assert isinstance(refused, auth.Denied) and refused.status == 401
     assert isinstance(auth.admit("../etc", None, None, "join"), auth.Denied)
+    # Names of central's operations on every CP are no CP's id: refused at the door, not at central.
+    assert auth.admit("stop-all", ("stop-all", "join"), None, "join") == auth.Denied(
+        404, "'stop-all' is not a valid charger id"
+    )
     assert auth.admit("CP-1", None, None, None) == auth.Admitted("open")
 
 

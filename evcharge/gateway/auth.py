@@ -18,7 +18,10 @@ import re
 import secrets
 from dataclasses import dataclass
 
-CP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+from evcharge.protocol.messages import CP_ID_PATTERN, DRIVER_ID_PATTERN
+
+CP_ID = re.compile(CP_ID_PATTERN)  # a charger id is central's CP id
+DRIVER_ID = re.compile(DRIVER_ID_PATTERN)  # and a card's id is a driver id
 PASSWORD_BYTES = 20  # 40 hex characters: the longest AuthorizationKey OCPP 1.6 allows
 
 

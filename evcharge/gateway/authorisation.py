@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from evcharge.gateway.auth import CP_ID
+from evcharge.gateway.auth import DRIVER_ID
 from evcharge.gateway.store import GatewayStore, PendingStart
 
 log = logging.getLogger("evcharge.gateway")
@@ -63,7 +63,7 @@ class Authoriser:
         pending = await self._store.pending_for(cp_id, id_token, remote_start_id)
         if pending is not None:
             return Verdict(ACCEPTED, pending)
-        if not CP_ID.match(id_token):
+        if not DRIVER_ID.match(id_token):
             return Verdict(INVALID, reason=f"{id_token[:40]!r} cannot be a driver id at central")
         key = (cp_id, id_token)
         self._asking[key] += 1
