@@ -164,7 +164,7 @@ async def test_kafka_down_while_chargers_meter_answers_wait_and_nothing_is_lost(
             for charger in chargers:
                 assert gateway.system.status(charger.cp_id) == "SUPPLYING", "the CP stays up meanwhile"
         finally:
-            await asyncio.to_thread(kafka_broker.start)
+            await kafka_broker.start_from_loop(timeout_s=120)
         await until(lambda: all(not c.queue for c in chargers), 60, "every queued message answered")
         for charger in chargers:
             charger.end("Local")
