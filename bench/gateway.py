@@ -113,20 +113,59 @@ def measure(
         central_overrides={"require_auth": True, "join_token": JOIN, "operator_token": "bench-op"},
     )
     bench = GatewayBench(system, say)
+    out: dict[str, Any] = {"chargers": chargers, "metering_chargers": metering}
+    fleet = Fleet()
+    # The gateway is started and killed from here, the main thread (it dies with its parent, so
+    # it must be started by the main thread); the chargers run on the loop's thread throughout.
     try:
         system.start_central()
         bench.start()
-        return loop.run(_measure(bench, chargers, metering), ALL_ON_TIMEOUT_S * 3 + 300)
+        loop.run(_join(bench, fleet, chargers, out), ALL_ON_TIMEOUT_S + 300)
+        say("  the gateway SIGKILLed with every charger connected, and started again")
+        loop.run(fleet.reset_counters(), 10)  # the storm's errors from here on
+        assert bench.process is not None
+        bench.process.kill()
+        restarted = time.monotonic()
+        bench.start()
+        loop.run(_storm(bench, fleet, restarted, out), ALL_ON_TIMEOUT_S + 120)
+        loop.run(_low_load(bench, fleet, out), 120)
+        loop.run(_throughput(bench, fleet, metering, out), 360)
     finally:
+        loop.run(fleet.stop(), 90)
         if bench.process is not None:
             bench.process.stop()
         system.stop_all()
+    for key in ("join_boot_s", "low_load_boot_s", "low_load_meter_s", "loaded_meter_s"):
+        out.get(key, {}).pop("samples", None)  # thousands of them: the summary is the figure
+    return out
 
 
-async def _measure(bench: GatewayBench, count: int, metering: int) -> dict[str, Any]:
+class Fleet:
+    """The simulated chargers, run on the loop's thread from `_join` until `stop`."""
+
+    def __init__(self) -> None:
+        self.chargers: list[SimCharger] = []
+        self._stop = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+
+    def run(self, chargers: list[SimCharger]) -> None:
+        self.chargers = chargers
+        self._running = asyncio.create_task(run_fleet(chargers, self._stop))
+
+    async def reset_counters(self) -> None:
+        for charger in self.chargers:
+            charger.counters = type(charger.counters)()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._running is not None:
+            await asyncio.wait_for(self._running, 60)
+
+
+async def _join(bench: GatewayBench, fleet: Fleet, count: int, out: dict[str, Any]) -> None:
     say, system = bench.say, bench.system
     await bench.until(lambda: _answers(bench.metrics_port), 60, "the gateway's metrics endpoint")
-    fleet = [
+    chargers = [
         SimCharger(
             f"GWB{i:04d}-{system.tag}",
             bench.url,
@@ -139,92 +178,80 @@ async def _measure(bench: GatewayBench, count: int, metering: int) -> dict[str, 
         )
         for i in range(count)
     ]
-    out: dict[str, Any] = {"chargers": count, "metering_chargers": metering}
-    stop = asyncio.Event()
-    running = asyncio.create_task(run_fleet(fleet, stop))
-    try:
-        say(f"{count} OCPP chargers join one gateway at once")
-        out["join_all_on_s"] = round(await bench.all_on(fleet, f"all {count} chargers ON"), 2)
-        # Each charger is then given a password of its own and reconnects with it.
-        await bench.until(lambda: all(c.password != JOIN for c in fleet), 120, "every charger's password")
-        await bench.all_on(fleet, "all ON with their own passwords")
-        out["join_boot_s"] = summary(_latencies(fleet, "BootNotification"))
-        before = bench.usage()
-        await asyncio.sleep(5)  # all connected, heartbeating, nothing charging: the idle cost
-        after = bench.usage()
-        out["connected"] = sum(c.connected.is_set() for c in fleet)
-        out["gateway_rss_mb"] = after["gateway_rss_mb"]
-        out["gateway_idle_cpu_percent"] = _percent(before["gateway_cpu_s"], after["gateway_cpu_s"], 5)
-        out["join_errors"] = _errors(fleet)
+    say(f"{count} OCPP chargers join one gateway at once")
+    fleet.run(chargers)
+    out["join_all_on_s"] = round(await bench.all_on(chargers, f"all {count} chargers ON"), 2)
+    # Each charger is then given a password of its own and reconnects with it.
+    await bench.until(lambda: all(c.password != JOIN for c in chargers), 120, "every charger's password")
+    await bench.all_on(chargers, "all ON with their own passwords")
+    out["join_boot_s"] = summary(_latencies(chargers, "BootNotification"))
+    before = bench.usage()
+    await asyncio.sleep(5)  # all connected, nothing charging: the idle cost
+    after = bench.usage()
+    out["connected"] = sum(c.connected.is_set() for c in chargers)
+    out["gateway_rss_mb"] = after["gateway_rss_mb"]
+    out["gateway_idle_cpu_percent"] = _percent(before["gateway_cpu_s"], after["gateway_cpu_s"], 5)
+    out["join_errors"] = _errors(chargers)
 
-        say("  the gateway SIGKILLed with every charger connected, and started again")
-        assert bench.process is not None
-        for charger in fleet:
-            charger.counters = type(charger.counters)()  # the storm's errors from here on
-        bench.process.kill()
-        restarted = time.monotonic()
-        bench.start()
-        await bench.until(
-            lambda: sum(s == "DISCONNECTED" for s in bench.statuses().values()) >= count // 2,
-            60,
-            "central to see the chargers gone",
-        )
-        await bench.all_on(fleet, f"all {count} chargers ON again")
-        out["storm_all_on_s"] = round(time.monotonic() - restarted, 2)
-        out["storm_errors"] = _errors(fleet)
 
-        say("  low load: ten chargers boot one after the other, one meters five times a second")
-        late = [SimCharger(f"GWL{i}-{system.tag}", bench.url, version="1.6" if i % 2 else "2.0.1",
-                           password=JOIN) for i in range(10)]  # fmt: skip
-        for charger in late:
-            alone = asyncio.Event()
-            task = asyncio.create_task(charger.run(alone))
-            await bench.until(_booted(charger), 30, "a late charger's boot")
-            alone.set()
-            await task
-        quiet = fleet[-1]
-        quiet.meter_interval_s, quiet.max_backlog = 0.2, None
-        quiet.counters.latencies.clear()
-        if await quiet.swipe(system.ident("bench-quiet")) != "Accepted":
-            raise AssertionError("central did not authorise the quiet charger's card")
-        await asyncio.sleep(LOW_LOAD_METER_S)
-        quiet.end("Local")
-        await bench.until(quiet.settled, 30, "the quiet charger's stop answered")
-        out["low_load_boot_s"] = summary(_latencies(late, "BootNotification"))
-        out["low_load_meter_s"] = summary(_meters([quiet]))
+async def _storm(bench: GatewayBench, fleet: Fleet, restarted: float, out: dict[str, Any]) -> None:
+    chargers = fleet.chargers
+    await bench.until(
+        lambda: sum(s == "DISCONNECTED" for s in bench.statuses().values()) >= len(chargers) // 2,
+        60,
+        "central to see the chargers gone",
+    )
+    await bench.all_on(chargers, f"all {len(chargers)} chargers ON again")
+    out["storm_all_on_s"] = round(time.monotonic() - restarted, 2)
+    out["storm_errors"] = _errors(chargers)
+    bench.say(f"  all ON again {out['storm_all_on_s']} s after the restart, errors {out['storm_errors']}")
 
-        say(f"  throughput: {metering} chargers meter as fast as they are answered")
-        busy = fleet[:metering]
-        for charger in busy:
-            charger.counters.latencies.clear()
-        answers = await asyncio.gather(*(c.swipe(system.ident(f"bench-d{i}")) for i, c in enumerate(busy)))
-        if set(answers) != {"Accepted"}:
-            raise AssertionError(f"cards not authorised: {sorted(set(answers))}")
-        answered = sum(c.counters.answered for c in busy)
-        cpu = bench.usage()["gateway_cpu_s"]
-        await asyncio.sleep(THROUGHPUT_WINDOW_S)
-        answered = sum(c.counters.answered for c in busy) - answered
-        out["transaction_messages_per_s"] = round(answered / THROUGHPUT_WINDOW_S, 1)
-        out["throughput_gateway_cpu_percent"] = _percent(
-            cpu, bench.usage()["gateway_cpu_s"], THROUGHPUT_WINDOW_S
-        )
-        out["loaded_meter_s"] = summary(_meters(busy))
-        for charger in busy:
-            charger.end("Local")
-        await bench.until(lambda: all(c.settled() for c in busy), 120, "every stop answered")
-        out["billing"] = await _billing(bench, busy)
-        out["throughput_errors"] = _errors(busy)
-        errors = sum(out["storm_errors"].values())
-        say(
-            f"  all ON after the storm in {out['storm_all_on_s']} s, errors {errors}; "
-            f"{out['transaction_messages_per_s']} transaction messages/s"
-        )
-    finally:
-        stop.set()
-        await asyncio.wait_for(running, 60)
-    for summary_key in ("join_boot_s", "low_load_boot_s", "low_load_meter_s", "loaded_meter_s"):
-        out[summary_key].pop("samples", None)  # thousands of them: the summary is the figure
-    return out
+
+async def _low_load(bench: GatewayBench, fleet: Fleet, out: dict[str, Any]) -> None:
+    system = bench.system
+    bench.say("  low load: ten chargers boot one after the other, one meters five times a second")
+    late = [SimCharger(f"GWL{i}-{system.tag}", bench.url, version="1.6" if i % 2 else "2.0.1",
+                       password=JOIN) for i in range(10)]  # fmt: skip
+    for charger in late:
+        alone = asyncio.Event()
+        task = asyncio.create_task(charger.run(alone))
+        await bench.until(_booted(charger), 30, "a late charger's boot")
+        alone.set()
+        await task
+    quiet = fleet.chargers[-1]
+    quiet.meter_interval_s, quiet.max_backlog = 0.2, None
+    quiet.counters.latencies.clear()
+    if await quiet.swipe(system.ident("bench-quiet")) != "Accepted":
+        raise AssertionError("central did not authorise the quiet charger's card")
+    await asyncio.sleep(LOW_LOAD_METER_S)
+    quiet.end("Local")
+    await bench.until(quiet.settled, 30, "the quiet charger's stop answered")
+    out["low_load_boot_s"] = summary(_latencies(late, "BootNotification"))
+    out["low_load_meter_s"] = summary(_meters([quiet]))
+
+
+async def _throughput(bench: GatewayBench, fleet: Fleet, metering: int, out: dict[str, Any]) -> None:
+    system = bench.system
+    bench.say(f"  throughput: {metering} chargers meter as fast as they are answered")
+    busy = fleet.chargers[:metering]
+    for charger in busy:
+        charger.counters.latencies.clear()
+    answers = await asyncio.gather(*(c.swipe(system.ident(f"bench-d{i}")) for i, c in enumerate(busy)))
+    if set(answers) != {"Accepted"}:
+        raise AssertionError(f"cards not authorised: {sorted(set(answers))}")
+    answered = sum(c.counters.answered for c in busy)
+    cpu = bench.usage()["gateway_cpu_s"]
+    await asyncio.sleep(THROUGHPUT_WINDOW_S)
+    answered = sum(c.counters.answered for c in busy) - answered
+    out["transaction_messages_per_s"] = round(answered / THROUGHPUT_WINDOW_S, 1)
+    out["throughput_gateway_cpu_percent"] = _percent(cpu, bench.usage()["gateway_cpu_s"], THROUGHPUT_WINDOW_S)
+    out["loaded_meter_s"] = summary(_meters(busy))
+    for charger in busy:
+        charger.end("Local")
+    await bench.until(lambda: all(c.settled() for c in busy), 120, "every stop answered")
+    out["billing"] = await _billing(bench, busy)
+    out["throughput_errors"] = _errors(busy)
+    bench.say(f"  {out['transaction_messages_per_s']} transaction messages/s")
 
 
 async def _billing(bench: GatewayBench, chargers: list[SimCharger]) -> dict[str, int]:

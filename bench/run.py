@@ -92,6 +92,7 @@ class Bench:
         self.root = root
         self.console = console
         self.profile_central = profile_central
+        self.gateway_only = False
         self.started = time.monotonic()
         self.results: dict[str, Any] = {
             "machine": machine(),
@@ -146,6 +147,9 @@ class Bench:
             "rss_mb": rss_mb(started.status.pid),
             "fetch_s": started.fetch_s,
         }
+        if self.gateway_only:
+            self._gateway(kafka)
+            return
 
         self.results["footprint"] = self.measure(
             "footprint",
@@ -210,6 +214,10 @@ class Bench:
             "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
         )
         self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
+        self._gateway(kafka)
+
+    def _gateway(self, kafka: str) -> None:
+        plan = self.plan
         self.results["gateway"] = self.measure(
             "gateway",
             lambda: gateway.measure(
@@ -279,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
     parser.add_argument("--no-profile", action="store_true", help="do not profile central with py-spy")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="only the OCPP gateway's section (its own Kafka), written into the existing --out file",
+    )
     args = parser.parse_args(argv)
 
     # The bench's own Kafka clients: one calm line per outage (as every role logs), no library noise.
@@ -288,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="evcharge-bench-"))
     use_profiler = not args.no_profile and load.profiler_path() is not None
     bench = Bench(plan, root, console, use_profiler)
+    bench.gateway_only = args.gateway_only
     if not use_profiler and not args.no_profile:
         bench.say("py-spy not found: central is not profiled (pip install py-spy into .venv to profile)")
     # SIGTERM (make interrupted, CI cancelled) goes down the same path as Ctrl-C: everything is stopped.
@@ -301,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.gateway_only and args.out.exists():
+        # The other sections stay as their last full run measured them.
+        earlier = json.loads(args.out.read_text())
+        run = {key: value for key, value in bench.results.items() if key != "gateway"}
+        bench.results = {**earlier, "gateway": bench.results.get("gateway"), "gateway_run": run}
     args.out.write_text(json.dumps(bench.results, indent=2, ensure_ascii=False) + "\n")
     console.print(report.table(bench.results))
     if "profile_central" in bench.results:
