@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(report.table(bench.results))
     if "profile_central" in bench.results:
         console.print(_profile_lines(bench.results["profile_central"]))
-    console.print(f"results written to {args.out} in {bench.results['total_s']:.0f} s")
+    took = bench.results.get("gateway_run", bench.results)["total_s"]
+    console.print(f"results written to {args.out} in {took:.0f} s")
     if failed is not None or args.keep:
         console.print(f"logs kept in {root}")
     else:
