@@ -4,10 +4,9 @@ Everything runs on this machine in one go: its own Kafka on free ports in a temp
 dir, its own central, CPs, drivers and simulators as real processes, its own
 PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
-recovery (Kafka last among them), then the simulator's runs: sustained latency,
+recovery (Kafka last among them), the OCPP gateway, then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
-central's capacity on PostgreSQL), two centrals failing over, scale, OCPP chargers through
-the gateway. A phase that fails is recorded as failed
+central's capacity on PostgreSQL), two centrals failing over, scale. A phase that fails is recorded as failed
 (its "error") and the run goes on with the next; only Kafka not starting ends it.
 """
 
@@ -169,6 +168,10 @@ class Bench:
         finally:
             self._stop_main()
 
+        # Before the simulator's runs: their central stays up until the end, and a second central
+        # on another store on the same Kafka is kept from deciding (the claim).
+        self._gateway(kafka)
+
         self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
         runner = self.runner
         lat["sustained"] = self.measure(
@@ -214,7 +217,6 @@ class Bench:
             "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
         )
         self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
-        self._gateway(kafka)
 
     def _gateway(self, kafka: str) -> None:
         plan = self.plan
