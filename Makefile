@@ -7,7 +7,7 @@ PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
 .PHONY: install system-deps test test-fast lint demo multihost-demo chaos-test chaos-random chaos-soak mutants \
-	bench screenshot kafka-up kafka-down kafka-status clean
+	bench gateway-scale screenshot kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ mutants: $(STAMP) system-deps
 BENCH_ARGS ?=
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# 1,000 OCPP chargers on one gateway process, its SIGKILL and their reconnect storm, zero errors
+# (make test runs the same with 100; make bench times it).
+gateway-scale: $(STAMP) system-deps
+	EVCHARGE_GATEWAY_SCALE=1000 EVCHARGE_GATEWAY_METERING=100 $(PYTEST) -q -s tests/test_gateway_scale.py
 
 # The README's picture of the operator's page, taken during a real charge by the browser test.
 screenshot: $(STAMP) system-deps

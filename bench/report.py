@@ -82,6 +82,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _scale_rows(results)
     out += _heartbeat_rows(results)
     out += _reads_rows(results)
+    out += _gateway_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
         out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
@@ -545,6 +546,67 @@ def _reads(r: dict[str, Any] | None, label: str) -> list[Row]:
             f"{_ms(q.get('p99'))}); {loaded.get('heartbeats_per_s')}/s (no dashboard: "
             f"{quiet.get('heartbeats_per_s')}/s); {loaded.get('cps_on')} of {r['cps']:,}",
             "reported",
+        ),
+    ]
+
+
+def _p50_p99(figure: dict[str, Any]) -> str:
+    return f"{_ms(figure.get('p50'))} / {_ms(figure.get('p99'))} of {figure.get('count', 0)}"
+
+
+def _gateway_rows(results: dict[str, Any]) -> list[Row]:
+    """OCPP chargers through one gateway process: held, answered per second, latency, a storm."""
+    gateway = results.get("gateway", {})
+    if gateway.get("error"):
+        return [_failed("gateway", "OCPP chargers on one gateway process", "-", gateway)]
+    if not gateway:
+        return []
+    count = gateway.get("chargers", 0)
+    storm = gateway.get("storm_errors", {})
+    storm_errors = sum(storm.values())
+    billing = gateway.get("billing", {})
+    exact = billing.get("billed_as_metered")
+    return [
+        Row(
+            "gateway",
+            "OCPP chargers connected to one gateway process, all ON at central after joining at once",
+            "-",
+            f"{gateway.get('connected', 0):,} of {count:,} in {_s(gateway.get('join_all_on_s'))}; "
+            f"gateway {gateway.get('gateway_rss_mb') or 0:.0f} MB, "
+            f"{gateway.get('gateway_idle_cpu_percent', '-')} % of a core idle",
+            f"errors {sum(gateway.get('join_errors', {}).values())}",
+        ),
+        Row(
+            "gateway",
+            f"transaction messages answered per second ({gateway.get('metering_chargers')} chargers "
+            "metering as fast as answered, each answered after Kafka acknowledged)",
+            "-",
+            f"{_rate(gateway.get('transaction_messages_per_s'))}; "
+            f"gateway {gateway.get('throughput_gateway_cpu_percent', '-')} % of a core",
+            f"{exact} of {billing.get('sessions')} sessions billed as metered to the Wh",
+        ),
+        Row(
+            "gateway",
+            "call → result p50 / p99: BootNotification, low load / while all join",
+            "-",
+            f"{_p50_p99(gateway.get('low_load_boot_s', {}))}; {_p50_p99(gateway.get('join_boot_s', {}))}",
+            "reported",
+        ),
+        Row(
+            "gateway",
+            "call → result p50 / p99: MeterValues / TransactionEvent, low load / under the throughput load",
+            "-",
+            f"{_p50_p99(gateway.get('low_load_meter_s', {}))}; {_p50_p99(gateway.get('loaded_meter_s', {}))}",
+            "reported",
+        ),
+        Row(
+            "gateway",
+            f"reconnect storm: the gateway SIGKILLed with {count:,} chargers connected and restarted → "
+            "all ON at central; errors",
+            "zero errors",
+            f"{_s(gateway.get('storm_all_on_s'))}; errors {storm_errors}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in storm.items() if v)})" if storm_errors else ""),
+            "meets goal" if storm_errors == 0 and "storm_all_on_s" in gateway else "misses goal",
         ),
     ]
 

@@ -4,7 +4,7 @@ Everything runs on this machine in one go: its own Kafka on free ports in a temp
 dir, its own central, CPs, drivers and simulators as real processes, its own
 PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
-recovery (Kafka last among them), then the simulator's runs: sustained latency,
+recovery (Kafka last among them), the OCPP gateway, then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
 central's capacity on PostgreSQL), two centrals failing over, scale. A phase that fails is recorded as failed
 (its "error") and the run goes on with the next; only Kafka not starting ends it.
@@ -29,7 +29,19 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from bench import chaos, failover, footprint, heartbeats, latency, load, profile, reads, report, storage
+from bench import (
+    chaos,
+    failover,
+    footprint,
+    gateway,
+    heartbeats,
+    latency,
+    load,
+    profile,
+    reads,
+    report,
+    storage,
+)
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
@@ -42,7 +54,7 @@ _T = TypeVar("_T")
 
 SECTIONS = (
     "footprint", "floor", "main", "sustained", "throughput", "storage", "failover", "scale", "heartbeats",
-    "reads",
+    "reads", "gateway",
 )  # fmt: skip
 
 
@@ -62,6 +74,8 @@ class Plan:
     reads_window_s: float = 10.0
     commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
     commit_round_s: float = 2.0
+    gateway_chargers: int = 1000  # on one gateway process, and in its reconnect storm
+    gateway_metering: int = 100  # of them metering as fast as they are answered
     quick: bool = False
 
     @classmethod
@@ -81,6 +95,7 @@ class Plan:
                 reads_window_s=6.0,
                 commit_rounds=3,
                 commit_round_s=1.0,
+                gateway_metering=50,
                 quick=True,
             )
         return cls(
@@ -110,6 +125,7 @@ class Bench:
         self.root = root
         self.console = console
         self.profile_central = profile_central
+        self.gateway_only = False
         self.started = time.monotonic()
         self.results: dict[str, Any] = {
             "machine": machine(),
@@ -122,6 +138,7 @@ class Bench:
                 "scale_sizes": plan.scale_sizes,
                 "heartbeat_sizes": plan.heartbeat_sizes,
                 "commit_rounds": [plan.commit_rounds, plan.commit_round_s],
+                "gateway": [plan.gateway_chargers, plan.gateway_metering],
             },
             "phases_s": {},
         }
@@ -164,6 +181,9 @@ class Bench:
             "rss_mb": rss_mb(started.status.pid),
             "fetch_s": started.fetch_s,
         }
+        if self.gateway_only:
+            self._gateway(kafka)
+            return
 
         if self.wants("footprint"):
             self.results["footprint"] = self.measure(
@@ -187,6 +207,11 @@ class Bench:
                 self.results.setdefault("chaos", {"error": repr(exc)})
             finally:
                 self._stop_main()
+
+        # Before the simulator's runs: their central stays up until the end, and a second central
+        # on another store on the same Kafka is kept from deciding (the claim).
+        if self.wants("gateway"):
+            self._gateway(kafka)
 
         self.runner = load.LoadRunner(self.root, kafka, self.loop, self.broker.status().pid)
         runner = self.runner
@@ -287,6 +312,15 @@ class Bench:
             ),
         )
 
+    def _gateway(self, kafka: str) -> None:
+        plan = self.plan
+        self.results["gateway"] = self.measure(
+            "gateway",
+            lambda: gateway.measure(
+                self.loop, self.root, kafka, plan.gateway_chargers, plan.gateway_metering, self.say
+            ),
+        )
+
     def _main_system(self, kafka: str, lat: dict[str, Any]) -> None:
         """Central and two CPs measured one request at a time, then failed and restarted."""
         plan = self.plan
@@ -359,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help=f"comma-separated sections to run (default all): {', '.join(SECTIONS)}",
     )
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="only the OCPP gateway's section (its own Kafka), written into the existing --out file",
+    )
     args = parser.parse_args(argv)
 
     # The bench's own Kafka clients: one calm line per outage (as every role logs), no library noise.
@@ -372,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only: no section {', '.join(sorted(unknown))} (there are {', '.join(SECTIONS)})")
     bench = Bench(plan, root, console, use_profiler, only)
     bench.baseline = args.baseline
+    bench.gateway_only = args.gateway_only
     if not use_profiler and not args.no_profile:
         bench.say("py-spy not found: central is not profiled (pip install py-spy into .venv to profile)")
     # SIGTERM (make interrupted, CI cancelled) goes down the same path as Ctrl-C: everything is stopped.
@@ -385,11 +425,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.gateway_only and args.out.exists():
+        # The other sections stay as their last full run measured them.
+        earlier = json.loads(args.out.read_text())
+        run = {key: value for key, value in bench.results.items() if key != "gateway"}
+        bench.results = {**earlier, "gateway": bench.results.get("gateway"), "gateway_run": run}
     args.out.write_text(json.dumps(bench.results, indent=2, ensure_ascii=False) + "\n")
     console.print(report.table(bench.results))
     if "profile_central" in bench.results:
         console.print(_profile_lines(bench.results["profile_central"]))
-    console.print(f"results written to {args.out} in {bench.results['total_s']:.0f} s")
+    took = bench.results.get("gateway_run", bench.results)["total_s"]
+    console.print(f"results written to {args.out} in {took:.0f} s")
     if failed is not None or args.keep:
         console.print(f"logs kept in {root}")
     else:

@@ -18,6 +18,7 @@ from evcharge.cp.settings import EngineSettings, MonitorSettings
 from evcharge.devtools.demo import DemoSettings, run_demo
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.driver.settings import DriverSettings
+from evcharge.gateway.settings import GatewaySettings
 
 app = typer.Typer(
     help="evcharge: a distributed EV-charging system on Apache Kafka.\n\n"
@@ -143,6 +144,12 @@ def _sim(settings: SimSettings) -> None:
     _start(simulation.run, settings.log_level, settings.log_json)
 
 
+def _gateway(settings: GatewaySettings) -> None:
+    from evcharge.gateway.app import Gateway
+
+    _start(Gateway(settings).run, settings.log_level, settings.log_json)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
@@ -187,6 +194,14 @@ command(
     name="sim",
     help="Fleet simulator: many CPs (real monitors) and drivers in one process against a real central.\n\n"
     "Exits 0 when the run saw no error, 1 otherwise; the report says what central did.",
+)
+command(
+    app,
+    GatewaySettings,
+    _gateway,
+    name="gateway",
+    help="Run the OCPP gateway: chargers speaking OCPP 1.6 or 2.0.1 over WebSocket, each a charging "
+    "point at central (ws://HOST:9000/ocpp/<cp-id>).",
 )
 command(
     app,

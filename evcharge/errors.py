@@ -55,6 +55,8 @@ class RequestTimeout(EvchargeError):
 class Refused(EvchargeError):
     # Codes a peer uses for "not now": a retry later may be accepted.
     TRANSIENT = frozenset({"unavailable", "not_leader"})
+    # A CP's credentials central will not take: no retry changes them, the CP says why and stops.
+    CREDENTIALS = frozenset({"bad_token", "bad_secret", "weak_secret"})
 
     def __init__(self, code: str, reason: str, *, leader: str | None = None) -> None:
         super().__init__(reason)

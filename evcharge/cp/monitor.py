@@ -22,6 +22,7 @@ from evcharge.cp.health import HealthTracker
 from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
 from evcharge.protocol.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register, Registered
+from evcharge.runtime.centrals import Centrals
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
 from evcharge.runtime.tls import TlsRefused
@@ -33,8 +34,6 @@ EXIT_REFUSED = 2
 # A refused or reset connection is certain: the confirming checks come this soon (at most), so
 # a dead engine is BROKEN in well under a second whatever the check interval.
 CONFIRM_S = 0.2
-# Refusals that no retry will change: the monitor says why and exits.
-FINAL_REFUSALS = {"bad_token", "bad_secret", "weak_secret"}
 
 
 class Monitor:
@@ -54,15 +53,13 @@ class Monitor:
         self._seen_ko = False
         self.engine_instance: str | None = None
         self.engine_detail = ""
-        self._central_index = 0  # which of the centrals to try next
-        self._leader_hint: tuple[str, int] | None = None
+        self._centrals = Centrals(settings.central)
         self._tls = settings.tls.client_context()
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
         host, port = s.engine_address
-        centrals = ", ".join(f"{h}:{p}" for h, p in s.central)
-        log.info("%s monitor: engine %s:%d, central %s", s.cp_id, host, port, centrals)
+        log.info("%s monitor: engine %s:%d, central %s", s.cp_id, host, port, self._centrals)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._check_engine(stop), name="engine checks")
@@ -134,7 +131,7 @@ class Monitor:
     async def _central_link(self, stop: asyncio.Event) -> None:
         await wait_first(stop, self._first_verdict)  # nothing to say before the engine was checked
         s = self.settings
-        watch = LinkWatch(log, "central", ",".join(f"{h}:{p}" for h, p in s.central))
+        watch = LinkWatch(log, "central", str(self._centrals))
         refused_since: float | None = None
         while not stop.is_set():
             try:
@@ -151,7 +148,7 @@ class Monitor:
                 stop.set()
                 return
             except Refused as exc:
-                if exc.code in FINAL_REFUSALS:
+                if exc.code in Refused.CREDENTIALS:  # no retry changes them: say why and exit
                     log.error("central refused %s: %s", s.cp_id, exc.reason)
                     self.exit_code = EXIT_REFUSED
                     stop.set()
@@ -171,15 +168,6 @@ class Monitor:
                     s.claim_timeout_s,
                 )
                 await sleep_unless(stop, 1.0)
-
-    def _next_central(self) -> tuple[str, int]:
-        if self._leader_hint is not None:
-            hint, self._leader_hint = self._leader_hint, None
-            return hint
-        centrals = self.settings.central
-        address = centrals[self._central_index % len(centrals)]
-        self._central_index += 1
-        return address
 
     def _secret(self) -> str | None:
         """The CP's own secret: read, or chosen and kept (0600) before it is ever sent."""
@@ -203,7 +191,7 @@ class Monitor:
 
     async def _serve_central(self, stop: asyncio.Event, attempts: Attempts) -> None:
         s = self.settings
-        host, port = self._next_central()
+        host, port = self._centrals.next()
         timeout = s.heartbeat_interval_s * 2
         conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
         try:
@@ -225,10 +213,7 @@ class Monitor:
                     timeout_s=timeout,
                 )
             except Refused as exc:
-                if exc.code == "not_leader" and exc.leader:
-                    # A standby answered: go straight to the one that leads.
-                    leader_host, _, leader_port = exc.leader.rpartition(":")
-                    self._leader_hint = (leader_host, int(leader_port))
+                self._centrals.refused(exc)  # a standby answered: the next dial goes to the leader
                 raise
             attempts.succeeded()
             engine_key = registered.engine_key if isinstance(registered, Registered) else None

@@ -19,9 +19,11 @@ from evcharge.errors import ProtocolError
 
 SCHEMA_VERSION = 2
 
+DRIVER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
 # `stop-all` and `resume-all` name operations on every CP in central's HTTP API, so no CP may be called so.
-CpId = Annotated[str, msgspec.Meta(pattern=r"^(?!(?:stop|resume)-all\Z)[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
-DriverId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")]
+CP_ID_PATTERN = r"^(?!(?:stop|resume)-all\Z)[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
+CpId = Annotated[str, msgspec.Meta(pattern=CP_ID_PATTERN)]
+DriverId = Annotated[str, msgspec.Meta(pattern=DRIVER_ID_PATTERN)]
 Ident = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
 WattHours = Annotated[int, msgspec.Meta(ge=0, le=10**9)]
 MicroEuros = Annotated[int, msgspec.Meta(ge=0, le=10**13)]

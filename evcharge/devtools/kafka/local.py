@@ -311,6 +311,25 @@ class LocalBroker:
             say(progress, f"Kafka is up at {self.bootstrap} after {start_s:.1f} s")
             return StartResult(self.status(), already_running=False, fetch_s=launch.fetch_s, start_s=start_s)
 
+    async def start_from_loop(self, timeout_s: float = 60) -> None:
+        """`start` from an event loop on the main thread, without stalling the loop meanwhile.
+
+        The JVM is spawned here (a child that dies with its parent must be spawned by the
+        main thread); only the wait until it answers runs in a worker thread, so whatever
+        else the loop runs (simulated chargers answering pings) goes on while Kafka starts.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.data_dir / ".lock"):
+            if self.status().running:
+                return
+            self.pid_path.unlink(missing_ok=True)  # stale: its process is gone
+            launch = self._launch(None)
+            try:
+                await asyncio.to_thread(self._wait_ready, launch.started + timeout_s, launch.log_offset)
+            except BaseException:
+                self._abort()
+                raise
+
     def _launch(self, progress: Progress | None) -> _Launch:
         """Fetch, check the ports, write the config, format once, spawn; the caller waits."""
         java = require_java()
