@@ -111,8 +111,23 @@ class Messages:
 class Counters:
     """How often each thing happened since start: `/health` shows them."""
 
+    # Every count is shown from the start, at zero until its first event: a reader tells
+    # "nothing happened" from "not counted".
+    NAMES = (
+        "registrations",
+        "registrations_refused",
+        "requests_accepted",
+        "requests_denied",
+        "sessions_ended",
+        "tickets_revised",
+        "events_applied",
+        "events_ignored",
+        "dead_letters",
+        "heartbeats",  # counted by the monitor server, which serves them without a fact
+    )
+
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter(dict.fromkeys(self.NAMES, 0))
 
     def observe(self, facts: Sequence[f.Fact], state: CentralState) -> None:
         for fact in facts:
