@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from evcharge.devtools.kafka import LocalBroker
 from evcharge.errors import ProtocolError, StorageFull
 from evcharge.protocol.topics import TOPICS, Topic
+from evcharge.runtime import outbox as outbox_module
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
@@ -276,3 +279,73 @@ async def test_relay_and_inbox_survive_a_broker_crash_without_losing_a_message(t
             assert list(dict.fromkeys(mine)) == [f"{key}:{i}".encode() for i in range(40)]
     finally:
         broker.stop()
+
+
+async def test_a_publish_kafka_is_slow_to_acknowledge_is_waited_out_by_the_same_producer(
+    kafka_broker, monkeypatch
+) -> None:
+    """The broker frozen for longer than the relay waits for an acknowledgement: the relay says so
+    once and goes on waiting with the producer it has, which retries by itself. The row is then
+    published once (an idempotent producer never writes its retry twice), and no producer is left
+    running when the relay stops (one whose stop() was cut short would retry, and publish again,
+    for the rest of the process)."""
+    monkeypatch.setattr(outbox_module, "PUBLISH_TIMEOUT_S", 1.0)
+    bootstrap = kafka_broker.bootstrap
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                counts = await ensure_topics(bootstrap, TOPICS)
+                break
+            except LookupError:  # created a moment ago: not ready yet
+                await asyncio.sleep(0.1)
+    key = f"CP-{uuid.uuid4().hex[:6]}"
+    outbox = ListOutbox()
+    relay = OutboxRelay(outbox, bootstrap, policy=FAST)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+
+    async def drained(what: str) -> None:
+        try:
+            async with asyncio.timeout(30):
+                while outbox.rows:  # noqa: ASYNC110 - the in-memory outbox has no event to await
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"{what} was not acknowledged within 30 s") from None
+
+    outbox.add(Topic.CP_EVENTS, key, b"before")
+    relay.wake()
+    await drained("the first row")
+    kafka_broker.kill(signal.SIGSTOP)
+    try:
+        outbox.add(Topic.CP_EVENTS, key, b"while frozen")
+        relay.wake()
+        async with asyncio.timeout(30):
+            while relay.kafka_up:  # noqa: ASYNC110 - what the relay says of its link is a flag
+                await asyncio.sleep(0.05)
+    finally:
+        kafka_broker.kill(signal.SIGCONT)
+    await drained("the row published while the broker was frozen")
+    stop.set()
+    await running
+    # Every task the relay's producers started is over (given a moment to finish closing).
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=5)
+    assert [t for t in others if not t.done()] == []
+
+    tp = key_partition(counts, Topic.CP_EVENTS, key)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        values = []
+        async with asyncio.timeout(30):
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                values += [r.value for r in batch.get(tp, []) if r.key == key.encode()]
+    finally:
+        await consumer.stop()
+    assert values == [b"before", b"while frozen"]

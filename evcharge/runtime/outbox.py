@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosqlite
 from aiokafka import AIOKafkaProducer
@@ -103,7 +103,7 @@ class OutboxRelay:
                 # must not be lost, or new rows would wait for the idle poll.
                 self._wake.clear()
                 try:
-                    published = await self._publish_batch(producer)
+                    published = await self._publish_batch(producer, stop)
                 except StoreUnavailable as exc:
                     # Published, but not yet forgotten: the rows go again later (consumers
                     # deduplicate); Kafka is fine, so the producer stays.
@@ -124,7 +124,7 @@ class OutboxRelay:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     await producer.stop()
 
-    async def _publish_batch(self, producer: AIOKafkaProducer) -> bool:
+    async def _publish_batch(self, producer: AIOKafkaProducer, stop: asyncio.Event | None = None) -> bool:
         if self._may_publish is not None and not await self._may_publish():
             return False
         rows = await self._store.outbox_batch(BATCH_ROWS)
@@ -133,13 +133,41 @@ class OutboxRelay:
         # send() only enqueues; awaiting the futures afterwards keeps the order
         # (idempotent producer, one partition per key) and pipelines the batch.
         futures = [await producer.send(r.topic, r.payload, key=r.key.encode()) for r in rows]
-        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-            await asyncio.gather(*futures)
+        if not await self._acknowledged(futures, stop):
+            return False  # stopping while Kafka is away: the rows stay for the next start
         await self._store.outbox_delete([r.row_id for r in rows])
         self.published += len(rows)
         if self._on_published is not None:
             await self._on_published(rows)
         return True
+
+    async def _acknowledged(self, futures: list[asyncio.Future[Any]], stop: asyncio.Event | None) -> bool:
+        """True once Kafka acknowledged every send; False if `stop` came first.
+
+        Waiting longer than PUBLISH_TIMEOUT_S is an outage: said once, and waited out with this
+        same producer, which retries by itself and, being idempotent, never gives a send up nor
+        writes a retry twice. A new producer would publish the rows a second time beside it,
+        and this one would live on: its stop() cannot finish while its sends are pending.
+        """
+        acked = asyncio.gather(*futures)
+        # Retrieved, so that a send failing after we stopped waiting is not reported as unhandled.
+        acked.add_done_callback(lambda done: done.cancelled() or done.exception())
+        stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            while True:
+                waiters: set[asyncio.Future[Any]] = {acked} if stopping is None else {acked, stopping}
+                done, _ = await asyncio.wait(
+                    waiters, timeout=PUBLISH_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if acked in done:
+                    acked.result()  # a send the producer could not make: the session starts over
+                    return True
+                if stopping is not None and stopping in done:
+                    return False
+                self._watch.failed(TimeoutError(f"no acknowledgement for {PUBLISH_TIMEOUT_S:g} s"))
+        finally:
+            if stopping is not None:
+                stopping.cancel()
 
 
 OUTBOX_SCHEMA = """
