@@ -78,6 +78,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _latency_rows(results)
     out += _load_rows(results)
     out += _storage_rows(results)
+    out += _failover_rows(results)
     out += _scale_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
@@ -281,6 +282,53 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
                 f"{best.get('central_rss_mb', '-')} MB; sim {best.get('sim_cpu_percent', '-')} %, "
                 f"broker {best.get('broker_cpu_percent', '-')} %",
                 f"limit: {tput.get('limited_by')}",
+            )
+        )
+    return out
+
+
+def _failover_rows(results: dict[str, Any]) -> list[Row]:
+    """Two centrals on one PostgreSQL: the leader killed or frozen, and a rolling restart."""
+    failover = results.get("failover", {})
+    if failover.get("error"):
+        return [_failed("failover", "a standby takes over; a rolling restart of the centrals", "-", failover)]
+    out: list[Row] = []
+    for key, how in (("leader_killed", "SIGKILL"), ("leader_frozen", "SIGSTOP")):
+        case = failover.get(key)
+        if not case:
+            continue
+        takeover, served = case.get("takeover_s", {}), case.get("served_s", {})
+        label = f"leader {how}ed → the standby leads / a request accepted by it (median / max)"
+        if case.get("error"):
+            out.append(_failed("failover", label, "≤ 3 s", case))
+            continue
+        measured = (
+            f"{_s(takeover.get('median'))} / {_s(takeover.get('max'))}; "
+            f"{_s(served.get('median'))} / {_s(served.get('max'))}"
+        )
+        out.append(Row("failover", label, "≤ 3 s", measured, _at_most(takeover.get("max"), 3.0)))
+        stepped = case.get("stepped_down_s", {})
+        if stepped:
+            out.append(
+                Row(
+                    "failover",
+                    "the frozen leader thawed → it has stepped down by itself (median / max)",
+                    "-",
+                    f"{_s(stepped.get('median'))} / {_s(stepped.get('max'))}",
+                    "reported",
+                )
+            )
+    rolling = failover.get("rolling_restart")
+    if rolling:
+        bad = rolling.get("denied", 0) + rolling.get("unanswered", 0)
+        out.append(
+            Row(
+                "failover",
+                "rolling restart of both centrals: requests denied / unanswered of those asked",
+                "0",
+                f"{rolling.get('denied', 0)} / {rolling.get('unanswered', 0)} of "
+                f"{rolling.get('accepted', 0) + bad} in {rolling.get('duration_s', 0):g} s",
+                "meets goal" if bad == 0 else f"misses goal ({', '.join(rolling.get('denial_codes', []))})",
             )
         )
     return out

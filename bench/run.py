@@ -6,7 +6,7 @@ PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
 recovery (Kafka last among them), then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
-central's capacity on PostgreSQL), scale. A phase that fails is recorded as failed
+central's capacity on PostgreSQL), two centrals failing over, scale. A phase that fails is recorded as failed
 (its "error") and the run goes on with the next; only Kafka not starting ends it.
 """
 
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from bench import chaos, footprint, latency, load, profile, report, storage
+from bench import chaos, failover, footprint, latency, load, profile, report, storage
 from bench.loop import LoopThread
 from bench.probe import Prober
 from bench.procs import machine, rss_mb
@@ -200,6 +200,9 @@ class Bench:
                 self.say,
                 drain_on_postgres,
             ),
+        )
+        self.results["failover"] = self.measure(
+            "failover", lambda: failover.measure(self.loop, self.root, kafka, plan.trials, self.say)
         )
         self.results["scale"] = self.measure("scale", lambda: load.scale(runner, plan.scale_sizes, self.say))
 

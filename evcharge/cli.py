@@ -191,8 +191,10 @@ command(
 def _mount_subapps() -> None:
     from evcharge.ctl import app as ctl_app
     from evcharge.devtools.kafka.cli import app as kafka_app
+    from evcharge.devtools.postgres_cli import app as postgres_app
 
     app.add_typer(kafka_app, name="kafka", help="Run a local Apache Kafka (KRaft) for development and tests.")
+    app.add_typer(postgres_app, name="postgres", help="Run a local PostgreSQL for centrals to share.")
     app.add_typer(ctl_app, name="ctl", help="Operate a running system: CPs, sessions, engine faults.")
 
 

@@ -8,6 +8,7 @@ EvchargeError
 ├── ConnectionLost       a TCP peer went away; carries why
 ├── RequestTimeout       a peer did not answer within the deadline
 ├── Refused              a peer answered with an error (duplicate id, not registered, ...)
+├── Fenced               this process lost the right to write: another leads now
 └── StoreUnavailable     a durable store cannot take a write now (disk full, database down)
     └── StorageFull      ... because its filesystem is full
 
@@ -64,6 +65,10 @@ class Refused(EvchargeError):
     @property
     def retriable(self) -> bool:  # type: ignore[override]
         return self.code in self.TRANSIENT
+
+
+class Fenced(EvchargeError):
+    """A write refused because this process no longer leads (its epoch or producer is stale)."""
 
 
 class StoreUnavailable(EvchargeError):

@@ -8,9 +8,11 @@ document: status codes, content types, bodies, and never a 5xx.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -55,6 +57,13 @@ def test_the_document_central_serves_is_the_contract(live_central) -> None:
 
 
 @pytest.fixture(scope="module")
+def http() -> Iterator[requests.Session]:
+    """One HTTP session for every call, closed at the end (no socket left to the collector)."""
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.fixture(scope="module")
 def live_central(kafka_broker, tmp_path_factory):
     """One central and one CP for the whole module: schemathesis calls it hundreds of times."""
     from tests.harness import System
@@ -76,6 +85,6 @@ def live_central(kafka_broker, tmp_path_factory):
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-def test_every_operation_answers_as_documented_and_never_with_a_5xx(case, live_central) -> None:
-    case.call_and_validate(base_url=live_central.url, timeout=10)
+def test_every_operation_answers_as_documented_and_never_with_a_5xx(case, live_central, http) -> None:
+    case.call_and_validate(base_url=live_central.url, session=http, timeout=10)
     assert live_central.central.alive

@@ -7,11 +7,13 @@ outbox gives them back in the order decided; reads see what was committed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
 
+from evcharge.central.leadership import Fenced, Holder
 from evcharge.central.ledger import Session, SessionState
 from evcharge.central.state import Change, CpRecord, Outcome, RequestOutcome
 from evcharge.central.store import CentralStore, SessionQuery, open_store
@@ -177,3 +179,79 @@ async def test_store_urls_name_their_store_or_are_refused(tmp_path) -> None:
             await open_store(url)
     with pytest.raises(StoreUnavailable):
         await open_store(f"postgresql://evcharge@127.0.0.1:{free_port()}/nothing")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_store_keeps_its_identity_and_another_store_has_another(kind, request, tmp_path) -> None:
+    url = (
+        f"sqlite://{tmp_path / 'central.sqlite'}"
+        if kind == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    first = await open_store(url)
+    mine = await first.identity()
+    await first.close()
+    again, other = await open_store(url), await open_store(tmp_path / "other.sqlite")
+    try:
+        assert await again.identity() == mine and len(mine) >= 32
+        assert await other.identity() != mine
+    finally:
+        await again.close()
+        await other.close()
+
+
+# ------------------------------------------------------------------ the lead (PostgreSQL)
+
+A = Holder("central-a", "10.0.0.1:7000", "http://10.0.0.1:8000", 11, "host-a")
+B = Holder("central-b", "10.0.0.2:7000", "http://10.0.0.2:8000", 22, "host-b")
+
+
+async def test_the_lead_goes_to_one_central_until_its_lease_expires_and_each_take_bumps_the_epoch(
+    postgres_url,
+) -> None:
+    store = await open_store(postgres_url)
+    try:
+        lease = store.leadership_lease()
+        assert lease is not None
+        assert await lease.leader() is None
+        assert await lease.acquire(A, 0.5) == 1
+        assert await lease.acquire(B, 0.5) is None, "held, unexpired: not B's to take"
+        assert await lease.leader() == A
+        assert await lease.renew(A, 1, 0.5)
+        await asyncio.sleep(0.6)  # the store's clock runs the lease out: nobody renewed it
+        assert await lease.leader() is None
+        assert await lease.acquire(B, 5.0) == 2
+        assert not await lease.renew(A, 1, 5.0), "A's epoch is gone: A must step down"
+        assert await lease.leader() == B
+        await lease.release(B, 2)
+        assert await lease.acquire(A, 5.0) == 3, "a released lease is free at once"
+    finally:
+        await store.close()
+
+
+async def test_a_commit_of_a_central_that_lost_the_lead_is_refused_and_writes_nothing(postgres_url) -> None:
+    leader, zombie = await open_store(postgres_url), await open_store(postgres_url)
+    try:
+        lease = leader.leadership_lease()
+        assert lease is not None
+        zombie.epoch = await lease.acquire(A, 0.1)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        leader.epoch = await lease.acquire(B, 5.0)  # type: ignore[attr-defined]
+        await leader.commit(Change(cps={"CP-1": record()}))
+        with pytest.raises(Fenced, match="epoch 2"):
+            await zombie.commit(Change(cps={"CP-2": record("CP-2")}, messages=[StopCp(cp_id="CP-2")]))
+        with pytest.raises(Fenced):
+            await zombie.dead_letter("evcharge.cp.events", "CP-2", b"x")
+        assert await leader.load_cps() == [record()], "nothing of the fenced commit was kept"
+        assert await leader.outbox.outbox_batch(10) == []
+    finally:
+        await leader.close()
+        await zombie.close()
+
+
+async def test_the_embedded_store_has_no_lease_to_share(tmp_path) -> None:
+    store = await open_store(tmp_path / "central.sqlite")
+    try:
+        assert store.leadership_lease() is None
+    finally:
+        await store.close()

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from evcharge.errors import ProtocolError
 from evcharge.protocol.messages import (
+    CENTRAL_CLAIMS,
     SCHEMA_VERSION,
     Ack,
+    CentralClaim,
     ChargeRequest,
     ChargingProgress,
     Codec,
@@ -192,6 +194,16 @@ def test_kafka_messages_carry_schema_version_id_and_timestamp() -> None:
     assert obj["v"] == SCHEMA_VERSION == 2
     assert isinstance(obj["id"], str) and len(obj["id"]) == 32
     assert isinstance(obj["ts"], float)
+
+
+def test_a_central_claim_round_trips_and_is_no_other_topics_message() -> None:
+    claim = CentralClaim(
+        instance="c-1", store_id="ab" * 16, store="postgresql://evcharge@db/evcharge", role="leader",
+        http="http://10.0.0.1:8000", tcp="10.0.0.1:7000", pid=42, host="c1",
+    )  # fmt: skip
+    assert CENTRAL_CLAIMS.decode(encode(claim)) == claim
+    with pytest.raises(ProtocolError):
+        CENTRAL_CLAIMS.decode(encode(StopCp(cp_id="CP-1")))
 
 
 def test_dead_letter_round_trip_keeps_the_raw_bytes() -> None:

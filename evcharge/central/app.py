@@ -12,9 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from evcharge.central.audit import AuditLog
+from evcharge.central.claim import AnotherStoreLeads, KafkaClaim
 from evcharge.central.decisions import Rules
 from evcharge.central.facts import DeadLettered
 from evcharge.central.http_api import CentralApi
+from evcharge.central.leadership import Holder, Leadership
 from evcharge.central.ledger import CpEvent
 from evcharge.central.live import LiveFeed
 from evcharge.central.metrics import Metrics
@@ -22,17 +24,31 @@ from evcharge.central.monitor_server import MonitorServer
 from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
 from evcharge.central.settings import CentralSettings
+from evcharge.central.standby import Standby
 from evcharge.central.store import CentralStore, open_store
+from evcharge.central.store.postgres import PostgresStore
 from evcharge.central.store.sqlite import SqliteStore
+from evcharge.errors import Fenced, Refused
 from evcharge.protocol.messages import ChargeRequest, StopRequest, new_id
 from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.outbox import OutboxRelay
+from evcharge.runtime.waits import wait_first
 
 log = logging.getLogger("evcharge.central")
 
+NO_EPOCH = -1  # matches no epoch of the store: every commit is refused
+
 
 class CentralApp:
+    """One central: always serving HTTP and the monitors' port; deciding only while it leads.
+
+    With a SQLite store it leads from the start, alone. With a shared PostgreSQL
+    store it is a standby until the lease is its own, then leads until it stops or
+    loses the lease (a newer epoch; a fenced commit or publish), and is a standby
+    again. Before any decision it has staked its claim on Kafka (`claim.py`).
+    """
+
     def __init__(self, settings: CentralSettings, *, auth: bool) -> None:
         self.settings = settings
         self.auth = auth
@@ -47,12 +63,26 @@ class CentralApp:
         return s.state_dir / "audit.log"
 
     async def run(self, stop: asyncio.Event) -> int:
+        try:
+            return await self._run(stop)
+        except* AnotherStoreLeads as refused:
+            raise refused.exceptions[0] from None
+
+    async def _run(self, stop: asyncio.Event) -> int:
         s = self.settings
         store = await open_store(s.store)
         if isinstance(store, SqliteStore):
             where = f"monitors on {s.host}:{s.tcp_port}, HTTP on {s.host}:{s.http_port}"
             store.claim(f"central pid {os.getpid()} ({where})")
-        relay = OutboxRelay(store.outbox, s.kafka)
+        host = s.advertised_host
+        me = Holder(self.instance, f"{host}:{s.tcp_port}", f"http://{host}:{s.http_port}", os.getpid(), host)
+        lease = store.leadership_lease()
+        if isinstance(store, PostgresStore):
+            store.epoch = NO_EPOCH  # a standby's commits are refused until it leads
+        leadership = Leadership(lease, me, lease_s=s.lease_s, renew_every_s=s.lease_s / 4)
+        store_id = await store.identity()
+        claim = KafkaClaim(s.kafka, me, store_id, store.url, role=lambda: leadership.role)
+        links = _Links()
         messages, counters, metrics = Messages(), Counters(), Metrics()
         audit = AuditLog(self.audit_path(store))
         service = CentralService(
@@ -63,12 +93,96 @@ class CentralApp:
                 join_token=s.join_token if self.auth else None,
             ),
             observers=[messages, counters, metrics, audit],
-            on_outbox=relay.wake,
+            on_outbox=links.wake_relay,
         )
+        service.may_decide = lambda: leadership.leading and claim.staked.is_set()
+        service.on_fenced = lambda: leadership.step_down("the store refused a commit: another central leads")
         self.service = service
-        live = LiveFeed(lambda: service.state, messages, role=lambda: "single", instance=self.instance)
+        live = LiveFeed(lambda: service.state, messages, role=lambda: leadership.role, instance=self.instance)
         service.observers.append(live)
-        await service.load()
+        standby = Standby(lambda: leadership.leading, leadership.leader, staked=claim.staked)
+        monitors = MonitorServer(
+            service,
+            s.host,
+            s.tcp_port,
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
+            instance=self.instance,
+            leader_hint=lambda: _not_leader(leadership),
+        )
+        api = CentralApi(
+            service,
+            messages,
+            counters,
+            instance=self.instance,
+            kafka_up=lambda: claim.kafka_up and links.kafka_up(),
+            store_state=links.store_state,
+            role=lambda: leadership.role,
+            leader=leadership.leader,
+            epoch=lambda: leadership.epoch if leadership.leading and leadership.shared else None,
+            operator_token=s.operator_token if self.auth else None,
+            live=live,
+            metrics=lambda: metrics.render(
+                service.state, store.outbox.outbox_stats, links.lags, time.time(), leader=leadership.leading
+            ),
+            standby=standby,
+        )
+        runner = web.AppRunner(api.app, access_log=None)
+        await service.load()  # before the API answers: a leader's first term starts from this
+        try:
+            await monitors.start()
+            await runner.setup()
+            await web.TCPSite(runner, s.host, s.http_port).start()
+            log.info("HTTP API on http://%s:%d (store %s, Kafka %s)", s.host, s.http_port, store.url, s.kafka)
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(claim.run(stop), name="Kafka claim")
+                tasks.create_task(live.run(stop), name="live feed")
+                tasks.create_task(standby.run(stop), name="standby's view of the leader")
+                tasks.create_task(monitors.watch_heartbeats(stop), name="heartbeat watch")
+                while await leadership.wait_to_lead(stop):
+                    await self._lead(stop, store, leadership, claim, service, monitors, links, metrics)
+                    if stop.is_set():
+                        break
+                    monitors.drop_all("this central no longer leads")
+                    leadership.became_standby()
+                stop.set()
+                log.info("central stopping: closing monitor connections, flushing the outbox")
+        finally:
+            # Order: hand the lead over, stop accepting, drop peers (they reconnect elsewhere),
+            # then close the store.
+            await leadership.release()
+            live.close()
+            await monitors.close()
+            await runner.cleanup()
+            await store.close()
+            audit.close()
+        log.info("central stopped")
+        return 0
+
+    async def _lead(
+        self,
+        stop: asyncio.Event,
+        store: CentralStore,
+        leadership: Leadership,
+        claim: KafkaClaim,
+        service: CentralService,
+        monitors: MonitorServer,
+        links: _Links,
+        metrics: Metrics,
+    ) -> None:
+        """One term as the leader: until `stop`, or until the lead is lost."""
+        s = self.settings
+        if isinstance(store, PostgresStore):
+            store.epoch = leadership.epoch
+        if leadership.shared:
+            await service.load()  # other centrals may have led since: start from the store
+        ended = asyncio.Event()
+        relay = OutboxRelay(
+            store.outbox,
+            s.kafka,
+            # One id per store: the relay of the next leader fences this one's at its start.
+            transactional_id=f"evcharge-central-{await store.identity()}",
+            headers=[("central", self.instance.encode())],
+        )
         dispatcher = _Dispatcher(service, store, relay, metrics)
         inbox = Inbox(
             bootstrap=s.kafka,
@@ -81,51 +195,64 @@ class CentralApp:
             partitions=s.partitions,
             name="central",
         )
-        monitors = MonitorServer(
-            service, s.host, s.tcp_port, heartbeat_timeout_s=s.heartbeat_timeout_s, instance=self.instance
-        )
-        api = CentralApi(
-            service,
-            messages,
-            counters,
-            instance=self.instance,
-            kafka_up=lambda: relay.kafka_up and inbox.kafka_up,
-            store_state=lambda: f"cannot record: {inbox.store_error}" if inbox.store_error else "ok",
-            operator_token=s.operator_token if self.auth else None,
-            live=live,
-            metrics=lambda: metrics.render(
-                service.state, store.outbox.outbox_stats, lambda: _lags(inbox), time.time(), leader=True
-            ),
-        )
-        runner = web.AppRunner(api.app, access_log=None)
-        try:
-            await monitors.start()
-            await runner.setup()
-            await web.TCPSite(runner, s.host, s.http_port).start()
-            log.info("HTTP API on http://%s:%d (store %s, Kafka %s)", s.host, s.http_port, store.url, s.kafka)
-            async with asyncio.TaskGroup() as tasks:
-                # The page is live from the start: it sees the monitors come back.
-                tasks.create_task(live.run(stop), name="live feed")
-                await service.wait_for_monitors(s.startup_grace_s, stop)
-                tasks.create_task(relay.run(stop), name="outbox relay")
-                tasks.create_task(inbox.run(stop), name="kafka inbox")
-                tasks.create_task(monitors.watch_heartbeats(stop), name="heartbeat watch")
-                tasks.create_task(service.run_deadlines(stop), name="start deadlines")
-                if s.panel:
-                    from evcharge.central.panel import run_panel
+        links.serve(relay, inbox)
 
-                    tasks.create_task(run_panel(service, messages, stop), name="panel")
-                await stop.wait()
-                log.info("central stopping: closing monitor connections, flushing the outbox")
+        async def decide() -> None:
+            # Nothing is decided before the Kafka claim holds and the monitors are back.
+            await wait_first(claim.staked, ended)
+            if ended.is_set():
+                return
+            await service.wait_for_monitors(s.startup_grace_s, ended)
+            async with asyncio.TaskGroup() as deciding:
+                deciding.create_task(relay.run(ended), name="outbox relay")
+                deciding.create_task(inbox.run(ended), name="kafka inbox")
+                deciding.create_task(service.run_deadlines(ended), name="start deadlines")
+
+        try:
+            async with asyncio.TaskGroup() as term:
+                term.create_task(leadership.hold(ended), name="lease renewal")
+                term.create_task(decide(), name="deciding")
+                await wait_first(stop, leadership.lost)
+                ended.set()
+        except* Fenced as fenced:
+            leadership.step_down(str(fenced.exceptions[0]))
         finally:
-            # Order: stop accepting, drop peers (they reconnect elsewhere), then close the store.
-            live.close()
-            await monitors.close()
-            await runner.cleanup()
-            await store.close()
-            audit.close()
-        log.info("central stopped")
-        return 0
+            links.serve(None, None)
+            if isinstance(store, PostgresStore) and leadership.lost.is_set():
+                store.epoch = NO_EPOCH
+
+
+def _not_leader(leadership: Leadership) -> Refused | None:
+    if leadership.leading:
+        return None
+    leader = leadership.known_leader
+    where = f"; the leader is {leader.instance} at {leader.tcp}" if leader else "; no leader right now"
+    return Refused("not_leader", f"this central is a standby{where}", leader=leader.tcp if leader else None)
+
+
+class _Links:
+    """What HTTP and /metrics read from the Kafka clients of the current term (none in standby)."""
+
+    def __init__(self) -> None:
+        self._relay: OutboxRelay | None = None
+        self._inbox: Inbox | None = None
+
+    def serve(self, relay: OutboxRelay | None, inbox: Inbox | None) -> None:
+        self._relay, self._inbox = relay, inbox
+
+    def wake_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.wake()
+
+    def kafka_up(self) -> bool:
+        return (self._relay is None or self._relay.kafka_up) and (self._inbox is None or self._inbox.kafka_up)
+
+    def store_state(self) -> str:
+        error = self._inbox.store_error if self._inbox is not None else None
+        return f"cannot record: {error}" if error else "ok"
+
+    async def lags(self) -> dict[tuple[str, int], int]:
+        return await _lags(self._inbox) if self._inbox is not None else {}
 
 
 async def _lags(inbox: Inbox) -> dict[tuple[str, int], int]:

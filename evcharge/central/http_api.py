@@ -14,20 +14,23 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from evcharge import __version__
 from evcharge.central import facts, openapi
+from evcharge.central.leadership import Holder
 from evcharge.central.live import LiveFeed
 from evcharge.central.metrics import CONTENT_TYPE as METRICS_TYPE
 from evcharge.central.observers import Counters, Messages
 from evcharge.central.service import CentralService
+from evcharge.central.standby import Standby
 from evcharge.central.state import Outcome
 from evcharge.central.store import SessionQuery
 from evcharge.central.view import cp_json, cps_json, session_json
-from evcharge.errors import Refused, StoreUnavailable
+from evcharge.errors import Fenced, Refused, StoreUnavailable
 from evcharge.protocol.messages import ChargeRequest
 
 log = logging.getLogger("evcharge.central.http")
@@ -67,6 +70,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return answer
     except StoreUnavailable as exc:
         return error(503, "unavailable", f"central cannot record right now: {exc}")
+    except Fenced:
+        return error(503, "not_leader", "this central just lost the lead to another; retry in a second")
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error(500, "internal", "internal error; see central's log")
@@ -89,6 +94,9 @@ class CentralApi:
         operator_token: str | None = None,
         live: LiveFeed | None = None,
         metrics: Callable[[], Awaitable[bytes]] | None = None,
+        leader: Callable[[], Holder | None] = lambda: None,
+        epoch: Callable[[], int | None] = lambda: None,
+        standby: Standby | None = None,
     ) -> None:
         self._service = service
         self._messages = messages
@@ -102,10 +110,13 @@ class CentralApi:
         self._operator_token = operator_token
         self._live = live
         self._metrics = metrics
+        self._leader = leader
+        self._epoch = epoch
         self._contract = msgspec.json.encode(openapi.document())
-        self.app = web.Application(
-            middlewares=[json_errors, self._operator_only], client_max_size=MAX_BODY_BYTES
-        )
+        middlewares: list[Any] = [json_errors, self._operator_only]
+        if standby is not None:
+            middlewares.append(standby.middleware)
+        self.app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
         self.app.add_routes(
             [
                 web.get("/health", self.health),
@@ -162,6 +173,8 @@ class CentralApi:
                 "store": self._store_state(),
                 "auth": self.auth,
                 "role": self._role(),
+                "leader": _holder_json(self._leader()),
+                "epoch": self._epoch(),
                 "charging_points": len(state.cps),
                 "sessions_in_progress": len(state.sessions),
                 "counters": dict(self._counters.counts),
@@ -293,6 +306,12 @@ class CentralApi:
         if name not in ASSETS or name == "index.html":
             return error(404, "not_found", f"no asset {name}")
         return _asset(name)
+
+
+def _holder_json(holder: Holder | None) -> dict[str, Any] | None:
+    if holder is None:
+        return None
+    return {"instance": holder.instance, "http": holder.http, "tcp": holder.tcp, "pid": holder.pid}
 
 
 def _asset(name: str) -> web.Response:

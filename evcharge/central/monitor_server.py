@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from evcharge.central.service import CentralService
-from evcharge.errors import ProtocolError, Refused
+from evcharge.errors import Fenced, ProtocolError, Refused
 from evcharge.protocol.messages import Ack, ErrorReply, Heartbeat, Register, Registered
 from evcharge.runtime.retry import describe, is_retriable
 from evcharge.runtime.tcp import FrameReader, OwnedServer, peer_name, send_frame
@@ -120,6 +120,11 @@ class MonitorServer:
         except Refused as exc:
             await _reply_error(writer, first.corr, exc.code, exc.reason)
             return
+        except Fenced:
+            # The lead moved while this registration was being decided: send the monitor on.
+            hint = self._leader_hint() or Refused("not_leader", "this central just lost the lead")
+            await _reply_error(writer, first.corr, hint.code, hint.reason, hint.leader or "")
+            return
         except Exception as exc:
             if not is_retriable(exc):
                 raise
@@ -161,6 +166,9 @@ class MonitorServer:
                     await self._service.heartbeat(
                         first.cp_id, first.instance, frame.health, frame.engine, frame.detail
                     )
+                except Fenced:
+                    why = "this central lost the lead"
+                    break
                 except Exception as exc:
                     if not is_retriable(exc):
                         raise

@@ -103,7 +103,19 @@ SCHEMAS: dict[str, Any] = {
             "store": STR,
             "auth": {"type": "boolean"},
             "role": {"enum": ["single", "leader", "standby"]},
-            "leader": NULLABLE_STR,
+            "leader": {
+                "description": "the leading central as this one knows it (itself while it leads); "
+                "null while none is known",
+                "oneOf": [
+                    {"type": "null"},
+                    {
+                        "type": "object",
+                        "required": ["instance", "http", "tcp", "pid"],
+                        "properties": {"instance": STR, "http": STR, "tcp": STR, "pid": INT},
+                    },
+                ],
+            },
+            "epoch": {"type": ["integer", "null"], "description": "the lead's epoch while this leads"},
             "charging_points": INT,
             "sessions_in_progress": INT,
             "counters": {"type": "object", "additionalProperties": INT},

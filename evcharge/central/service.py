@@ -21,7 +21,7 @@ from evcharge.central.facts import Fact
 from evcharge.central.ledger import CpEvent
 from evcharge.central.state import CentralState, Change, RequestOutcome
 from evcharge.central.store import CentralStore
-from evcharge.errors import Refused
+from evcharge.errors import Fenced, Refused
 from evcharge.protocol.messages import ChargeRequest, Health, Register, StopRequest, new_id
 from evcharge.runtime.faults import crash_point
 from evcharge.runtime.waits import sleep_unless, wait_first
@@ -57,6 +57,8 @@ class CentralService:
         self._monitor_joined = asyncio.Event()
         # May this instance decide? A standby (or a fenced leader) may not.
         self.may_decide: Callable[[], bool] = lambda: True
+        # Told when the store refused a commit because another central leads now.
+        self.on_fenced: Callable[[], None] = lambda: None
 
     async def load(self) -> None:
         """Every known CP starts DISCONNECTED; sessions that were running stay open."""
@@ -76,7 +78,11 @@ class CentralService:
         """Commit, then memory, then observers; a refusal is raised after it was told."""
         change = decision.change
         if change.durable:
-            await self.store.commit(change)
+            try:
+                await self.store.commit(change)
+            except Fenced:
+                self.on_fenced()
+                raise
             crash_point("central.committed")
         self.state.apply(change)
         if change.messages:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,12 @@ class CentralSettings(Logging):
         "EVCHARGE_CENTRAL_STORE",
     )
     host: str = opt("127.0.0.1", "Address to listen on (monitors and HTTP).", "EVCHARGE_CENTRAL_HOST")
+    advertise: str | None = opt(
+        None,
+        "Address other centrals, monitors and web pages reach this central at "
+        "(default: --host, or this machine's name when listening on every address).",
+        "EVCHARGE_CENTRAL_ADVERTISE",
+    )
     tcp_port: int = opt(7000, "TCP port for monitors.", "EVCHARGE_CENTRAL_TCP_PORT")
     http_port: int = opt(8000, "HTTP port: the API, the web page and /metrics.", "EVCHARGE_CENTRAL_HTTP_PORT")
     partitions: int = partitions_setting()
@@ -45,6 +52,13 @@ class CentralSettings(Logging):
         "After a restart, seconds to wait for known CPs' monitors before judging queued requests.",
         "EVCHARGE_STARTUP_GRACE_S",
         flag="--startup-grace",
+    )
+    lease_s: float = opt(
+        2.0,
+        "With a PostgreSQL store shared by several centrals: seconds the leader's lease lasts "
+        "unrenewed, i.e. how soon a standby takes over from a leader that died or froze.",
+        "EVCHARGE_LEASE_S",
+        flag="--lease",
     )
     panel: bool | None = opt(
         None,
@@ -78,3 +92,13 @@ class CentralSettings(Logging):
         for name in ("request_ttl_s", "start_timeout_s", "heartbeat_timeout_s", "startup_grace_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} cannot be negative")
+        if self.lease_s < 0.5:
+            raise ValueError("--lease must be at least 0.5 s (four renewals fit in it)")
+
+    @property
+    def advertised_host(self) -> str:
+        if self.advertise:
+            return self.advertise
+        if self.host in ("0.0.0.0", "::", ""):
+            return socket.getfqdn()
+        return self.host

@@ -46,6 +46,16 @@ def server_binaries() -> Path:
     raise BrokerError(POSTGRES_MISSING)
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(p) for p in name.split(".") if p.isdigit()) or (0,)
 
@@ -53,8 +63,10 @@ def _version_key(name: str) -> tuple[int, ...]:
 class LocalPostgres:
     """One PostgreSQL server on `host:port`, its data in `folder/data`."""
 
-    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, folder: Path, port: int, host: str = "127.0.0.1", *, detached: bool = False) -> None:
         self.folder = folder.resolve()
+        # Detached: the server outlives us (`evcharge postgres start`); else it ends with us.
+        self.detached = detached
         self.port = port
         self.host = host
         self.data = self.folder / "data"
@@ -91,9 +103,16 @@ class LocalPostgres:
             os.chown(self.folder, entry.pw_uid, entry.pw_gid)
             self.folder.chmod(0o700)
         if not (self.data / "PG_VERSION").exists():
-            self._run(
-                binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync"
-            )
+            try:
+                initdb: list[str | Path] = [binaries / "initdb", "-D", self.data, "-U", USER, "--auth=trust"]
+                self._run(*initdb, "-E", "UTF8", "--no-sync")
+            except BrokerError as exc:
+                if "Permission denied" not in str(exc):
+                    raise
+                raise BrokerError(
+                    f"{exc}\nthe postgres user must reach {self.folder}: choose a folder it can, "
+                    "e.g. --data-dir /var/tmp/evcharge-postgres"
+                ) from None
         command = [
             str(binaries / "postgres"),
             *("-D", str(self.data), "-p", str(self.port), "-h", self.host, "-k", str(self.folder)),
@@ -102,21 +121,36 @@ class LocalPostgres:
         with open(self.log_path, "ab") as log_file:
             # In the foreground, not through pg_ctl (which daemonizes): a parent that is killed
             # outright takes its server along.
+            user = "postgres" if self._as_postgres else ""
+            if self.detached:
+                command = ["runuser", "-u", user, "--", *command] if user else command
+            else:
+                command = die_with_parent(command, user=user)
             self._server = subprocess.Popen(
-                die_with_parent(command, user="postgres" if self._as_postgres else ""),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
+                start_new_session=self.detached,
             )
         deadline = time.monotonic() + timeout_s
-        while not port_answers(self.host, self.port, 0.5):
+        while not self._accepting(binaries):
             if self._server.poll() is not None or time.monotonic() > deadline:
                 raise BrokerError(
                     f"PostgreSQL did not answer on {self.host}:{self.port}; see {self.log_path}"
                 )
             time.sleep(0.1)
         self.create_database(USER)
+
+    def _accepting(self, binaries: Path) -> bool:
+        """Taking connections: past the port opening, past crash recovery (pg_isready)."""
+        if not port_answers(self.host, self.port, 0.5):
+            return False
+        ready = self._run(
+            binaries / "pg_isready", "-q", "-h", self.host, "-p", str(self.port), "-t", "1", check=False
+        )
+        return ready.returncode == 0
 
     def create_database(self, name: str) -> str:
         """A database of its own (a test's); returns its URL. Fine if it exists."""
@@ -153,10 +187,21 @@ class LocalPostgres:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait(10)
+        else:
+            pid = self.pid  # started by another process (`evcharge postgres start`)
+            if pid is not None and _running(pid):
+                os.kill(pid, sig)
+                deadline = time.monotonic() + 30
+                while _running(pid) and time.monotonic() < deadline:
+                    time.sleep(0.1)
         pid = self.pid
-        if pid is not None:  # a crashed postmaster leaves its pid file; make sure nothing lingers
+        if pid is not None and _running(pid):  # make sure nothing lingers
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and _running(pid) and port_answers(self.host, self.port, 0.5)
 
     def remove(self) -> None:
         self.stop("immediate")

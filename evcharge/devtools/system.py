@@ -116,6 +116,33 @@ class Ticket:
 
 
 @dataclass
+class CentralNode:
+    """One of several centrals sharing a PostgreSQL store: a leader or a standby."""
+
+    name: str
+    child: Child
+    tcp_port: int
+    http_port: int
+    address: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.http_port}"
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                answer: dict[str, Any] = json.load(response)
+                return answer
+        except (OSError, ValueError):
+            return None
+
+    def role(self) -> str | None:
+        health = self.health()
+        return health["role"] if health else None
+
+
+@dataclass
 class LocalSystem:
     root: Path
     kafka: str
@@ -126,6 +153,7 @@ class LocalSystem:
     cps: dict[str, ChargePoint] = field(default_factory=dict)
     drivers: dict[str, Child] = field(default_factory=dict)
     central: Child | None = None
+    centrals: list[CentralNode] = field(default_factory=list)  # with start_centrals()
     # Where each kind of process runs: all on this host, or each on a host of its own.
     central_place: Place = HERE
     cp_place: Place = HERE
@@ -146,26 +174,60 @@ class LocalSystem:
     # ------------------------------------------------------------ start
 
     def central_settings(self, **overrides: Any) -> CentralSettings:
-        return CentralSettings(
-            kafka=self.kafka,
-            store=self.store or str(self.state_dir / "central.sqlite"),
-            state_dir=self.state_dir,
-            host=self.central_place.address,
-            tcp_port=self.tcp_port,
-            http_port=self.http_port,
-            panel=False,
-            **{**self.central_overrides, **overrides},
-        )
+        settings: dict[str, Any] = {
+            "kafka": self.kafka,
+            "store": self.store or str(self.state_dir / "central.sqlite"),
+            "state_dir": self.state_dir,
+            "host": self.central_place.address,
+            "tcp_port": self.tcp_port,
+            "http_port": self.http_port,
+            "panel": False,
+        }
+        return CentralSettings(**{**settings, **self.central_overrides, **overrides})
 
-    def central_child(self, env: dict[str, str] | None = None, **overrides: Any) -> Child:
+    def central_child(
+        self, env: dict[str, str] | None = None, *, name: str = "central", **overrides: Any
+    ) -> Child:
         """Central as this system runs it, not started yet."""
         return child(
             "central",
             self.central_settings(**overrides),
-            self.logs / "central.log",
+            self.logs / f"{name}.log",
+            name=name,
             env=env,
             prefix=self.central_place.prefix,
         )
+
+    def start_centrals(self, count: int, env: dict[str, str] | None = None) -> list[CentralNode]:
+        """`count` centrals on this system's shared store (PostgreSQL), each on its own ports, the
+        first started first (it leads); the CPs added afterwards know every one of them."""
+        if self.store is None or not self.store.startswith("postgresql"):
+            raise ValueError("several centrals share a PostgreSQL store: set `store` first")
+        ports = [(self.tcp_port, self.http_port)] + [tuple(free_ports(2)) for _ in range(count - 1)]
+        address = self.central_place.address
+        for number, (tcp_port, http_port) in enumerate(ports, start=1):
+            name = f"central-{number}"
+            process = self.central_child(env, name=name, tcp_port=tcp_port, http_port=http_port)
+            node = CentralNode(name, process.start(), tcp_port, http_port, address)
+            self.centrals.append(node)
+            wait_for(node.health, 30, f"{name}'s HTTP API")
+        self.central = self.centrals[0].child
+        self.monitor_overrides = {
+            **self.monitor_overrides,
+            "central": tuple((address, node.tcp_port) for node in self.centrals),
+        }
+        self.wait_leader(30)
+        return self.centrals
+
+    def wait_leader(self, timeout_s: float, *, not_: CentralNode | None = None) -> CentralNode:
+        """The central that leads (other than `not_`); reads of the system go to it from now on."""
+
+        def leading() -> CentralNode | None:
+            return next((n for n in self.centrals if n is not not_ and n.role() == "leader"), None)
+
+        node: CentralNode = wait_for(leading, timeout_s, "a central to lead", interval_s=0.02)
+        self.url = node.url
+        return node
 
     def start_central(self, env: dict[str, str] | None = None) -> Child:
         if self.central is not None:
@@ -189,13 +251,13 @@ class LocalSystem:
         )
 
     def monitor_settings(self, cp_id: str, port: int, **overrides: Any) -> MonitorSettings:
-        return MonitorSettings(
-            cp_id=cp_id,
-            engine=f"{self.cp_place.address}:{port}",
-            central=((self.central_place.address, self.tcp_port),),
-            state_dir=self.state_dir,
-            **{**self.monitor_overrides, **overrides},
-        )
+        settings: dict[str, Any] = {
+            "cp_id": cp_id,
+            "engine": f"{self.cp_place.address}:{port}",
+            "central": ((self.central_place.address, self.tcp_port),),
+            "state_dir": self.state_dir,
+        }
+        return MonitorSettings(**{**settings, **self.monitor_overrides, **overrides})
 
     def add_cp(
         self,
@@ -209,6 +271,8 @@ class LocalSystem:
     ) -> ChargePoint:
         (port,) = free_ports(1)
         settings = self.engine_settings(cp_id, port, **engine_overrides)
+        # Both settings first: a bad one fails before any process is started.
+        monitor_settings = self.monitor_settings(cp_id, port, location=location, price=parse_price(price))
         engine = child(
             "engine",
             settings,
@@ -219,7 +283,7 @@ class LocalSystem:
         ).start()
         monitor = child(
             "monitor",
-            self.monitor_settings(cp_id, port, location=location, price=parse_price(price)),
+            monitor_settings,
             self.logs / f"monitor-{cp_id}.log",
             name=f"monitor {cp_id}",
             prefix=self.cp_place.prefix,
@@ -274,6 +338,7 @@ class LocalSystem:
             *(c.monitor for c in self.cps.values()),
             *(c.engine for c in self.cps.values()),
             *([self.central] if self.central else []),
+            *(node.child for node in self.centrals),
         ]:
             process.stop()
 

@@ -238,6 +238,19 @@ class DeadLetter(KafkaMessage, tag="dead_letter"):
     payload: bytes  # msgspec writes bytes as base64 in JSON
 
 
+class CentralClaim(KafkaMessage, tag="central_claim"):
+    """A central announcing itself, once a second: centrals on one Kafka must share one store."""
+
+    instance: str
+    store_id: str
+    store: str  # where the store lives, for the message a refused central shows (no password)
+    role: str  # leader, standby or single
+    http: str
+    tcp: str
+    pid: int
+    host: str
+
+
 # ------------------------------------------------------------------ TCP ----
 
 
@@ -355,4 +368,5 @@ DRIVER_UPDATES: Codec[RequestAccepted | RequestDenied | ChargingProgress | Ticke
 CP_COMMANDS: Codec[StartSupply | StopSupply | StopCp | ResumeCp] = Codec(CpCommand)
 CP_EVENTS: Codec[SessionStarted | MeterReading | SessionEnded | SessionRefused] = Codec(CpEvent)
 DEAD_LETTERS: Codec[DeadLetter] = Codec(DeadLetter)
+CENTRAL_CLAIMS: Codec[CentralClaim] = Codec(CentralClaim)
 TCP_FRAMES: Codec[Frame] = Codec(TcpFrame)

@@ -22,6 +22,7 @@ class Topic(enum.StrEnum):
     CP_COMMANDS = "evcharge.cp.commands"
     CP_EVENTS = "evcharge.cp.events"
     DEAD_LETTERS = "evcharge.deadletter"
+    CENTRAL_CLAIMS = "evcharge.central.claims"
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,18 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.DEAD_LETTERS),
 )
 
+# One partition, so every central reads the claims in one order; an hour is plenty to look back.
+CLAIMS_TOPIC = TopicSpec(
+    Topic.CENTRAL_CLAIMS, {"message.timestamp.type": "LogAppendTime", "retention.ms": str(3_600_000)}
+)
+
 CODECS: dict[str, m.Codec[Any]] = {
     Topic.DRIVER_REQUESTS: m.DRIVER_REQUESTS,
     Topic.DRIVER_UPDATES: m.DRIVER_UPDATES,
     Topic.CP_COMMANDS: m.CP_COMMANDS,
     Topic.CP_EVENTS: m.CP_EVENTS,
     Topic.DEAD_LETTERS: m.DEAD_LETTERS,
+    Topic.CENTRAL_CLAIMS: m.CENTRAL_CLAIMS,
 }
 
 # message type -> (topic, the field whose value is the key)
@@ -65,6 +72,7 @@ _ROUTES: dict[type[msgspec.Struct], tuple[Topic, str]] = {
     m.SessionEnded: (Topic.CP_EVENTS, "cp_id"),
     m.SessionRefused: (Topic.CP_EVENTS, "cp_id"),
     m.DeadLetter: (Topic.DEAD_LETTERS, "source_topic"),
+    m.CentralClaim: (Topic.CENTRAL_CLAIMS, "store_id"),
 }
 
 

@@ -105,6 +105,7 @@ class Inbox:
         self.ready = asyncio.Event()
         self.partition_counts: dict[str, int] = {}
         self.commit_pending: dict[TopicPartition, int] = {}
+        self._handled: dict[TopicPartition, int] = {}  # the next offset not yet handled
         self._consumer: AIOKafkaConsumer | None = None
 
     @property
@@ -122,18 +123,21 @@ class Inbox:
         )
 
     async def lags(self) -> dict[TopicPartition, int]:
-        """Records the broker holds that this inbox has not consumed yet, per partition."""
+        """Records the broker holds that this inbox has not handled yet, per partition.
+
+        Counted from what was handled, not from what was fetched: records held
+        because the handler cannot record (a full disk) are lag too.
+        """
         consumer = self._consumer
         if consumer is None:
             return {}
         lags = {}
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            if highwater is None:
+            handled = self._handled.get(tp)
+            if highwater is None or handled is None:
                 continue  # nothing fetched from it yet
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    lags[tp] = max(0, highwater - await consumer.position(tp))
+            lags[tp] = max(0, highwater - handled)
         return lags
 
     async def _session(self, attempts: Attempts, stop: asyncio.Event) -> None:
@@ -144,6 +148,8 @@ class Inbox:
             partitions = self._assignment(self.partition_counts)
             consumer.assign(partitions)
             await self._resume_positions(consumer, partitions)
+            for tp in partitions:
+                self._handled[tp] = await consumer.position(tp)
             self._consumer = consumer
             attempts.succeeded()
             self.ready.set()
@@ -189,7 +195,7 @@ class Inbox:
                 last_heard = time.monotonic()
                 await self._deliver(records, stop)
                 for tp, batch in batches.items():
-                    self.commit_pending[tp] = batch[-1].offset + 1
+                    self.commit_pending[tp] = self._handled[tp] = batch[-1].offset + 1
             elif time.monotonic() - last_heard > PROBE_AFTER_IDLE_S:
                 # An idle fetch cannot tell a quiet topic from a dead broker; a
                 # metadata request can, so an outage is logged (once) and shown.

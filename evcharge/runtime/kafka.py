@@ -10,6 +10,8 @@ caller's business (`TopicSpec`s); this module knows none by name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,37 @@ def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
     )
 
 
-def new_consumer(bootstrap: str, group_id: str, **extra: Any) -> AIOKafkaConsumer:
+async def close_producer(producer: AIOKafkaProducer, *, flush: bool, timeout_s: float) -> None:
+    """Stop `producer`, each step within `timeout_s`; with `flush`, once what it holds is acknowledged.
+
+    aiokafka's stop() waits until every pending send is acknowledged, for ever while the
+    brokers are away (aio-libs/aiokafka#1101), and a stop() cut short leaves its sender
+    running, still retrying and publishing, for the rest of the process. Without `flush`, or
+    when the flush runs out of time, the pending sends are failed instead, as Java's
+    close(Duration.ZERO) aborts them: whoever handed them over still holds them (an outbox
+    keeps its rows until they are acknowledged). aiokafka has no public call for that, hence
+    its accumulator and sender here.
+    """
+    if flush:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.stop()
+            return
+        except Exception:  # cut short, or failed: the producer is dropped below
+            pass
+    producer._message_accumulator.fail_all(KafkaConnectionError("closed before Kafka acknowledged"))
+    # The sender, cancelled, waits for its requests in flight (request_timeout_ms each); one
+    # that waits for a coordinator that is away waits for ever, and is cancelled with it.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await producer._sender.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await producer.client.close()
+    producer._closed = True
+
+
+def new_consumer(bootstrap: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -131,7 +163,9 @@ def new_consumer(bootstrap: str, group_id: str, **extra: Any) -> AIOKafkaConsume
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         retry_backoff_ms=100,
         metadata_max_age_ms=30000,
-        isolation_level="read_uncommitted",
+        # Central publishes in transactions: what a fenced (former) leader wrote is aborted,
+        # and read_committed never hands it over.
+        isolation_level="read_committed",
         **extra,
     )
 

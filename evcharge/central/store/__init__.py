@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from evcharge.central.leadership import Lease
 from evcharge.central.ledger import Session, SessionState
 from evcharge.central.state import Change, CpRecord, Outcome, RequestOutcome
 from evcharge.errors import ConfigError
@@ -54,6 +55,8 @@ class CentralStore(Protocol):
     async def sessions(self, query: SessionQuery) -> list[Session]: ...
     async def commit(self, change: Change) -> None: ...
     async def dead_letter(self, topic: str, key: str, payload: bytes) -> None: ...
+    async def identity(self) -> str: ...  # this store's own id, the same for every central on it
+    def leadership_lease(self) -> Lease | None: ...  # None: a store only one central may use
     async def close(self) -> None: ...
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import asyncpg
 
+from evcharge.central.leadership import Fenced, Holder
 from evcharge.central.ledger import Session
 from evcharge.central.state import Change, CpRecord, RequestOutcome
 from evcharge.central.store import (
@@ -39,8 +40,6 @@ _UPSERT_SESSION = (
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(SESSION_COLUMNS) + 1))}) "
     "ON CONFLICT (session_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in SESSION_COLUMNS[1:])
 )
-
-Fence = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 def redacted(url: str) -> str:
@@ -104,15 +103,18 @@ class PostgresStore:
         self._pool = pool
         self.url = redacted(url)
         self.outbox = _Outbox(self)
-        # Checked inside every commit, in the same transaction (a leader's fencing epoch).
-        self.fence: Fence | None = None
+        # The leader's fencing epoch, checked inside every commit, in the same transaction;
+        # None for a store nobody leads (the contract tests, tools).
+        self.epoch: int | None = None
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 4) -> PostgresStore:
         async with _translated():
             pool = await asyncpg.create_pool(
                 url,
-                min_size=1,
+                # No floor: asyncpg would keep reconnecting it in the background through an
+                # outage, logging a traceback each time; connections are made as they are needed.
+                min_size=0,
                 max_size=pool_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
@@ -191,10 +193,24 @@ class PostgresStore:
         )
         return [session_from(r) for r in rows]
 
+    async def identity(self) -> str:
+        rows = await self._fetch("SELECT store_id FROM store_identity")
+        return str(rows[0]["store_id"])
+
+    def leadership_lease(self) -> PostgresLease:
+        return PostgresLease(self)
+
+    async def _fence(self, conn: asyncpg.Connection) -> None:
+        """Stop a commit of a central that no longer leads (FOR SHARE: a take waits for it)."""
+        if self.epoch is None:
+            return
+        current = await conn.fetchval("SELECT epoch FROM central_leader WHERE id = 1 FOR SHARE")
+        if current != self.epoch:
+            raise Fenced(f"the lead moved to epoch {current}; this central held epoch {self.epoch}")
+
     async def commit(self, change: Change) -> None:
         async with _translated(), self._pool.acquire() as conn, conn.transaction():
-            if self.fence is not None:
-                await self.fence(conn)
+            await self._fence(conn)
             if change.cps:
                 await conn.executemany(
                     "INSERT INTO cps VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cp_id) DO UPDATE SET "
@@ -218,7 +234,7 @@ class PostgresStore:
                 await conn.executemany(_UPSERT_SESSION, [session_row(s) for s in change.sessions.values()])
             if change.requests:
                 await conn.executemany(
-                    "INSERT INTO requests VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                    "INSERT INTO requests VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
                     [
                         (
                             r.request_id,
@@ -229,6 +245,7 @@ class PostgresStore:
                             r.code,
                             r.reason,
                             r.decided_at,
+                            self.epoch or 0,
                         )
                         for r in change.requests
                     ],
@@ -240,7 +257,58 @@ class PostgresStore:
 
     async def dead_letter(self, topic: str, key: str, payload: bytes) -> None:
         async with _translated(), self._pool.acquire() as conn, conn.transaction():
+            await self._fence(conn)
             await _add_outbox(conn, [(topic, key, payload)])
+
+
+class PostgresLease:
+    """The lead among centrals sharing one PostgreSQL store (see evcharge.central.leadership)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    async def acquire(self, me: Holder, lease_s: float) -> int | None:
+        rows = await self._store._fetch(
+            "INSERT INTO central_leader VALUES (1, 1, $1, $2, $3, $4, $5, now() + make_interval(secs => $6)) "
+            "ON CONFLICT (id) DO UPDATE SET epoch = central_leader.epoch + 1, instance = excluded.instance, "
+            "tcp = excluded.tcp, http = excluded.http, pid = excluded.pid, host = excluded.host, "
+            "expires_at = excluded.expires_at "
+            "WHERE central_leader.expires_at < now() OR central_leader.instance = excluded.instance "
+            "RETURNING epoch",
+            me.instance,
+            me.tcp,
+            me.http,
+            me.pid,
+            me.host,
+            lease_s,
+        )
+        return int(rows[0]["epoch"]) if rows else None
+
+    async def renew(self, me: Holder, epoch: int, lease_s: float) -> bool:
+        rows = await self._store._fetch(
+            "UPDATE central_leader SET expires_at = now() + make_interval(secs => $3) "
+            "WHERE id = 1 AND epoch = $1 AND instance = $2 RETURNING epoch",
+            epoch,
+            me.instance,
+            lease_s,
+        )
+        return bool(rows)
+
+    async def release(self, me: Holder, epoch: int) -> None:
+        await self._store._execute(
+            "UPDATE central_leader SET expires_at = now() WHERE id = 1 AND epoch = $1 AND instance = $2",
+            epoch,
+            me.instance,
+        )
+
+    async def leader(self) -> Holder | None:
+        rows = await self._store._fetch(
+            "SELECT instance, tcp, http, pid, host FROM central_leader WHERE id = 1 AND expires_at > now()"
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return Holder(r["instance"], r["tcp"], r["http"], int(r["pid"]), r["host"])
 
 
 async def _add_outbox(conn: asyncpg.Connection, rows: Iterable[tuple[str, str, bytes]]) -> None:

@@ -63,6 +63,14 @@ class SqliteStore:
         self._lock.write(holder + "\n")
         self._lock.flush()
 
+    async def identity(self) -> str:
+        row = await self._db.fetchone("SELECT store_id FROM store_identity")
+        return str(row[0]) if row else ""
+
+    def leadership_lease(self) -> None:
+        """None: one central per file, kept alone by the file lock."""
+        return None
+
     async def close(self) -> None:
         await self._db.close()
         self._lock.close()
