@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
 log = logging.getLogger(__name__)
@@ -123,33 +123,35 @@ def new_producer(bootstrap: str, **extra: Any) -> AIOKafkaProducer:
 
 
 async def close_producer(producer: AIOKafkaProducer, *, flush: bool, timeout_s: float) -> None:
-    """Stop `producer`, each step within `timeout_s`; with `flush`, once what it holds is acknowledged.
+    """Stop `producer`; with `flush`, once what it holds is acknowledged, if that takes no more
+    than `timeout_s`. Otherwise what it holds is dropped: whoever handed it over still has it
+    (an outbox keeps its rows until they are acknowledged, a driver its pending request).
 
     aiokafka's stop() waits until every pending send is acknowledged, for ever while the
     brokers are away (aio-libs/aiokafka#1101), and a stop() cut short leaves its sender
-    running, still retrying and publishing, for the rest of the process. Without `flush`, or
-    when the flush runs out of time, the pending sends are failed instead, as Java's
-    close(Duration.ZERO) aborts them: whoever handed them over still holds them (an outbox
-    keeps its rows until they are acknowledged). aiokafka has no public call for that, hence
-    its accumulator and sender here.
+    running, still retrying and publishing, for the rest of the process. aiokafka has no
+    public call to drop what a producer holds (Java's close(Duration.ZERO)), hence its sender
+    and client here. The dropped sends' futures are left unresolved rather than failed:
+    failing a batch that a request in flight already put back breaks aiokafka's bookkeeping,
+    and nobody waits for them any more.
     """
     if flush:
         try:
             async with asyncio.timeout(timeout_s):
+                await producer.flush()  # cut short, it leaves nothing behind; stop() would
                 await producer.stop()
             return
-        except Exception:  # cut short, or failed: the producer is dropped below
+        except Exception:  # not acknowledged in time, or failed: dropped below
             pass
-    producer._message_accumulator.fail_all(KafkaConnectionError("closed before Kafka acknowledged"))
-    # The sender, cancelled, waits for its requests in flight (request_timeout_ms each); one
-    # that waits for a coordinator that is away waits for ever, and is cancelled with it.
+    producer._closed = True  # closed for stop() (a no-op now) and for the garbage collector
+    # Cancelled, the sender waits for its requests in flight (request_timeout_ms each); one that
+    # waits for a coordinator that is away waits for ever, and is cancelled when the time is up.
     with contextlib.suppress(Exception):
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000 + timeout_s):
             await producer._sender.close()
     with contextlib.suppress(Exception):
         async with asyncio.timeout(timeout_s):
             await producer.client.close()
-    producer._closed = True
 
 
 def new_consumer(bootstrap: str, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:
