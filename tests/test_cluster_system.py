@@ -53,6 +53,9 @@ BUSY_TOPICS = (Topic.CP_EVENTS.value, Topic.DRIVER_REQUESTS.value)
 # the committed offsets every role resumes from.
 SYNCED_TOPICS = (*(spec.name for spec in TOPICS), "__consumer_offsets")
 POWER_W: int = next(f.default for f in dataclasses.fields(EngineSettings) if f.name == "power_w")
+# What a topic needs on three brokers: a write on two of them before it is acknowledged, and
+# never a leader that may lack an acknowledged write.
+SAFETY = {"min.insync.replicas": "2", "unclean.leader.election.enable": "false"}
 WARNING_LINE = re.compile(r"^\S+ (WARNING|ERROR|CRITICAL)\s")
 # What an outbox relay says, once, when Kafka did not acknowledge what it published in time.
 RELAY_WAITING = "WARNING evcharge.runtime.outbox: cannot reach Kafka"
@@ -352,7 +355,8 @@ def test_topics_have_three_replicas_and_min_insync_two(system: System, cluster: 
         "central to create the system's topics",
     )
 
-    async def configs() -> dict[str, str]:
+    async def configs() -> dict[str, dict[str, str]]:
+        """The topics' settings that make them safe on a cluster, as one broker describes them."""
         admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap, request_timeout_ms=10000)
         await admin.start()
         try:
@@ -361,13 +365,23 @@ def test_topics_have_three_replicas_and_min_insync_two(system: System, cluster: 
             )
         finally:
             await admin.close()
-        return {
-            name: {entry[0]: entry[1] for entry in entries}["min.insync.replicas"]
-            for response in described
-            for _code, _msg, _type, name, entries in response.resources
-        }
+        found = {}
+        for response in described:
+            for code, _msg, _type, name, entries in response.resources:
+                settings = {entry[0]: entry[1] for entry in entries}
+                if code == 0 and SAFETY.keys() <= settings.keys():
+                    found[name] = {key: settings[key] for key in SAFETY}
+        return found
 
-    assert asyncio.run(configs()) == dict.fromkeys(names, "2")
+    # A broker that has not yet caught up with the new topics' metadata describes none of them.
+    def every_topic_described() -> dict[str, dict[str, str]] | None:
+        found = asyncio.run(configs())
+        return found if found.keys() == set(names) else None
+
+    described = wait_until(
+        every_topic_described, CORRECTNESS_TIMEOUT_S, "a broker to describe every topic", interval_s=0.5
+    )
+    assert described == dict.fromkeys(names, SAFETY)
     partitions = cluster.partitions(names) or []
     assert all(p.replicas == (1, 2, 3) and p.isr == (1, 2, 3) for p in partitions), partitions
 
