@@ -19,7 +19,7 @@ from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
 from evcharge.runtime.ports import free_ports
-from evcharge.runtime.retry import RetryPolicy
+from evcharge.runtime.retry import RetryPolicy, is_retriable
 
 pytestmark = pytest.mark.kafka
 FAST = RetryPolicy(initial_delay_s=0.05, max_delay_s=0.2)
@@ -290,7 +290,10 @@ async def system_topics(bootstrap: str) -> dict[str, int]:
         while True:
             try:
                 return await ensure_topics(bootstrap, TOPICS)
-            except LookupError:  # created a moment ago: not ready yet
+            except Exception as exc:
+                # Created a moment ago, or the broker a test before froze still coming back.
+                if not is_retriable(exc):
+                    raise
                 await asyncio.sleep(0.1)
 
 
