@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install system-deps test test-fast lint demo multihost-demo chaos-test chaos-random chaos-soak mutants \
+.PHONY: install system-deps test test-fast lint demo multihost-demo cluster-test chaos-test chaos-random chaos-soak mutants \
 	bench gateway-scale screenshot kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
@@ -24,7 +24,11 @@ system-deps:
 # Everything: lint and types, fast tests of the logic, the real broker and PostgreSQL, real
 # processes, the chaos scenarios (randomized run included). About 20 minutes on 2 cores.
 test: $(STAMP) system-deps lint
-	$(PYTEST) -q tests
+	$(PYTEST) -q -m "not soak" tests
+
+# The whole system on a 3-node Kafka cluster under broker faults, the rolling restart included.
+cluster-test: $(STAMP) system-deps
+	$(PYTEST) -q -rA tests/test_cluster_system.py
 
 # Only the pure logic: seconds, no Kafka.
 test-fast: $(STAMP)

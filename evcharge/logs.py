@@ -19,18 +19,25 @@ CLIENT_LIBRARIES = ("aiokafka", "kafka")
 REPEAT_QUIET_S = 60.0
 # What the Kafka client says while a broker is unreachable, restarting or electing a leader:
 # expected, waited out by the roles' retry policy. Matched on the message's format string.
+# In a cluster the client retries on its own while a partition's leader or a group's
+# coordinator moves to another broker, or too few replicas are in sync to acknowledge a
+# write: it says so on every retry (every 100 ms), unless let through once here.
 OUTAGE_MESSAGES = (
     'Unable connect to "%s:%s": %s',
     "Unable connect to node with id %s: %s",
+    'Unable to request metadata from "%s:%s": %s',
+    "Unable to request metadata from node with id %s: %r",
     "Unable to update metadata from %s",
     "Failed fetch messages from %s: %s",
     "Failed fetch offsets from %s: %s",
     "Group Coordinator Request failed: %s",
     "FindCoordinator Request failed: %s",
     "Got error produce response: %s",
+    "Got error produce response on topic-partition %s, retrying. Error: %s",
     "Cannot send %r to %s: %r",
     "Could not send %r: %r",
     "Error sending %s to node %s [%s] -- marking coordinator dead",
+    "Marking the coordinator dead (node %s)for group %s.",
     "Error fetching metadata for topic %s: %s",
     "Topic %s not found in cluster metadata",
     "OffsetCommit failed before join, ignoring: %s",

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from evcharge.devtools.kafka import LocalBroker
 from evcharge.errors import ProtocolError, StorageFull
 from evcharge.protocol.topics import TOPICS, Topic
+from evcharge.runtime import outbox as outbox_module
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import ensure_topics, key_partition, new_producer, partition_for_key
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow, OutboxStats
 from evcharge.runtime.ports import free_ports
-from evcharge.runtime.retry import RetryPolicy
+from evcharge.runtime.retry import RetryPolicy, is_retriable
 
 pytestmark = pytest.mark.kafka
 FAST = RetryPolicy(initial_delay_s=0.05, max_delay_s=0.2)
@@ -276,3 +279,160 @@ async def test_relay_and_inbox_survive_a_broker_crash_without_losing_a_message(t
             assert list(dict.fromkeys(mine)) == [f"{key}:{i}".encode() for i in range(40)]
     finally:
         broker.stop()
+
+
+# The two kinds of relay: plain idempotent (engines, monitors), transactional (central).
+RELAY_KINDS = pytest.mark.parametrize("transactional", [False, True], ids=["idempotent", "transactional"])
+
+
+async def system_topics(bootstrap: str) -> dict[str, int]:
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                return await ensure_topics(bootstrap, TOPICS)
+            except Exception as exc:
+                # Created a moment ago, or the broker a test before froze still coming back.
+                if not is_retriable(exc):
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def drained(outbox: ListOutbox, what: str) -> None:
+    try:
+        async with asyncio.timeout(30):
+            while outbox.rows:  # noqa: ASYNC110 - the in-memory outbox has no event to await
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"{what} was not acknowledged within 30 s") from None
+
+
+async def said_down(relay: OutboxRelay) -> None:
+    async with asyncio.timeout(30):
+        while relay.kafka_up:  # noqa: ASYNC110 - what the relay says of its link is a flag
+            await asyncio.sleep(0.05)
+
+
+async def no_task_left() -> None:
+    """Every task the relay's producers started is over (given a moment to finish closing): a
+    producer whose stop() was cut short would retry, and publish again, for the rest of the process."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=5)
+    assert [t for t in others if not t.done()] == []
+
+
+async def committed_values(bootstrap: str, counts: dict[str, int], key: str) -> list[bytes]:
+    """The values keyed `key` on its partition, as every role reads them (read_committed)."""
+    tp = key_partition(counts, Topic.CP_EVENTS, key)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        values = []
+        async with asyncio.timeout(30):
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                values += [r.value for r in batch.get(tp, []) if r.key == key.encode()]
+    finally:
+        await consumer.stop()
+    return values
+
+
+def new_relay(outbox: ListOutbox, bootstrap: str, transactional_id: str | None) -> OutboxRelay:
+    return OutboxRelay(outbox, bootstrap, policy=FAST, transactional_id=transactional_id)
+
+
+@RELAY_KINDS
+async def test_a_publish_kafka_is_slow_to_acknowledge_is_published_once_after_one_calm_line(
+    kafka_broker, monkeypatch, transactional: bool
+) -> None:
+    """The broker frozen for longer than the relay waits: the relay says so once, and the row is
+    published once when the broker is back. The idempotent relay waits with the producer it has,
+    which retries by itself and never writes a retry twice. The transactional one gives its
+    transaction up before the coordinator would abort it (which would look like a fence): its
+    next producer, with the same id, aborts it and publishes the row in one of its own, and the
+    relay is not fenced. No producer is left running when the relay stops."""
+    monkeypatch.setattr(outbox_module, "PUBLISH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(outbox_module, "TRANSACTION_WAIT_S", 1.0)
+    bootstrap = kafka_broker.bootstrap
+    counts = await system_topics(bootstrap)
+    key = f"CP-{uuid.uuid4().hex[:6]}"
+    outbox = ListOutbox()
+    relay = new_relay(outbox, bootstrap, f"test-relay-{key}" if transactional else None)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+
+    outbox.add(Topic.CP_EVENTS, key, b"before")
+    relay.wake()
+    await drained(outbox, "the first row")
+    kafka_broker.kill(signal.SIGSTOP)
+    try:
+        outbox.add(Topic.CP_EVENTS, key, b"while frozen")
+        relay.wake()
+        await said_down(relay)
+    finally:
+        kafka_broker.kill(signal.SIGCONT)
+    await drained(outbox, "the row published while the broker was frozen")
+    assert relay.kafka_up
+    stop.set()
+    await running  # a fenced relay would raise Fenced here
+    await no_task_left()
+    assert await committed_values(bootstrap, counts, key) == [b"before", b"while frozen"]
+
+
+@RELAY_KINDS
+async def test_a_relay_stopped_while_kafka_is_away_stops_and_leaves_its_rows_to_the_next(
+    kafka_broker, monkeypatch, caplog, transactional: bool
+) -> None:
+    """A stop while the broker is frozen and a batch unacknowledged ends the relay at once (no
+    flush waiting for ever, no producer left retrying); the rows stay in the outbox, and the next
+    relay (the same transactional id: the next start) publishes them."""
+    monkeypatch.setattr(outbox_module, "PUBLISH_TIMEOUT_S", 1.0)
+    bootstrap = kafka_broker.bootstrap
+    counts = await system_topics(bootstrap)
+    key = f"CP-{uuid.uuid4().hex[:6]}"
+    transactional_id = f"test-relay-{key}" if transactional else None
+    outbox = ListOutbox()
+    relay = new_relay(outbox, bootstrap, transactional_id)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    outbox.add(Topic.CP_EVENTS, key, b"first")
+    relay.wake()
+    await drained(outbox, "the first row")
+    kafka_broker.kill(signal.SIGSTOP)
+    try:
+        outbox.add(Topic.CP_EVENTS, key, b"unacknowledged")
+        relay.wake()
+        await said_down(relay)
+        stop.set()
+        try:
+            async with asyncio.timeout(30):  # the bound of a relay that hangs, not a goal
+                await running
+        except TimeoutError:
+            raise AssertionError("the relay did not stop while Kafka was away") from None
+        await no_task_left()
+        assert [r.payload for r in outbox.rows] == [b"unacknowledged"]
+        # Nothing failed unseen while the producer was dropped (asyncio reports what nobody handled).
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+    finally:
+        kafka_broker.kill(signal.SIGCONT)
+
+    stop = asyncio.Event()
+    relay = new_relay(outbox, bootstrap, transactional_id)
+    running = asyncio.create_task(relay.run(stop))
+    await drained(outbox, "the row left by the stopped relay")
+    stop.set()
+    await running
+    values = await committed_values(bootstrap, counts, key)
+    if transactional:
+        # What the stopped relay sent was in a transaction its successor aborted.
+        assert values == [b"first", b"unacknowledged"]
+    else:
+        # The frozen broker may have taken the first send after all: at least once, in order.
+        assert list(dict.fromkeys(values)) == [b"first", b"unacknowledged"]

@@ -32,13 +32,15 @@ from evcharge.protocol.signing import PROOF_HEADER, driver_key, sign
 from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter, route
 from evcharge.runtime.faults import crash_point
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
-from evcharge.runtime.kafka import new_producer
+from evcharge.runtime.kafka import close_producer, new_producer
 from evcharge.runtime.retry import LinkWatch, retry_until_done
 from evcharge.runtime.waits import sleep_unless, wait_first
 
 log = logging.getLogger("evcharge.driver")
 
 EXIT_UNANSWERED = 3
+# A stop waits this long for Kafka to acknowledge what the producer still holds.
+PRODUCER_STOP_S = 5.0
 
 
 class Driver:
@@ -101,7 +103,8 @@ class Driver:
                 await consume
         finally:
             if self._producer is not None:
-                await self._producer.stop()
+                # A request still unacknowledged is in the journal, and is sent again at the next start.
+                await close_producer(self._producer, flush=True, timeout_s=PRODUCER_STOP_S)
             await self._journal.close()
             self.screen.close()
             lock.close()

@@ -10,6 +10,8 @@ caller's business (`TopicSpec`s); this module knows none by name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -124,6 +126,38 @@ def new_producer(kafka: Kafka, **extra: Any) -> AIOKafkaProducer:
         metadata_max_age_ms=30000,
         **extra,
     )
+
+
+async def close_producer(producer: AIOKafkaProducer, *, flush: bool, timeout_s: float) -> None:
+    """Stop `producer`; with `flush`, once what it holds is acknowledged, if that takes no more
+    than `timeout_s`. Otherwise what it holds is dropped: whoever handed it over still has it
+    (an outbox keeps its rows until they are acknowledged, a driver its pending request).
+
+    aiokafka's stop() waits until every pending send is acknowledged, for ever while the
+    brokers are away (aio-libs/aiokafka#1101), and a stop() cut short leaves its sender
+    running, still retrying and publishing, for the rest of the process. aiokafka has no
+    public call to drop what a producer holds (Java's close(Duration.ZERO)), hence its sender
+    and client here. The dropped sends' futures are left unresolved rather than failed:
+    failing a batch that a request in flight already put back breaks aiokafka's bookkeeping,
+    and nobody waits for them any more.
+    """
+    if flush:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await producer.flush()  # cut short, it leaves nothing behind; stop() would
+                await producer.stop()
+            return
+        except Exception:  # not acknowledged in time, or failed: dropped below
+            pass
+    producer._closed = True  # closed for stop() (a no-op now) and for the garbage collector
+    # Cancelled, the sender waits for its requests in flight (request_timeout_ms each); one that
+    # waits for a coordinator that is away waits for ever, and is cancelled when the time is up.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REQUEST_TIMEOUT_MS / 1000 + timeout_s):
+            await producer._sender.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await producer.client.close()
 
 
 def new_consumer(kafka: Kafka, group_id: str | None, **extra: Any) -> AIOKafkaConsumer:

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import ProducerFenced
 
 from evcharge.errors import Fenced, StoreUnavailable
-from evcharge.runtime.kafka import new_producer
+from evcharge.runtime.kafka import close_producer, new_producer
 from evcharge.runtime.kafka_access import Kafka
 from evcharge.runtime.retry import DEFAULT_POLICY, Attempts, LinkWatch, RetryPolicy, keep_trying
 from evcharge.runtime.sqlite import Database
@@ -36,6 +36,9 @@ STOP_TIMEOUT_S = 5.0
 # A leader frozen inside a transaction holds read_committed consumers back until its
 # successor fences it or this runs out.
 TRANSACTION_TIMEOUT_MS = 10_000
+# How long a transaction may wait for its commit before it is given up: well inside the
+# transaction timeout, past which the coordinator would abort it itself (see _in_transaction).
+TRANSACTION_WAIT_S = TRANSACTION_TIMEOUT_MS / 2000
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class OutboxRelay:
             ("{what} cannot update its store ({error}){retry}", "{what} updates its store again"),
         )
         self.published = 0
+        self._unacknowledged = False
 
     def wake(self) -> None:
         """Called after a transaction added rows: publish now rather than at the next poll."""
@@ -116,18 +120,22 @@ class OutboxRelay:
                 "transaction_timeout_ms": TRANSACTION_TIMEOUT_MS,
             }
         producer = new_producer(self._bootstrap, **extra)
+        # True while the producer holds sends Kafka has not acknowledged (or a transaction it
+        # has not committed): it is then closed without the flush that would wait for them.
+        self._unacknowledged = False
         try:
-            try:
-                await producer.start()
-            except ProducerFenced as exc:
-                raise Fenced(f"the outbox relay was fenced by a newer one: {exc}") from exc
+            if not await self._started(producer, stop):
+                return
+            # Kafka gave the producer its id: reachable. Later, only an acknowledged batch says
+            # so again, not an empty round: a relay with nothing to publish knows nothing new.
+            attempts.succeeded()
             store_backoff = self._policy.backoff()
             while not stop.is_set():
                 # Cleared before reading, not after: a wake() while the batch is read
                 # must not be lost, or new rows would wait for the idle poll.
                 self._wake.clear()
                 try:
-                    published = await self._publish_batch(producer)
+                    published = await self._publish_batch(producer, stop)
                 except StoreUnavailable as exc:
                     # Published, but not yet forgotten: the rows go again later (consumers
                     # deduplicate); Kafka is fine, so the producer stays.
@@ -137,46 +145,139 @@ class OutboxRelay:
                     continue
                 self._store_watch.succeeded()
                 store_backoff.reset()
-                attempts.succeeded()
-                if not published:
+                if published:
+                    attempts.succeeded()
+                else:
                     await wait_first(stop, self._wake, timeout_s=IDLE_POLL_S)
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await self._publish_batch(producer)  # a last flush on the way out
+            if not self._unacknowledged:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(STOP_TIMEOUT_S):
+                        await self._publish_batch(producer)  # a last flush on the way out
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await producer.stop()
+            await close_producer(producer, flush=not self._unacknowledged, timeout_s=STOP_TIMEOUT_S)
 
-    async def _publish_batch(self, producer: AIOKafkaProducer) -> bool:
+    async def _started(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> bool:
+        """The producer started (True), or `stop` came first (False).
+
+        start() waits for a producer id, from the transaction coordinator for a transactional
+        producer: for as long as Kafka cannot give one (too few brokers to write its state).
+        That is an outage, said once; a stop meanwhile ends the wait.
+        """
+        starting = asyncio.ensure_future(producer.start())
+        try:
+            while not await self._first(starting, stop, PUBLISH_TIMEOUT_S):
+                if stop.is_set():
+                    return False
+                self._watch.failed(TimeoutError(f"no producer id for {PUBLISH_TIMEOUT_S:g} s"))
+            starting.result()
+        except ProducerFenced as exc:
+            raise Fenced(f"the outbox relay was fenced by a newer one: {exc}") from exc
+        finally:
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(BaseException):
+                    await starting
+        return True
+
+    async def _publish_batch(self, producer: AIOKafkaProducer, stop: asyncio.Event | None = None) -> bool:
         if self._may_publish is not None and not await self._may_publish():
             return False
         rows = await self._store.outbox_batch(BATCH_ROWS)
         if not rows:
             return False
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                if self._transactional_id is None:
-                    await self._send(producer, rows)
-                else:
-                    async with producer.transaction():
-                        await self._send(producer, rows)
+            if self._transactional_id is None:
+                acknowledged = await self._acknowledged(await self._send(producer, rows), stop)
+            else:
+                acknowledged = await self._in_transaction(producer, rows, stop)
         except ProducerFenced as exc:
             raise Fenced(f"the outbox relay was fenced by a newer one: {exc}") from exc
+        if not acknowledged:
+            return False  # stopping while Kafka is away: the rows stay for the next start
         await self._store.outbox_delete([r.row_id for r in rows])
         self.published += len(rows)
         if self._on_published is not None:
             await self._on_published(rows)
         return True
 
-    async def _send(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> None:
-        # send() only enqueues; awaiting the futures afterwards keeps the order
-        # (idempotent producer, one partition per key) and pipelines the batch.
+    async def _send(self, producer: AIOKafkaProducer, rows: list[OutboxRow]) -> asyncio.Future[Any]:
+        """Every row handed to the producer; the future of their acknowledgements.
+
+        send() only enqueues; awaiting the acknowledgements afterwards keeps the order
+        (idempotent producer, one partition per key) and pipelines the batch.
+        """
+        self._unacknowledged = True
         futures = [
             await producer.send(r.topic, r.payload, key=r.key.encode(), headers=self._row_headers(r))
             for r in rows
         ]
-        await asyncio.gather(*futures)
+        acked = asyncio.gather(*futures)
+        # Retrieved, so that a send failing after we stopped waiting is not reported as unhandled.
+        acked.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return acked
+
+    async def _acknowledged(self, acked: asyncio.Future[Any], stop: asyncio.Event | None) -> bool:
+        """True once Kafka acknowledged every send; False if `stop` came first.
+
+        Waiting longer than PUBLISH_TIMEOUT_S is an outage: said once, and waited out with this
+        same producer, which retries by itself and, being idempotent, never gives a send up nor
+        writes a retry twice. A new producer would publish the rows a second time beside it.
+        """
+        while True:
+            if await self._first(acked, stop, PUBLISH_TIMEOUT_S):
+                acked.result()  # a send the producer could not make: the session starts over
+                self._unacknowledged = False
+                return True
+            if stop is not None and stop.is_set():
+                return False
+            self._watch.failed(TimeoutError(f"no acknowledgement for {PUBLISH_TIMEOUT_S:g} s"))
+
+    async def _in_transaction(
+        self, producer: AIOKafkaProducer, rows: list[OutboxRow], stop: asyncio.Event | None
+    ) -> bool:
+        """The rows published as one Kafka transaction: True once committed, False if `stop` came first.
+
+        A transaction is not waited out as an idempotent send is: the transaction coordinator
+        aborts one left open past TRANSACTION_TIMEOUT_MS and bumps the producer's epoch, which
+        this producer could not tell from being fenced by a new leader. So a transaction not
+        committed within TRANSACTION_WAIT_S is given up (TimeoutError, an outage): the session's
+        next producer, with the same transactional id, aborts it at its start, and publishes
+        the rows again in a transaction of its own. Consumers read committed records only, so
+        the rows are read once.
+        """
+
+        async def commit() -> None:
+            self._unacknowledged = True
+            await producer.begin_transaction()
+            await (await self._send(producer, rows))
+            await producer.commit_transaction()
+            self._unacknowledged = False
+
+        committing = asyncio.ensure_future(commit())
+        try:
+            if await self._first(committing, stop, TRANSACTION_WAIT_S):
+                committing.result()
+                return True
+        finally:
+            if not committing.done():
+                committing.cancel()
+                with contextlib.suppress(BaseException):
+                    await committing
+        if stop is not None and stop.is_set():
+            return False
+        raise TimeoutError(f"no transaction committed within {TRANSACTION_WAIT_S:g} s")
+
+    @staticmethod
+    async def _first(work: asyncio.Future[Any], stop: asyncio.Event | None, timeout_s: float) -> bool:
+        """Wait for `work` up to `timeout_s`, or until `stop`; True if `work` is done."""
+        stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        try:
+            waiters: set[asyncio.Future[Any]] = {work} if stopping is None else {work, stopping}
+            done, _ = await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            return work in done
+        finally:
+            if stopping is not None:
+                stopping.cancel()
 
     def _row_headers(self, row: OutboxRow) -> list[tuple[str, bytes]] | None:
         if self._headers_for is None:

@@ -7,6 +7,7 @@ from evcharge.devtools.kafka.cluster import (
     LocalCluster,
     NodeSpec,
     NodeStatus,
+    PartitionState,
 )
 from evcharge.devtools.kafka.fetch import JAVA_MISSING, KAFKA_VERSION, MAVEN_MISSING, cache_dir, fetch_kafka
 from evcharge.devtools.kafka.local import (
@@ -32,6 +33,7 @@ __all__ = [
     "LocalCluster",
     "NodeSpec",
     "NodeStatus",
+    "PartitionState",
     "StartResult",
     "cache_dir",
     "default_data_dir",

@@ -146,6 +146,52 @@ async def metadata_brokers(host: str, port: int, timeout_s: float) -> set[int] |
     return {broker[0] for broker in response.brokers}
 
 
+@dataclass(frozen=True)
+class PartitionState:
+    """One partition as a node's metadata describes it."""
+
+    topic: str
+    partition: int
+    leader: int  # -1 while it has none
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.isr) < len(self.replicas)
+
+
+async def partition_states(
+    host: str, port: int, topics: Sequence[str], timeout_s: float
+) -> list[PartitionState] | None:
+    """The partitions of `topics` as one node alone sees them; None if it does not answer.
+
+    A topic that does not exist (yet) is left out rather than failing the answer.
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    conn = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            conn = await create_conn(host, port, request_timeout_ms=max(int(timeout_s * 1000), 500))
+            response = await conn.send(MetadataRequest(list(topics)))
+    except (KafkaError, OSError, TimeoutError):
+        return None
+    finally:
+        if conn is not None:
+            conn.close()
+    return [
+        PartitionState(
+            entry["topic"], p["partition"], p["leader"], tuple(sorted(p["replicas"])), tuple(sorted(p["isr"]))
+        )
+        for entry in response.to_object()["topics"]
+        if entry["error_code"] == 0
+        for p in entry["partitions"]
+    ]
+
+
 @dataclass
 class ClusterNode(LocalBroker):
     """One node of a LocalCluster: broker and controller in one JVM, one of the quorum's voters."""
@@ -166,6 +212,10 @@ class ClusterNode(LocalBroker):
     def registered_brokers(self, timeout_s: float = 3.0) -> set[int] | None:
         """The broker ids this node lists as registered and unfenced (None: it does not answer)."""
         return _run_blocking(lambda: metadata_brokers(self.host, self.port, timeout_s))
+
+    def partitions(self, topics: Sequence[str], timeout_s: float = 3.0) -> list[PartitionState] | None:
+        """The partitions of `topics` as this node sees them (None: it does not answer)."""
+        return _run_blocking(lambda: partition_states(self.host, self.port, topics, timeout_s))
 
     def node_status(self) -> NodeStatus:
         pid = self._live_pid()
@@ -235,6 +285,9 @@ class LocalCluster:
     base_port: int = DEFAULT_PORT
     specs: Sequence[NodeSpec] | None = None
     cache: Path | None = None
+    # The nodes' JVMs get SIGTERM when the process that started them ends, even a SIGKILLed one
+    # (start and restart them from the main thread then).
+    die_with_parent: bool = False
     _members: dict[int, ClusterNode] = field(default_factory=dict, init=False, repr=False)
     cluster_id: str = field(default="", init=False)
 
@@ -260,6 +313,7 @@ class LocalCluster:
                 port=spec.port,
                 controller_port=spec.controller_port,
                 cache=self.cache,
+                die_with_parent=self.die_with_parent,
                 command_prefix=spec.command_prefix,
                 node_id=node_id,
                 cluster_id=self.cluster_id,
@@ -405,6 +459,27 @@ class LocalCluster:
             if leader >= 0 and (best is None or epoch > best[0]):
                 best = (epoch, leader)
         return best[1] if best is not None else None
+
+    def partitions(self, topics: Sequence[str], timeout_s: float = 3.0) -> list[PartitionState] | None:
+        """The partitions of `topics` as the first running node that answers sees them."""
+        for node in self.members:
+            if node._live_pid() is None:
+                continue
+            found = node.partitions(topics, timeout_s)
+            if found is not None:
+                return found
+        return None
+
+    def in_sync(self, topics: Sequence[str], timeout_s: float = 3.0) -> bool:
+        """Every node registered, and every partition of `topics` led and fully replicated
+        (no under-replicated partition) in the eyes of every node: safe to take the next one down."""
+        if self.registered_brokers(timeout_s) != set(self._members):
+            return False
+        for node in self.members:
+            seen = node.partitions(topics, timeout_s)
+            if seen is None or any(p.leader < 0 or p.under_replicated for p in seen):
+                return False
+        return True
 
     def _wait_all_registered(self, deadline: float) -> None:
         want = set(self._members)

@@ -477,7 +477,8 @@ class LocalBroker:
         """Readiness: the broker answers a Kafka request within `timeout_s`."""
         return _run_blocking(functools.partial(_answers_kafka, self.admin_access, timeout_s))
 
-    def _java_cmd(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
+    def _java_cmd(self, java: str, libs: Path, main: str, *args: str, linked: bool = True) -> list[str]:
+        """The JVM's command line; `linked`: it dies with this process when `die_with_parent` asks so."""
         cmd = [
             java,
             *self.jvm_flags,
@@ -487,11 +488,13 @@ class LocalBroker:
             main,
             *args,
         ]
-        return die_with_parent(cmd) if self.die_with_parent else cmd
+        return die_with_parent(cmd) if self.die_with_parent and linked else cmd
 
     def _format(self, java: str, libs: Path) -> None:
         args = ["format", "-c", str(self.properties_path), *self._format_args()]
-        cmd = self._java_cmd(java, libs, "kafka.tools.StorageTool", *args)
+        # Waited for with a timeout, so it needs no link to this process; a cluster formats its
+        # nodes in worker threads, where a linked child would be refused (see die_with_parent).
+        cmd = self._java_cmd(java, libs, "kafka.tools.StorageTool", *args, linked=False)
         try:
             result = subprocess.run(
                 cmd, cwd=self.data_dir, capture_output=True, text=True, timeout=120, check=False
