@@ -155,6 +155,7 @@ class MultiHost(Generic[S]):
         )
         system.central_overrides = {
             "require_auth": True,
+            "insecure": True,  # a network of our own, made for this run: no TLS or Kafka credentials
             "join_token": JOIN_TOKEN,
             "operator_token": OPERATOR_TOKEN,
             "lease_s": LEASE_S,
