@@ -206,7 +206,7 @@ class CentralApp:
             transactional_id=f"evcharge-central-{await store.identity()}",
             headers=[("central", self.instance.encode())],
         )
-        dispatcher = _Dispatcher(service, store, relay, metrics, check_proofs=self.auth)
+        dispatcher = _Dispatcher(service, store, relay, metrics, check_proofs=self.auth and s.proofs_required)
         inbox = Inbox(
             bootstrap=s.kafka_access,
             group_id="central",

@@ -76,6 +76,13 @@ class CentralSettings(KafkaLink, Logging):
     operator_token: str | None = opt(
         None, "Bearer token for operator changes over HTTP (stop, resume, forget).", "EVCHARGE_OPERATOR_TOKEN"
     )
+    require_proofs: bool | None = opt(
+        None,
+        "With --require-auth: decide only on engine events signed with their CP's key and on requests "
+        "of enrolled drivers carrying their proof (default: on with Kafka credentials, --kafka-user).",
+        "EVCHARGE_REQUIRE_PROOFS",
+        flag="--require-proofs/--no-require-proofs",
+    )
     insecure: bool = opt(
         False,
         "Allow central to listen beyond loopback without TLS (--cert/--key) and without Kafka credentials "
@@ -99,6 +106,12 @@ class CentralSettings(KafkaLink, Logging):
                 raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} cannot be negative")
         if self.lease_s < 0.5:
             raise ValueError("--lease must be at least 0.5 s (four renewals fit in it)")
+
+    @property
+    def proofs_required(self) -> bool:
+        """Signed events and enrolled drivers: asked for, or implied by an authenticated Kafka
+        (where a credential is shared by a role, so only a proof tells one CP or driver from another)."""
+        return self.require_proofs if self.require_proofs is not None else self.kafka_user is not None
 
     @property
     def advertised_host(self) -> str:

@@ -231,6 +231,7 @@ class LocalSystem:
                 served = {"cert": c.tls_dir / "central.pem", "key": c.tls_dir / "central.key"}
             return {
                 "require_auth": True,
+                "require_proofs": True,
                 "join_token": c.join_token,
                 "operator_token": c.operator_token,
                 **served,
