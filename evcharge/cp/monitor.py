@@ -17,7 +17,7 @@ import secrets
 import time
 import uuid
 
-from evcharge.cp.engine_key import keep_key
+from evcharge.cp.engine_key import keep_key, write_private
 from evcharge.cp.health import HealthTracker
 from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
@@ -177,15 +177,7 @@ class Monitor:
         if self.settings.join_token is None:
             return None  # central does not ask for credentials
         secret = secrets.token_urlsafe(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.unlink(missing_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        write_private(path, secret)
         log.info("%s: chose its secret for central, kept in %s", self.settings.cp_id, path)
         return secret
 
