@@ -64,7 +64,7 @@ class CentralLink:
         policy: RetryPolicy,
     ) -> None:
         self.identity = identity
-        self._centrals = Centrals(centrals)  # this charger's own: a standby's hint is for its next dial
+        self._centrals = Centrals(centrals)  # this charger's own: which central took it last
         self._health = health
         self._interval_s = heartbeat_interval_s
         self._watch = watch
@@ -87,32 +87,38 @@ class CentralLink:
             if exc.code not in Refused.CREDENTIALS:
                 raise
 
-    async def _serve(self, attempts: Attempts) -> None:
+    async def _register(self, host: str, port: int) -> FramedConnection:
+        """A connection to one central that took this charger's registration; closed if it did not."""
         me = self.identity
-        host, port = self._centrals.next()
-        timeout = self._interval_s * 2
-        conn = await FramedConnection.open(host, port, timeout_s=max(timeout, REGISTER_TIMEOUT_S))
+        timeout = max(self._interval_s * 2, REGISTER_TIMEOUT_S)
+        conn = await FramedConnection.open(host, port, timeout_s=timeout)
         try:
             health, _detail = self._health()
-            try:
-                await conn.request(
-                    Register(
-                        cp_id=me.cp_id,
-                        location=me.location,
-                        price=me.price,
-                        max_w=me.max_w,
-                        health=health,
-                        instance=me.instance,
-                        pid=os.getpid(),
-                        engine=me.instance,
-                        token=me.token,
-                        secret=me.secret,
-                    ),
-                    timeout_s=max(timeout, REGISTER_TIMEOUT_S),
-                )
-            except Refused as exc:
-                self._centrals.refused(exc)
-                raise
+            await conn.request(
+                Register(
+                    cp_id=me.cp_id,
+                    location=me.location,
+                    price=me.price,
+                    max_w=me.max_w,
+                    health=health,
+                    instance=me.instance,
+                    pid=os.getpid(),
+                    engine=me.instance,
+                    token=me.token,
+                    secret=me.secret,
+                ),
+                timeout_s=timeout,
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _serve(self, attempts: Attempts) -> None:
+        me = self.identity
+        timeout = self._interval_s * 2
+        conn, (host, port) = await self._centrals.reach(self._register, _retriable)
+        try:
             attempts.succeeded()
             self.registered.set()
             log.debug("%s registered with central at %s:%d", me.cp_id, host, port)
