@@ -89,6 +89,7 @@ def test_r2_monitor_killed_the_session_goes_on_then_restarted(system, scenario: 
     alice = system.ident("driver-alice")
     system.start_driver(alice, [cp1.cp_id])
     system.wait_status(cp1.cp_id, "SUPPLYING", 15)
+    wait_reading(system, alice)
     before = system.identities()
 
     cp1.monitor.kill()
@@ -308,6 +309,7 @@ def test_hung_monitor_shows_disconnected_and_recovers_when_it_wakes(system, scen
     alice = system.ident("driver-alice")
     system.start_driver(alice, [cp1.cp_id])
     system.wait_status(cp1.cp_id, "SUPPLYING", 15)
+    wait_reading(system, alice)
     before = system.identities()
 
     cp1.monitor.freeze()
