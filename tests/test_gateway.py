@@ -31,12 +31,13 @@ from evcharge.devtools.commands import child
 from evcharge.devtools.supervisor import Child
 from evcharge.gateway.settings import GatewaySettings
 from evcharge.gateway.sim import MeterTrace, SimCharger
-from evcharge.protocol.messages import StopRequest, encode
-from evcharge.protocol.topics import route
+from evcharge.protocol import signing
+from evcharge.protocol.messages import MeterReading, StopRequest, encode
+from evcharge.protocol.topics import Topic, route
 from evcharge.protocol.units import cost_micro_eur
 from evcharge.runtime.kafka import new_producer
 from evcharge.runtime.ports import free_ports
-from tests.harness import System
+from tests.harness import Credentials, System
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -497,3 +498,76 @@ async def test_a_reconnect_with_the_same_charger_id_replaces_the_old_socket(gate
     log = gateway.process.output() if gateway.process else ""
     assert "reconnected: the new connection replaces the old one" in log
     assert system.unexpected_log_lines() == {}
+
+
+# ------------------------------------------------------------- security
+
+
+@pytest.fixture
+def secured_gateway(system: System) -> GatewayRun:
+    """Central with proofs required (signed CP events, enrolled drivers) behind TLS on its monitor
+    port and HTTP API, and a gateway that trusts its CA: `certs init` made the certificates."""
+    tls = system.root / "tls"
+    made = Child(
+        "certs", ["certs", "init", "--dir", str(tls), "--host", "127.0.0.1"], system.logs / "certs.log"
+    ).start()
+    assert made.wait(30) == 0, made.output()
+    system.secure(Credentials(JOIN, "op-token", tls_dir=tls))
+    system.start_central()
+    run = GatewayRun(system, overrides={"ca": tls / "ca.pem"})
+    run.start()
+    yield run
+    if run.process is not None:
+        run.process.stop()
+
+
+async def test_with_proofs_required_a_chargers_signed_events_bill_exactly_and_a_forged_one_is_refused(
+    secured_gateway: GatewayRun,
+) -> None:
+    gateway = secured_gateway
+    system = gateway.system
+    assert system.url.startswith("https://")
+    await gateway.ready()
+    charger = gateway.charger("OCPP-SIG", "2.0.1", meter_interval_s=0.4)
+    driver = system.ident("drv")  # enrolled by the system: its requests carry its proof
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "the charger ON at central over TLS")
+        system.start_driver(driver, [charger.cp_id], interval_s=0.2)
+        await until(lambda: charger.traces and len(charger.traces[0].readings) >= 3, 20, "readings")
+        status, _ = system.post(f"/cp/{charger.cp_id}/stop", token="op-token")
+        assert status == 200
+        await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
+        [session] = await ended_sessions(system, charger.cp_id, 1)
+        await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
+    [trace] = charger.traces
+    assert trace.wh and trace.wh > 0
+    assert_billed_as_metered(session, trace)
+    [ticket] = tickets_from_kafka_events(system.events(driver))
+    assert (ticket["wh"], ticket["micro_eur"]) == (session["wh"], session["micro_eur"])
+    assert gateway.outbox() == 0, "every event went out, signed"
+    assert system.unexpected_log_lines() == {}
+
+    # Anyone on the broker, claiming the charger's session: unsigned, then with a key of its own.
+    forged = MeterReading(
+        cp_id=charger.cp_id, session_id=session["session_id"], seq=10_000, power_w=7_400,
+        wh=1_000_000_000, micro_eur=300_000_000_000,
+    )  # fmt: skip
+    payload = encode(forged)
+    producer = new_producer(system.kafka)
+    await producer.start()
+    try:
+        async with asyncio.timeout(20):
+            await producer.send_and_wait(Topic.CP_EVENTS, payload, key=charger.cp_id.encode())
+            header = [(signing.SIGNATURE_HEADER, signing.sign(signing.new_key(), payload))]
+            await producer.send_and_wait(Topic.CP_EVENTS, payload, key=charger.cp_id.encode(), headers=header)
+    finally:
+        await producer.stop()
+
+    def refusals() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in (system.state_dir / "audit.log").read_text().splitlines()]
+        return [a for a in lines if a["action"] == "cp_event" and a["result"].startswith("refused: forged")]
+
+    await until(lambda: len(refusals()) == 2, 20, "both forgeries refused and audited")
+    assert {a["who"] for a in refusals()} == {charger.cp_id}
+    [again] = [s for s in system.sessions() if s["session_id"] == session["session_id"]]
+    assert (again["wh"], again["micro_eur"]) == (session["wh"], session["micro_eur"])
