@@ -539,11 +539,24 @@ async def test_with_proofs_required_a_chargers_signed_events_bill_exactly_and_a_
         await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
         [session] = await ended_sessions(system, charger.cp_id, 1)
         await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
-    [trace] = charger.traces
+        system.post(f"/cp/{charger.cp_id}/resume", token="op-token")
+        await until(lambda: charger.available, 20, "the charger Operative again")
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON again")
+        # A card at the charger has no driver's token: the gateway asks central over HTTPS,
+        # vouching for it with the charger's key.
+        card = system.ident("card")
+        assert await charger.swipe(card) == "Accepted"
+        await until(lambda: len(charger.traces) == 2 and len(charger.traces[1].readings) >= 2, 20, "readings")
+        charger.end("Local")
+        await until(lambda: charger.settled(), 20, "the card's stop answered")
+        sessions = await ended_sessions(system, charger.cp_id, 2)
+    [trace, card_trace] = charger.traces
     assert trace.wh and trace.wh > 0
     assert_billed_as_metered(session, trace)
     [ticket] = tickets_from_kafka_events(system.events(driver))
     assert (ticket["wh"], ticket["micro_eur"]) == (session["wh"], session["micro_eur"])
+    [card_session] = [s for s in sessions if s["driver_id"] == card]
+    assert_billed_as_metered(card_session, card_trace)
     assert gateway.outbox() == 0, "every event went out, signed"
     assert system.unexpected_log_lines() == {}
 

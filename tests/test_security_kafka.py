@@ -24,6 +24,14 @@ from evcharge.runtime.kafka_access import KafkaAccess
 from evcharge.runtime.ports import free_ports
 from evcharge.runtime.tls import TlsFiles
 from tests.harness import Credentials, System
+from tests.test_gateway import (
+    GatewayRun,
+    assert_billed_as_metered,
+    ended_sessions,
+    running,
+    tickets_from_kafka_events,
+    until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -77,6 +85,47 @@ def test_the_system_charges_through_the_secure_broker_with_tls_and_signatures(
         assert ticket.wh > 0 and ticket.micro_eur > 0
         assert "as central" in (system.logs / "central.log").read_text()
     finally:
+        system.stop_all()
+
+
+async def test_an_ocpp_charger_charges_through_the_secure_broker_signed_by_the_gateway(
+    secure_kafka: SecureKafka, tmp_path: Path
+) -> None:
+    """The gateway as its chargers' engine: SCRAM as the engine user, TLS to central, and every
+    event signed with the charger's key (central requires proofs with Kafka credentials)."""
+    system = System(tmp_path, secure_kafka.bootstrap)
+    gateway = GatewayRun(
+        system,
+        join_token=JOIN,
+        overrides={
+            "ca": secure_kafka.tls / "ca.pem",
+            "kafka_user": "engine",
+            "kafka_password": secure_kafka.users.password("engine"),
+        },
+    )
+    try:
+        system.secure(Credentials(JOIN, OPERATOR, tls_dir=secure_kafka.tls, kafka_users=secure_kafka.users))
+        system.start_central()
+        gateway.start()
+        await gateway.ready()
+        charger = gateway.charger("OCPP-SCRAM", "1.6", meter_interval_s=0.4)
+        driver = system.ident("driver-alice")
+        async with running(charger):
+            await until(lambda: system.status(charger.cp_id) == "ON", 30, "the charger ON at central")
+            system.start_driver(driver, [charger.cp_id], interval_s=0.2)
+            await until(lambda: charger.traces and len(charger.traces[0].readings) >= 3, 30, "readings")
+            status, _ = system.post(f"/cp/{charger.cp_id}/stop", token=OPERATOR)
+            assert status == 200
+            await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
+            [session] = await ended_sessions(system, charger.cp_id, 1)
+            await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
+        [trace] = charger.traces
+        assert trace.wh and trace.wh > 0
+        assert_billed_as_metered(session, trace)
+        assert "forged" not in (system.logs / "central.log").read_text()
+    finally:
+        if gateway.process is not None:
+            gateway.process.stop()
         system.stop_all()
 
 
