@@ -136,6 +136,7 @@ class CentralApp:
                 service.state, store.outbox.outbox_stats, links.lags, time.time(), leader=leadership.leading
             ),
             standby=standby,
+            drivers_proven=self.auth and s.proofs_required,
         )
         runner = web.AppRunner(api.app, access_log=None)
         await service.load()  # before the API answers: a leader's first term starts from this

@@ -28,16 +28,22 @@ def keep_key(path: Path, key: str) -> bool:
             return False
     except OSError:
         pass
+    write_private(path, key)
+    return True
+
+
+def write_private(path: Path, secret: str) -> None:
+    """`secret` as the whole of `path`: readable by its user alone from its first byte (0600),
+    durable, and replaced atomically, so a crash leaves the old one or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.unlink(missing_ok=True)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
+        handle.write(secret + "\n")
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
-    return True
 
 
 class EventSigner:

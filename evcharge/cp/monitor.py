@@ -16,8 +16,9 @@ import os
 import secrets
 import time
 import uuid
+from typing import Any
 
-from evcharge.cp.engine_key import keep_key
+from evcharge.cp.engine_key import keep_key, write_private
 from evcharge.cp.health import HealthTracker
 from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
@@ -177,49 +178,47 @@ class Monitor:
         if self.settings.join_token is None:
             return None  # central does not ask for credentials
         secret = secrets.token_urlsafe(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        temporary.unlink(missing_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
+        write_private(path, secret)
         log.info("%s: chose its secret for central, kept in %s", self.settings.cp_id, path)
         return secret
 
-    async def _serve_central(self, stop: asyncio.Event, attempts: Attempts) -> None:
+    async def _register(self, host: str, port: int) -> tuple[FramedConnection, Any]:
+        """A connection to one central that took this CP's registration; closed if it did not."""
         s = self.settings
-        host, port = self._centrals.next()
         timeout = s.heartbeat_interval_s * 2
         conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
         try:
-            health = self.tracker.health or Health.KO
-            try:
-                registered = await conn.request(
-                    Register(
-                        cp_id=s.cp_id,
-                        location=s.location,
-                        price=s.price,
-                        max_w=s.max_w,
-                        health=health,
-                        instance=self.instance,
-                        pid=os.getpid(),
-                        engine=self.engine_instance,
-                        token=s.join_token,
-                        secret=self._secret(),
-                    ),
-                    timeout_s=timeout,
-                )
-            except Refused as exc:
-                self._centrals.refused(exc)  # a standby answered: the next dial goes to the leader
-                raise
+            registered = await conn.request(
+                Register(
+                    cp_id=s.cp_id,
+                    location=s.location,
+                    price=s.price,
+                    max_w=s.max_w,
+                    health=self.tracker.health or Health.KO,
+                    instance=self.instance,
+                    pid=os.getpid(),
+                    engine=self.engine_instance,
+                    token=s.join_token,
+                    secret=self._secret(),
+                ),
+                timeout_s=timeout,
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, registered
+
+    async def _serve_central(self, stop: asyncio.Event, attempts: Attempts) -> None:
+        s = self.settings
+        timeout = s.heartbeat_interval_s * 2
+        (conn, registered), (host, port) = await self._centrals.reach(self._register, _central_retriable)
+        try:
             attempts.succeeded()
             engine_key = registered.engine_key if isinstance(registered, Registered) else None
             if engine_key and keep_key(s.key_path, engine_key):
                 log.info("%s: kept the key its engine signs events with in %s", s.cp_id, s.key_path)
-            log.info("%s registered with central at %s:%d (engine %s)", s.cp_id, host, port, health.value)
+            health = (self.tracker.health or Health.KO).value
+            log.info("%s registered with central at %s:%d (engine %s)", s.cp_id, host, port, health)
             while not stop.is_set():
                 self._health_changed.clear()
                 await wait_first(

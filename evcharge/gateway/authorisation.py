@@ -89,7 +89,7 @@ class Authoriser:
 
     async def _ask(self, cp_id: str, driver_id: str) -> tuple[int, dict[str, object]]:
         # The card has no driver's token: the charger vouches for it, signing the exact body with
-        # the key central issued it (central with auth on takes nothing else from a charger).
+        # the key central issued it (central requiring proofs takes nothing else from a charger).
         request = json.dumps({"driver_id": driver_id, "cp_id": cp_id}).encode()
         headers = {"Content-Type": "application/json"}
         key = self._store.engine_key(cp_id)

@@ -17,6 +17,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from evcharge.errors import Refused
 from evcharge.protocol.messages import Health, Heartbeat, Register, Registered
@@ -68,7 +69,7 @@ class CentralLink:
         policy: RetryPolicy,
     ) -> None:
         self.identity = identity
-        self._centrals = Centrals(centrals)  # this charger's own: a standby's hint is for its next dial
+        self._centrals = Centrals(centrals)  # this charger's own: which central took it last
         self._tls = tls
         self._keep_key = keep_key
         self._health = health
@@ -95,34 +96,38 @@ class CentralLink:
             if exc.code not in Refused.CREDENTIALS:
                 raise
 
-    async def _serve(self, attempts: Attempts) -> None:
+    async def _register(self, host: str, port: int) -> tuple[FramedConnection, Any]:
+        """A connection to one central that took this charger's registration; closed if it did not."""
         me = self.identity
-        host, port = self._centrals.next()
-        timeout = self._interval_s * 2
-        conn = await FramedConnection.open(
-            host, port, timeout_s=max(timeout, REGISTER_TIMEOUT_S), tls=self._tls
-        )
+        timeout = max(self._interval_s * 2, REGISTER_TIMEOUT_S)
+        conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
         try:
             health, _detail = self._health()
-            try:
-                registered = await conn.request(
-                    Register(
-                        cp_id=me.cp_id,
-                        location=me.location,
-                        price=me.price,
-                        max_w=me.max_w,
-                        health=health,
-                        instance=me.instance,
-                        pid=os.getpid(),
-                        engine=me.instance,
-                        token=me.token,
-                        secret=me.secret,
-                    ),
-                    timeout_s=max(timeout, REGISTER_TIMEOUT_S),
-                )
-            except Refused as exc:
-                self._centrals.refused(exc)
-                raise
+            registered = await conn.request(
+                Register(
+                    cp_id=me.cp_id,
+                    location=me.location,
+                    price=me.price,
+                    max_w=me.max_w,
+                    health=health,
+                    instance=me.instance,
+                    pid=os.getpid(),
+                    engine=me.instance,
+                    token=me.token,
+                    secret=me.secret,
+                ),
+                timeout_s=timeout,
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, registered
+
+    async def _serve(self, attempts: Attempts) -> None:
+        me = self.identity
+        timeout = self._interval_s * 2
+        (conn, registered), (host, port) = await self._centrals.reach(self._register, _retriable)
+        try:
             attempts.succeeded()
             # Central issues a key to every CP that registers with the join token; the charger's
             # events are signed with it (and, with proofs required at central, applied only so).

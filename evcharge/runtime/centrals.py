@@ -1,40 +1,87 @@
-"""Which central a monitor-protocol client dials next: the leader a standby named, else the next one.
+"""Which central a monitor-protocol client registers with: one round over the list, the leader first.
 
 Centrals run redundantly: one leads, the others stand by and refuse a `Register`
 with `not_leader`, naming the leader when they know it. Every client of central's
-monitor port (`evcharge monitor`, each charger link of `evcharge gateway`) dials
-through a `Centrals`, so each goes straight to the leader after one refusal, and
-walks the list in turn when nobody names one (a central down, a lease changing hands).
+monitor port (`evcharge monitor`, each charger link of `evcharge gateway`) registers
+through `Centrals.reach`, which makes one *round*: the central that last took the
+registration, then the others in list order, each at most once, a leader a standby
+names dialled next. A round fails only when every central did, so the caller backs
+off once per round and not once per address: while a standby takes over from a dead
+leader, the client reaches the new leader within one backoff delay of its taking
+over, instead of spending most of its attempts on the dead one that standbys still
+name until its lease runs out.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from evcharge.errors import Refused
+
+T = TypeVar("T")
+Address = tuple[str, int]
 
 
 class Centrals:
-    def __init__(self, addresses: tuple[tuple[str, int], ...]) -> None:
+    def __init__(self, addresses: tuple[Address, ...]) -> None:
         if not addresses:
             raise ValueError("at least one central address")
         self.addresses = addresses
-        self._next = 0
-        self._leader: tuple[str, int] | None = None
+        self._last_leader: Address | None = None
 
     def __str__(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self.addresses)
 
-    def next(self) -> tuple[str, int]:
-        """The address to dial now: a leader just named (once), else the next of the list."""
-        if self._leader is not None:
-            leader, self._leader = self._leader, None
-            return leader
-        address = self.addresses[self._next % len(self.addresses)]
-        self._next += 1
-        return address
+    def round(self) -> list[Address]:
+        """The order of the next round: the last central that took the registration, then the list."""
+        first = [self._last_leader] if self._last_leader is not None else []
+        return first + [a for a in self.addresses if a != self._last_leader]
 
-    def refused(self, exc: Refused) -> None:
-        """Take note of a refusal: a standby that named the leader sends the next dial there."""
-        if exc.code == "not_leader" and exc.leader:
-            host, _, port = exc.leader.rpartition(":")
-            if host and port.isdigit():
-                self._leader = (host.strip("[]"), int(port))
+    async def reach(
+        self, attempt: Callable[[str, int], Awaitable[T]], retriable: Callable[[BaseException], bool]
+    ) -> tuple[T, Address]:
+        """`attempt` on each central of one round until one succeeds, and which one it was.
+
+        When none did, the failure that says most is raised: a refusal from a central that
+        leads over a standby's pointer. A failure `retriable` does not wave through (wrong
+        credentials) ends the round at once.
+        """
+        queue = deque(self.round())
+        tried: set[Address] = set()
+        failure: BaseException | None = None
+        while queue:
+            address = queue.popleft()
+            if address in tried:
+                continue
+            tried.add(address)
+            try:
+                result = await attempt(*address)
+            except Exception as exc:
+                if not retriable(exc):
+                    raise
+                if failure is None or not _from_a_standby(exc):
+                    failure = exc  # a leader's own refusal says more than a standby's pointer
+                leader = named_leader(exc)
+                if leader is not None and leader not in tried:
+                    queue.appendleft(leader)
+                continue
+            self._last_leader = address
+            return result, address
+        assert failure is not None  # the list is never empty
+        raise failure
+
+
+def _from_a_standby(exc: BaseException) -> bool:
+    return isinstance(exc, Refused) and exc.code == "not_leader"
+
+
+def named_leader(exc: BaseException) -> Address | None:
+    """The leader a standby's refusal names, if it names one well formed."""
+    if not (isinstance(exc, Refused) and exc.code == "not_leader" and exc.leader):
+        return None
+    host, _, port = exc.leader.rpartition(":")
+    if not (host and port.isdigit()):
+        return None
+    return host.strip("[]"), int(port)
