@@ -15,8 +15,10 @@ import json
 import shutil
 import sqlite3
 import ssl
+import stat
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ from websockets.exceptions import InvalidStatus
 
 from evcharge.devtools.commands import child
 from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import open_url
 from evcharge.gateway.settings import GatewaySettings
 from evcharge.gateway.sim import MeterTrace, SimCharger
 from evcharge.protocol import signing
@@ -113,9 +116,12 @@ class GatewayRun:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
+    @property
+    def store_path(self) -> Path:
+        return self.system.state_dir / f"gateway-{self.system.tag}.sqlite"
+
     def store(self) -> sqlite3.Connection:
-        path = self.system.state_dir / f"gateway-{self.system.tag}.sqlite"
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=5)
         db.row_factory = sqlite3.Row
         return db
 
@@ -503,6 +509,17 @@ async def test_a_reconnect_with_the_same_charger_id_replaces_the_old_socket(gate
 # ------------------------------------------------------------- security
 
 
+def http_post(system: System, path: str, body: bytes, signature: bytes) -> tuple[int, Any]:
+    """A POST to central with a CP's signature header, as a gateway asks for a card."""
+    headers = {"Content-Type": "application/json", signing.SIGNATURE_HEADER: signature.decode()}
+    request = urllib.request.Request(system.url + path, data=body, method="POST", headers=headers)
+    try:
+        with open_url(request, 5, system.http_tls) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
 @pytest.fixture
 def secured_gateway(system: System) -> GatewayRun:
     """Central with proofs required (signed CP events, enrolled drivers) behind TLS on its monitor
@@ -558,6 +575,13 @@ async def test_with_proofs_required_a_chargers_signed_events_bill_exactly_and_a_
     [card_session] = [s for s in sessions if s["driver_id"] == card]
     assert_billed_as_metered(card_session, card_trace)
     assert gateway.outbox() == 0, "every event went out, signed"
+    with contextlib.closing(gateway.store()) as db:
+        [(key,)] = db.execute("SELECT engine_key FROM chargers WHERE cp_id = ?", (charger.cp_id,)).fetchall()
+    assert key, "the charger's key is kept in the gateway's store"
+    store_files = list(gateway.store_path.parent.glob(gateway.store_path.name + "*"))
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in store_files} == {
+        p.name: 0o600 for p in store_files
+    }, "readable by the gateway's user alone"
     assert system.unexpected_log_lines() == {}
 
     # Anyone on the broker, claiming the charger's session: unsigned, then with a key of its own.
@@ -584,3 +608,15 @@ async def test_with_proofs_required_a_chargers_signed_events_bill_exactly_and_a_
     assert {a["who"] for a in refusals()} == {charger.cp_id}
     [again] = [s for s in system.sessions() if s["session_id"] == session["session_id"]]
     assert (again["wh"], again["micro_eur"]) == (session["wh"], session["micro_eur"])
+
+    # Anyone on the network asking central for a charge at that charger, as if its gateway
+    # vouched for a card: without the charger's key, refused and audited.
+    body = json.dumps({"driver_id": system.ident("card"), "cp_id": charger.cp_id}).encode()
+    status, answer = http_post(system, "/request/charge", body, signing.sign(signing.new_key(), body))
+    assert (status, answer["error"]) == (401, "unauthorized")
+    lines = [json.loads(line) for line in (system.state_dir / "audit.log").read_text().splitlines()]
+    assert any(
+        a["action"] == "/request/charge"
+        and a["result"] == f"refused: a signature not by {charger.cp_id}'s key"
+        for a in lines
+    ), "the refusal has its audit line"
