@@ -25,7 +25,7 @@ system-deps:
 # processes, the chaos scenarios (randomized run included). About 31 minutes on 2 cores.
 # Scenarios marked `soak` (a known open defect, or a long run) have targets of their own.
 test: $(STAMP) system-deps lint
-	$(PYTEST) -q -m "not soak" tests
+	$(PYTEST) -q -m "not soak" --durations=25 tests
 
 # The whole system on a 3-node Kafka cluster under broker faults, the rolling restart included.
 cluster-test: $(STAMP) system-deps

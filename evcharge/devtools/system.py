@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import ssl
 import time
@@ -28,6 +27,7 @@ from evcharge.cp.settings import EngineSettings, MonitorSettings
 from evcharge.devtools.commands import child
 from evcharge.devtools.kafka_users import KafkaUsers
 from evcharge.devtools.probes import engine_status
+from evcharge.devtools.procs import running
 from evcharge.devtools.supervisor import Child
 from evcharge.driver.settings import DriverSettings
 from evcharge.protocol.units import parse_price
@@ -590,8 +590,8 @@ class LocalSystem:
             return None
         ready = events[starts[-1]]
         finished = any(e["event"] == "summary" for e in events[starts[-1] :]) and process.returncode == 0
-        running = process.alive and _running(ready["pid"])
-        return Identity(ready["instance"], ready["pid"]) if running or finished else None
+        live = process.alive and running(ready["pid"])
+        return Identity(ready["instance"], ready["pid"]) if live or finished else None
 
     def _processes(self) -> list[Child]:
         processes = [*self.drivers.values()]
@@ -608,20 +608,3 @@ class LocalSystem:
             timeout_s,
             "every engine's outbox to drain",
         )
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
