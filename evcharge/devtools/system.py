@@ -243,6 +243,13 @@ class LocalSystem:
             return {"sign_events": True, **c.kafka("engine")}
         return c.kafka(role)
 
+    def enrol(self, *driver_ids: str) -> None:
+        """With security on, enrol these drivers now, while central is up to take it (a driver
+        started later, with central down or unable to record, has its token already)."""
+        if self.credentials is not None:
+            for driver_id in driver_ids:
+                self.enrol_driver(driver_id)
+
     def enrol_driver(self, driver_id: str) -> str:
         """The driver's token, from central (POST /drivers with the operator token), once per driver."""
         assert self.credentials is not None
@@ -382,7 +389,10 @@ class LocalSystem:
         (port,) = free_ports(1)
         settings = self.engine_settings(cp_id, port, **engine_overrides)
         # Both settings first: a bad one fails before any process is started.
-        monitor_settings = self.monitor_settings(cp_id, port, location=location, price=parse_price(price))
+        # One CP, one state dir: the monitor keeps there the key its engine signs with.
+        monitor_settings = self.monitor_settings(
+            cp_id, port, location=location, price=parse_price(price), state_dir=settings.state_dir
+        )
         engine = child(
             "engine",
             settings,
@@ -479,6 +489,12 @@ class LocalSystem:
         self, path: str, body: dict[str, Any] | None = None, token: str | None = None
     ) -> tuple[int, Any]:
         return self.request("POST", path, body, token)
+
+    def ask_charge(self, driver_id: str, cp_id: str) -> tuple[int, Any]:
+        """POST /request/charge for `driver_id`; with security on, as the operator, who may ask for
+        any driver (even one not enrolled, or while central cannot record an enrolment)."""
+        token = self.credentials.operator_token if self.credentials is not None else None
+        return self.post("/request/charge", {"driver_id": driver_id, "cp_id": cp_id}, token=token)
 
     def status(self, cp_id: str) -> str | None:
         try:

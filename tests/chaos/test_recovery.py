@@ -96,7 +96,7 @@ def test_r2_monitor_killed_the_session_goes_on_then_restarted(system, scenario: 
     fault = scenario.mark("fault_at", cp1.monitor.signalled_at)
     system.wait_status(cp1.cp_id, "DISCONNECTED", CORRECTNESS_TIMEOUT_S, since=fault)
     scenario.mark("detected_at")
-    status, body = system.post("/request/charge", {"driver_id": system.ident("driver-x"), "cp_id": cp1.cp_id})
+    status, body = system.ask_charge(system.ident("driver-x"), cp1.cp_id)
     assert status == 409 and body["error"] in ("disconnected", "busy"), "no new session on it"
     system.wait_driver_done(alice, CORRECTNESS_TIMEOUT_S)
     assert [t.reason for t in system.tickets(alice)] == ["completed"], "the session reached its normal end"
@@ -147,6 +147,7 @@ def test_r4_central_killed_sessions_finish_and_queued_requests_wait(system, scen
     alice, bob, carol = (system.ident(n) for n in ("driver-alice", "driver-bob", "driver-carol"))
     system.start_driver(alice, [cp1.cp_id])
     system.start_driver(bob, [cp2.cp_id])
+    system.enrol(carol)  # with security on: carol asks while central is down, enrolled before
     # Killed mid-session: central's SUPPLYING only says it accepted; a reading says the engine runs.
     wait_reading(system, alice)
     wait_reading(system, bob)
