@@ -30,14 +30,19 @@ class Centrals:
             raise ValueError("at least one central address")
         self.addresses = addresses
         self._last_leader: Address | None = None
+        # Centrals that did not answer in the last round (refused, timed out): dialled last, so a
+        # leader cut off, whose packets vanish, does not cost a connect timeout every round.
+        self._silent: set[Address] = set()
 
     def __str__(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self.addresses)
 
     def round(self) -> list[Address]:
-        """The order of the next round: the last central that took the registration, then the list."""
+        """The order of the next round: the last central that took the registration, then the
+        list, and last of all those that did not answer in the round before."""
         first = [self._last_leader] if self._last_leader is not None else []
-        return first + [a for a in self.addresses if a != self._last_leader]
+        order = first + [a for a in self.addresses if a != self._last_leader]
+        return [a for a in order if a not in self._silent] + [a for a in order if a in self._silent]
 
     async def reach(
         self, attempt: Callable[[str, int], Awaitable[T]], retriable: Callable[[BaseException], bool]
@@ -50,6 +55,7 @@ class Centrals:
         """
         queue = deque(self.round())
         tried: set[Address] = set()
+        silent: set[Address] = set()
         failure: BaseException | None = None
         while queue:
             address = queue.popleft()
@@ -61,14 +67,23 @@ class Centrals:
             except Exception as exc:
                 if not retriable(exc):
                     raise
+                if not isinstance(exc, Refused):
+                    silent.add(address)
                 if failure is None or not _from_a_standby(exc):
                     failure = exc  # a leader's own refusal says more than a standby's pointer
                 leader = named_leader(exc)
                 if leader is not None and leader not in tried:
-                    queue.appendleft(leader)
+                    # Next, unless it did not answer last round: a standby names a dead leader
+                    # until its lease runs out.
+                    if leader in self._silent:
+                        queue.append(leader)
+                    else:
+                        queue.appendleft(leader)
                 continue
             self._last_leader = address
+            self._silent = silent
             return result, address
+        self._silent = silent
         assert failure is not None  # the list is never empty
         raise failure
 
