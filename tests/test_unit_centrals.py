@@ -127,3 +127,11 @@ def test_a_central_that_did_not_answer_is_dialled_last_in_the_next_round() -> No
     cluster.dialled.clear()
     assert reach(centrals, cluster)[1] == B
     assert cluster.dialled == [B], "the silent one is not dialled first again"
+
+
+def test_after_its_link_broke_the_last_leader_is_dialled_last() -> None:
+    cluster = Cluster({A: None})
+    centrals = Centrals((A, B))
+    reach(centrals, cluster)
+    centrals.lost(A)  # its heartbeats went unanswered: cut off, perhaps
+    assert centrals.round() == [B, A]

@@ -235,6 +235,9 @@ class Monitor:
                     ),
                     timeout_s=timeout,
                 )
+        except Exception:
+            self._centrals.lost((host, port))
+            raise
         finally:
             await conn.close()
 

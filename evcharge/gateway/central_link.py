@@ -144,6 +144,9 @@ class CentralLink:
                     timeout_s=timeout,
                 )
                 await wait_first(self._changed, conn.closed_event, timeout_s=self._interval_s)
+        except Exception:
+            self._centrals.lost((host, port))
+            raise
         finally:
             self.registered.clear()
             await conn.close()

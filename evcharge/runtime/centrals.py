@@ -37,6 +37,11 @@ class Centrals:
     def __str__(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self.addresses)
 
+    def lost(self, address: Address) -> None:
+        """The link to `address` broke after it took the registration: the next round starts
+        elsewhere (a leader cut off would cost a connect timeout before any other is tried)."""
+        self._silent.add(address)
+
     def round(self) -> list[Address]:
         """The order of the next round: the last central that took the registration, then the
         list, and last of all those that did not answer in the round before."""
