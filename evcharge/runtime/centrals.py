@@ -14,11 +14,14 @@ name until its lease runs out.
 
 from __future__ import annotations
 
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from evcharge.errors import Refused
+from evcharge.protocol.messages import Frame
+from evcharge.runtime.tcp import FramedConnection
 
 T = TypeVar("T")
 Address = tuple[str, int]
@@ -105,3 +108,16 @@ def named_leader(exc: BaseException) -> Address | None:
     if not (host and port.isdigit()):
         return None
     return host.strip("[]"), int(port)
+
+
+async def register(
+    host: str, port: int, message: Callable[[], Frame], *, timeout_s: float, tls: ssl.SSLContext | None
+) -> tuple[FramedConnection, Frame]:
+    """A connection to the central at `host:port` that took `message()` (a `Register`, made once
+    the link is up) and its answer; closed if it did not take it."""
+    conn = await FramedConnection.open(host, port, timeout_s=timeout_s, tls=tls)
+    try:
+        return conn, await conn.request(message(), timeout_s=timeout_s)
+    except BaseException:
+        await conn.close()
+        raise
