@@ -469,10 +469,6 @@ def test_sigterm_of_the_busiest_broker_is_only_jitter_to_the_drivers(
     one_broker_goes(healthy_cluster, system, scenario, figures, controlled=True)
 
 
-# Fails about 2 runs in 5: after broker 1 returns, central's transactional relay stalls with no
-# line of its own following aiokafka's "AddPartitionsToTxn ... NodeNotReady". Kept out of
-# `make test` (which must pass) until that is found; `make cluster-test` runs it.
-@pytest.mark.soak
 def test_rolling_restart_of_all_three_brokers_errs_nowhere_and_loses_nothing(
     healthy_cluster: LocalCluster, system: System, scenario: Scenario, figures: Figures
 ) -> None:
