@@ -10,11 +10,16 @@ import random
 import pytest
 from rich.console import Console
 
+from evcharge.central.provenance import event_forgery, request_unproven
+from evcharge.central.state import CentralState
+from evcharge.cp.engine_key import EventSigner, keep_key
 from evcharge.cp.engine_state import EngineState
+from evcharge.cp.settings import engine_key_path
 from evcharge.devtools.sim.drivers import DriverSettings, SimDriver
-from evcharge.devtools.sim.fleet import Fleet, FleetSettings, SimEngine
+from evcharge.devtools.sim.fleet import Fleet, FleetSettings, Publisher, SimEngine
 from evcharge.devtools.sim.report import LatencySummary, SimStats, percentile, render
 from evcharge.devtools.supervisor import Child
+from evcharge.protocol import signing
 from evcharge.protocol.messages import (
     ChargeRequest,
     ChargingProgress,
@@ -32,7 +37,7 @@ from evcharge.protocol.messages import (
     StopCp,
     Ticket,
 )
-from evcharge.protocol.topics import route
+from evcharge.protocol.topics import Topic, route
 from evcharge.runtime.tcp import FramedConnection
 
 # ------------------------------------------------------------------ the report, pure
@@ -99,7 +104,7 @@ class _Recorder:
         self.sent: list[tuple[str, str, object]] = []
         self._published = asyncio.Event()
 
-    async def publish(self, message: object) -> bool:
+    async def publish(self, message: object, proof: object = None) -> bool:
         self.sent.append((*route(message), message))  # type: ignore[arg-type]
         self._published.set()
         return True
@@ -230,6 +235,62 @@ async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_
         "ticket": 1,
     }
     assert stats.late_updates == 1 and not stats.errors
+
+
+class _Producer:
+    """Stands in for aiokafka's producer under the real `Publisher`: keeps each record as sent."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, signing.Headers | None]] = []
+        self.sent = asyncio.Event()
+
+    async def send(
+        self, topic: str, payload: bytes, key: bytes, headers: signing.Headers | None = None
+    ) -> asyncio.Future[None]:
+        self.records.append((topic, payload, headers))
+        self.sent.set()
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+async def test_simulated_engines_sign_their_events_and_drivers_prove_their_requests_as_central_checks(
+    tmp_path,
+) -> None:
+    """What a secure central would accept: judged by central's own checks, not re-derived here."""
+    cp_key, token = signing.new_key(), signing.new_token()
+    keep_key(engine_key_path(tmp_path, "SIMT-9"), cp_key)
+    central = CentralState(engine_keys={"SIMT-9": cp_key}, driver_keys={"d-0001": signing.driver_key(token)})
+    stats = SimStats(cps=1, drivers=1)
+    producer = _Producer()
+    publisher = Publisher(producer, stats)  # type: ignore[arg-type]
+    signer = EventSigner(engine_key_path(tmp_path, "SIMT-9"), required=True)
+    engine = SimEngine(EngineState("SIMT-9", 22_000, 300_000), publisher, stats, lambda e, s: None, signer)
+    await engine.apply(_start("SIMT-9"), set())
+    assert producer.records and all(topic == Topic.CP_EVENTS for topic, _, _ in producer.records)
+    assert [event_forgery(central, "SIMT-9", payload, h) for _, payload, h in producer.records] == [
+        None
+    ] * len(producer.records)
+    # The check is not vacuous: the same event signed with another key is a forgery to central.
+    other = [(signing.SIGNATURE_HEADER, signing.sign(signing.new_key(), producer.records[0][1]))]
+    assert event_forgery(central, "SIMT-9", producer.records[0][1], other)
+
+    producer.records.clear()
+    settings = DriverSettings(drivers=1, driver_prefix="d", request_rate=1, ramp_up_s=0, session_s=1)
+    for driver_token, verdict in ((token, None), (signing.new_token(), "bad_proof")):
+        producer.sent.clear()
+        driver = SimDriver(
+            "d-0001", settings, publisher, lambda: "SIMT-9", stats, random.Random(1), driver_token
+        )
+        asking = asyncio.ensure_future(driver._request("SIMT-9"))
+        async with asyncio.timeout(5):
+            await producer.sent.wait()
+        asking.cancel()
+        await asyncio.gather(asking, return_exceptions=True)
+        topic, payload, headers = producer.records.pop()
+        refused = request_unproven(central, "d-0001", payload, headers)
+        assert topic == Topic.DRIVER_REQUESTS
+        assert (refused[0].value if refused else None) == verdict
 
 
 # ------------------------------------------------------------- real central, real Kafka

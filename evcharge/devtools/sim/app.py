@@ -83,6 +83,17 @@ class Simulation:
             session_s=settings.session_s,
             meter_interval_s=settings.meter_interval_s,
             fault_rate_per_min=settings.fault_rate_per_min,
+            join_token=settings.join_token,
+            ca=settings.ca,
+            state_dir=settings.state_dir,
+            signing=settings.signing,
+        )
+        self.driver_settings = DriverSettings(
+            drivers=settings.drivers,
+            driver_prefix=settings.driver_prefix,
+            request_rate=settings.request_rate,
+            ramp_up_s=settings.ramp_up_s,
+            session_s=settings.session_s,
         )
         self._abort = asyncio.Event()
         self._crashed = False
@@ -112,13 +123,19 @@ class Simulation:
 
     async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        producer = new_producer(s.kafka)
+        kafka = s.kafka_access
+        producer = new_producer(kafka)
         try:
-            await self._startup("Kafka topics", lambda: ensure_topics(s.kafka, TOPICS, s.partitions), stop)
+            await self._startup("Kafka topics", lambda: ensure_topics(kafka, TOPICS, s.partitions), stop)
             await self._startup("the Kafka producer", producer.start, stop, retry=False)
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as http:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+                # An https central is checked against --ca, as every role checks it.
+                connector=aiohttp.TCPConnector(ssl=s.tls.client_context() or True),
+            ) as http:
                 await self._startup("central's HTTP API", lambda: self._get(http, "/health"), stop)
-                await self._load(Publisher(producer, self.stats), http, stop)
+                tokens = await self._startup("the drivers' enrolment", lambda: self._enrol(http), stop)
+                await self._load(Publisher(producer, self.stats), http, stop, tokens)
                 await self._final_look(http)
         except _NotStarted:
             pass  # counted and said where it happened
@@ -129,26 +146,28 @@ class Simulation:
             except Exception as exc:
                 self.stats.error(f"cannot stop the Kafka producer cleanly: {describe(exc)}")
 
-    async def _load(self, publisher: Publisher, http: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+    async def _load(
+        self,
+        publisher: Publisher,
+        http: aiohttp.ClientSession,
+        stop: asyncio.Event,
+        tokens: dict[str, str],
+    ) -> None:
         s = self.settings
         rng = random.Random(s.seed)
         fleet = Fleet(self.fleet_settings, publisher, self.stats, rng)
         drivers = DriverFleet(
-            DriverSettings(
-                drivers=s.drivers,
-                driver_prefix=s.driver_prefix,
-                request_rate=s.request_rate,
-                ramp_up_s=s.ramp_up_s,
-                session_s=s.session_s,
-            ),
+            self.driver_settings,
             publisher,
             fleet.pick,
             self.stats,
             rng,
+            tokens,
         )
+        kafka = s.kafka_access
         consumers = [
             Inbox(
-                bootstrap=s.kafka,
+                bootstrap=kafka,
                 group_id=f"sim-{self.run_id}-{name}",
                 subscriptions=[Subscription(topic)],
                 codecs=CODECS,
@@ -237,6 +256,23 @@ class Simulation:
             log.error("%s failed: %s", what, describe(exc), exc_info=exc)
             self._crashed = True
             self._abort.set()  # the run's own stop: the rest winds down in order
+
+    async def _enrol(self, http: aiohttp.ClientSession) -> dict[str, str]:
+        """Each driver's token from central (the operator's POST /drivers); none without the
+        operator's token, when central takes any driver's name."""
+        token = self.settings.operator_token
+        if token is None:
+            return {}
+        ids = self.driver_settings.driver_ids()
+        url = self.settings.central_url.rstrip("/") + "/drivers"
+        tokens = {}
+        for driver_id in ids:
+            async with http.post(
+                url, json={"driver_id": driver_id}, headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                response.raise_for_status()
+                tokens[driver_id] = (await response.json())["token"]
+        return tokens
 
     async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
         async with http.get(self.settings.central_url.rstrip("/") + path) as response:

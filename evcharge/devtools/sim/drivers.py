@@ -4,6 +4,7 @@ The fleet's request rate is a Poisson process: each driver's next request is
 due an exponential gap after its previous one was sent (mean drivers / rate),
 so the fleet sends about `--request-rate` per second as long as sessions are
 shorter than that gap. Updates reach the drivers through one shared consumer.
+An enrolled driver (its token given) proves each request, as `evcharge driver` does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from evcharge.devtools.sim.fleet import Publisher
 from evcharge.devtools.sim.report import SimStats
 from evcharge.driver.conversation import DriverUpdate, Kind, Waiting, hear
 from evcharge.protocol.messages import ChargeRequest, RequestAccepted, RequestDenied, Ticket
+from evcharge.protocol.signing import PROOF_HEADER, driver_key
 from evcharge.protocol.topics import dead_letter
 from evcharge.runtime.inbox import Delivery
 from evcharge.runtime.waits import sleep_unless
@@ -65,8 +67,10 @@ class SimDriver:
         pick: Callable[[], str | None],
         stats: SimStats,
         rng: random.Random,
+        token: str | None = None,
     ) -> None:
         self.driver_id = driver_id
+        self._proof = (PROOF_HEADER, driver_key(token)) if token else None
         self._settings = settings
         self._publisher = publisher
         self._pick = pick
@@ -105,7 +109,7 @@ class SimDriver:
             message = ChargeRequest(
                 driver_id=self.driver_id, cp_id=cp_id, request_id=request.waiting.request_id
             )
-            if not await self._publisher.publish(message):
+            if not await self._publisher.publish(message, self._proof):
                 return  # counted by the publisher
             self._stats.requests_sent += 1
             answer = await _within(request.answer, ANSWER_TIMEOUT_S)
@@ -181,10 +185,13 @@ class DriverFleet:
         pick: Callable[[], str | None],
         stats: SimStats,
         rng: random.Random,
+        tokens: dict[str, str] | None = None,
     ) -> None:
+        """`tokens`: each driver's, when central requires enrolled drivers."""
         self.settings = settings
+        tokens = tokens or {}
         self.drivers = {
-            driver_id: SimDriver(driver_id, settings, publisher, pick, stats, rng)
+            driver_id: SimDriver(driver_id, settings, publisher, pick, stats, rng, tokens.get(driver_id))
             for driver_id in settings.driver_ids()
         }
         self._stats = stats

@@ -9,12 +9,13 @@ from pathlib import Path
 from evcharge.config import (
     DEFAULT_CENTRAL,
     DEFAULT_CENTRAL_URL,
+    KafkaLink,
     Logging,
     host_ports,
-    kafka_setting,
     opt,
     partitions_setting,
     show_host_ports,
+    state_dir_setting,
 )
 from evcharge.errors import ConfigError
 
@@ -22,10 +23,9 @@ ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}\Z")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SimSettings(Logging):
+class SimSettings(KafkaLink, Logging):
     cps: int = opt(100, "Simulated charging points (engine + real monitor each).", "EVCHARGE_SIM_CPS")
     drivers: int = opt(100, "Simulated drivers.", "EVCHARGE_SIM_DRIVERS")
-    kafka: str = kafka_setting()
     central: tuple[tuple[str, int], ...] = opt(
         host_ports(DEFAULT_CENTRAL, "--central"),
         "Central's monitor port HOST:PORT (several, comma-separated).",
@@ -70,6 +70,31 @@ class SimSettings(Logging):
         None, "Also write the report as JSON to this file.", "EVCHARGE_SIM_JSON", flag="--json"
     )
     partitions: int = partitions_setting()
+    # Security on (what a central beyond loopback requires): the monitors join with the token over
+    # TLS (--ca), the engines sign their events with the keys central issues at join, the drivers
+    # are enrolled with the operator's token and prove their requests. One Kafka user
+    # (--kafka-user) carries both the engines' and the drivers' traffic, so on the project's broker
+    # it is `admin`, the one principal whose ACLs allow both.
+    join_token: str | None = opt(
+        None, "The join token the simulated monitors register with.", "EVCHARGE_JOIN_TOKEN"
+    )
+    operator_token: str | None = opt(
+        None,
+        "The operator's token: with it every simulated driver is enrolled (POST /drivers) and proves "
+        "its requests.",
+        "EVCHARGE_OPERATOR_TOKEN",
+    )
+    sign_events: bool | None = opt(
+        None,
+        "Sign every engine event with its CP's key from the join (default: on with --kafka-user).",
+        "EVCHARGE_SIGN_EVENTS",
+        flag="--sign-events/--no-sign-events",
+    )
+    state_dir: Path = state_dir_setting()
+
+    @property
+    def signing(self) -> bool:
+        return self.sign_events if self.sign_events is not None else self.kafka_user is not None
 
     def check(self) -> None:
         for name, prefix in (("--cp-prefix", self.cp_prefix), ("--driver-prefix", self.driver_prefix)):
