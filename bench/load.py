@@ -5,7 +5,9 @@ Each run gets a central of its own (a fresh registry), and `evcharge sim` as a
 real process beside it. While it runs, central is sampled every half second:
 its applied-event counter (`GET /health`), its consumer lag on
 `evcharge.cp.events` (end offsets minus its committed offsets), and the CPU and
-memory of central, the simulator and the broker from /proc.
+memory of central, the simulator and the broker from /proc. A runner given
+credentials runs its systems with security on, the simulator's monitors, engines
+and drivers included.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from bench.procs import cpu_s, rss_mb, tree_cpu_s
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
+from evcharge.devtools.kafka.secure import ADMIN
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import Credentials
+from evcharge.runtime.kafka_access import Kafka, KafkaAccess
+from evcharge.runtime.tls import TlsFiles
 
 SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1
@@ -68,18 +74,54 @@ SimLoad = dict[str, Any]
 
 
 class LoadRunner:
-    def __init__(self, root: Path, kafka: str, loop: LoopThread, broker_pid: int | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        kafka: str,
+        loop: LoopThread,
+        broker_pid: int | None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.root = root
         self.kafka = kafka
         self.loop = loop
         self.broker_pid = broker_pid
-        self.lag = LagProbe(kafka)
+        self.credentials = credentials
+        self.lag = LagProbe(self.admin)
         self._lag_started = False
         self._runs = 0
 
     def close(self) -> None:
         if self._lag_started:
             self.loop.run(self.lag.close(), 15)
+
+    @property
+    def admin(self) -> Kafka:
+        """How the bench's own clients and the simulator reach Kafka: on the secure broker as its
+        admin, the one user allowed both the engines' and the drivers' topics and every group."""
+        c = self.credentials
+        if c is None or c.kafka_users is None:
+            return self.kafka
+        return KafkaAccess(self.kafka, ADMIN, c.kafka_users.password(ADMIN), TlsFiles(ca=c.ca))
+
+    def _sim_security(self, system: BenchSystem) -> dict[str, Any]:
+        c = self.credentials
+        if c is None:
+            return {}
+        kafka = self.admin
+        users = (
+            {"kafka_user": kafka.user, "kafka_password": kafka.password}
+            if isinstance(kafka, KafkaAccess)
+            else {}
+        )
+        return {
+            **users,
+            "ca": c.ca,
+            "join_token": c.join_token,
+            "operator_token": c.operator_token,
+            "sign_events": True,
+            "state_dir": system.root / "sim-state",
+        }
 
     def start_sim(self, system: BenchSystem, name: str, load: SimLoad) -> tuple[Child, Path]:
         if not self._lag_started:
@@ -96,6 +138,7 @@ class LoadRunner:
             cp_prefix=f"{name.upper()}-{self._runs}",
             driver_prefix=f"{name}-{self._runs}-driver",
             seed=7,
+            **self._sim_security(system),
             **load,
         )
         sim = child("sim", settings, system.logs / "sim.log", name=f"sim {name}").start()
@@ -103,7 +146,7 @@ class LoadRunner:
 
     def run_sim(self, name: str, load: SimLoad, planned_s: float) -> dict[str, Any]:
         """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
-        system = new_system(self.root, self.kafka, name)
+        system = new_system(self.root, self.kafka, name, credentials=self.credentials)
         samples: list[dict[str, float]] = []
         try:
             system.start_central()
@@ -145,7 +188,12 @@ class LoadRunner:
         """
         # Restarted, central need not wait for monitors that are gone for good.
         system = new_system(
-            self.root, self.kafka, name, store=store, central_overrides={"startup_grace_s": 0.0}
+            self.root,
+            self.kafka,
+            name,
+            store=store,
+            central_overrides={"startup_grace_s": 0.0},
+            credentials=self.credentials,
         )
         samples: list[dict[str, float]] = []
         profiler: subprocess.Popen[bytes] | None = None

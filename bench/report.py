@@ -83,6 +83,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _heartbeat_rows(results)
     out += _reads_rows(results)
     out += _gateway_rows(results)
+    out += _security_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
         out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
@@ -607,6 +608,48 @@ def _gateway_rows(results: dict[str, Any]) -> list[Row]:
             f"{_s(gateway.get('storm_all_on_s'))}; errors {storm_errors}"
             + (f" ({', '.join(f'{k} {v}' for k, v in storm.items() if v)})" if storm_errors else ""),
             "meets goal" if storm_errors == 0 and "storm_all_on_s" in gateway else "misses goal",
+        ),
+    ]
+
+
+def _security_rows(results: dict[str, Any]) -> list[Row]:
+    """Central plain and with everything secure (TLS, SCRAM, signatures, enrolled drivers), same run."""
+    section = results.get("security")
+    if section is None:
+        return []
+    label = "central plain / all secure (TLS, SCRAM, signed events, enrolled drivers)"
+    if section.get("error") and not section.get("trials"):
+        return [_failed("security", label + ": readings/s, request → accepted", "-", section)]
+    rows, ratio = section.get("trials", []), section.get("ratio", {})
+    stopped = f" (stopped: {section['error']})" if section.get("error") else ""
+
+    def median(key: str) -> float | None:
+        return section.get(key, {}).get("median")
+
+    def times(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    plain_us, secure_us = median("plain_central_us_per_reading"), median("secure_central_us_per_reading")
+    cpu = f"; central {plain_us} / {secure_us} µs of CPU per reading" if plain_us and secure_us else ""
+    plain, secure = section.get("plain_accepted_s", {}), section.get("secure_accepted_s", {})
+    return [
+        Row(
+            "security",
+            f"{label}: readings/s central applies working off a backlog alone (median of {len(rows)})",
+            "-",
+            f"{_rate(median('plain_readings_per_s'))} / {_rate(median('secure_readings_per_s'))}{cpu}"
+            + stopped,
+            f"secure = {times(ratio.get('readings_per_s'))} plain (median of the trials' pairs)",
+        ),
+        Row(
+            "security",
+            f"{label}: request → accepted, low load, p50 / p99 (all {plain.get('count', 0)} / "
+            f"{secure.get('count', 0)} samples)",
+            "-",
+            f"{_ms(plain.get('p50'))} / {_ms(plain.get('p99'))}; {_ms(secure.get('p50'))} / "
+            f"{_ms(secure.get('p99'))}",
+            f"secure = {times(ratio.get('accepted_p50'))} plain at p50, {times(ratio.get('accepted_p99'))} "
+            "at p99",
         ),
     ]
 
