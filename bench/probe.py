@@ -364,8 +364,14 @@ class LagProbe:
         self._tps: list[TopicPartition] = []
         self._updates: list[TopicPartition] = []
 
-    async def start(self) -> None:
-        counts = await ensure_topics(self.bootstrap, TOPICS, self.partitions)
+    async def start(self, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    counts = await ensure_topics(self.bootstrap, TOPICS, self.partitions)
+                    break
+                except LookupError:  # on a fresh broker: just created, their leaders not elected yet
+                    await asyncio.sleep(0.2)
         self._tps = all_partitions(counts, [Topic.CP_EVENTS])
         self._updates = all_partitions(counts, [Topic.DRIVER_UPDATES])
         self._admin = new_admin(self.bootstrap)
