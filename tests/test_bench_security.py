@@ -49,10 +49,14 @@ def test_the_security_section_measures_plain_and_secure_and_is_written_beside_th
 
     # Run alone, it goes into the results there are; every other section stays as it was.
     out = tmp_path / "results.json"
-    out.write_text(json.dumps({"machine": {"date": "earlier"}, "reads": {"cps": 1000}, "total_s": 600}))
+    out.write_text(
+        json.dumps(
+            {"machine": {"date": "earlier"}, "heartbeats": {"goal_us": 30, "runs": []}, "total_s": 600}
+        )
+    )
     save(out, {"machine": {"date": "now"}, "security": figures, "total_s": 90}, {"security"})
     written = json.loads(out.read_text())
-    assert written["reads"] == {"cps": 1000} and written["machine"] == {"date": "earlier"}
+    assert written["heartbeats"] == {"goal_us": 30, "runs": []} and written["machine"] == {"date": "earlier"}
     assert written["security"] == json.loads(json.dumps(figures))
     assert written["security_run"] == {"machine": {"date": "now"}, "total_s": 90}
 
