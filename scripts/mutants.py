@@ -143,6 +143,28 @@ MUTANTS = (
             "tests/test_kafka_input.py::test_the_age_of_a_request_is_the_broker_s_to_tell_not_the_driver_s_clock",
         ),
     ),
+    Mutant(
+        "forged-event-accepted",
+        "an event signed with another CP's key is applied: anyone with a credential bills anyone",
+        "evcharge/central/provenance.py",
+        "    if not signing.verify(key, payload, signature):",
+        "    if not signature:",
+        (
+            "tests/test_unit_proofs.py",
+            "tests/test_security_proofs.py::test_an_insider_with_cp_001s_key_cannot_get_an_event_accepted_for_cp_002",
+        ),
+    ),
+    Mutant(
+        "lease-not-checked-at-commit",
+        "a leader that froze past its lease wakes up and commits beside the new one",
+        "evcharge/central/store/postgres.py",
+        "        if self.epoch is None:\n            return\n        current = await conn.fetchval(",
+        "        if self.epoch is not None:\n            return\n        current = await conn.fetchval(",
+        (
+            "tests/test_store_contract.py",
+            "tests/test_failover.py::test_a_frozen_leader_is_fenced_it_can_neither_commit_nor_publish_and_steps_down",
+        ),
+    ),
 )
 
 

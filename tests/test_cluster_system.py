@@ -49,9 +49,11 @@ SYNC_TIMEOUT_S = 60.0
 DRIVER_TIMEOUT_S = 90.0
 # The partitions whose leader matters most to a charge: requests in, engines' events in.
 BUSY_TOPICS = (Topic.CP_EVENTS.value, Topic.DRIVER_REQUESTS.value)
-# What must be fully replicated before the next broker may go: every topic of the system, and
-# the committed offsets every role resumes from.
-SYNCED_TOPICS = (*(spec.name for spec in TOPICS), "__consumer_offsets")
+# What must be fully replicated before the next broker may go: every topic of the system, the
+# committed offsets every role resumes from, and the transaction log of central's relay. A
+# transaction coordinator whose partition is left with one in-sync replica (min 2) can neither
+# begin nor end a transaction, nor give a new producer its id, until the stopped broker is back.
+SYNCED_TOPICS = (*(spec.name for spec in TOPICS), "__consumer_offsets", "__transaction_state")
 POWER_W: int = next(f.default for f in dataclasses.fields(EngineSettings) if f.name == "power_w")
 # What a topic needs on three brokers: a write on two of them before it is acknowledged, and
 # never a leader that may lack an acknowledged write.

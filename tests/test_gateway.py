@@ -15,8 +15,10 @@ import json
 import shutil
 import sqlite3
 import ssl
+import stat
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,14 +31,16 @@ from websockets.exceptions import InvalidStatus
 
 from evcharge.devtools.commands import child
 from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import open_url
 from evcharge.gateway.settings import GatewaySettings
 from evcharge.gateway.sim import MeterTrace, SimCharger
-from evcharge.protocol.messages import StopRequest, encode
-from evcharge.protocol.topics import route
+from evcharge.protocol import signing
+from evcharge.protocol.messages import MeterReading, StopRequest, encode
+from evcharge.protocol.topics import Topic, route
 from evcharge.protocol.units import cost_micro_eur
 from evcharge.runtime.kafka import new_producer
 from evcharge.runtime.ports import free_ports
-from tests.harness import System
+from tests.harness import Credentials, System
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -112,9 +116,12 @@ class GatewayRun:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
+    @property
+    def store_path(self) -> Path:
+        return self.system.state_dir / f"gateway-{self.system.tag}.sqlite"
+
     def store(self) -> sqlite3.Connection:
-        path = self.system.state_dir / f"gateway-{self.system.tag}.sqlite"
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=5)
         db.row_factory = sqlite3.Row
         return db
 
@@ -497,3 +504,119 @@ async def test_a_reconnect_with_the_same_charger_id_replaces_the_old_socket(gate
     log = gateway.process.output() if gateway.process else ""
     assert "reconnected: the new connection replaces the old one" in log
     assert system.unexpected_log_lines() == {}
+
+
+# ------------------------------------------------------------- security
+
+
+def http_post(system: System, path: str, body: bytes, signature: bytes) -> tuple[int, Any]:
+    """A POST to central with a CP's signature header, as a gateway asks for a card."""
+    headers = {"Content-Type": "application/json", signing.SIGNATURE_HEADER: signature.decode()}
+    request = urllib.request.Request(system.url + path, data=body, method="POST", headers=headers)
+    try:
+        with open_url(request, 5, system.http_tls) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+@pytest.fixture
+def secured_gateway(system: System) -> GatewayRun:
+    """Central with proofs required (signed CP events, enrolled drivers) behind TLS on its monitor
+    port and HTTP API, and a gateway that trusts its CA: `certs init` made the certificates."""
+    tls = system.root / "tls"
+    made = Child(
+        "certs", ["certs", "init", "--dir", str(tls), "--host", "127.0.0.1"], system.logs / "certs.log"
+    ).start()
+    assert made.wait(30) == 0, made.output()
+    system.secure(Credentials(JOIN, "op-token", tls_dir=tls))
+    system.start_central()
+    run = GatewayRun(system, overrides={"ca": tls / "ca.pem"})
+    run.start()
+    yield run
+    if run.process is not None:
+        run.process.stop()
+
+
+async def test_with_proofs_required_a_chargers_signed_events_bill_exactly_and_a_forged_one_is_refused(
+    secured_gateway: GatewayRun,
+) -> None:
+    gateway = secured_gateway
+    system = gateway.system
+    assert system.url.startswith("https://")
+    await gateway.ready()
+    charger = gateway.charger("OCPP-SIG", "2.0.1", meter_interval_s=0.4)
+    driver = system.ident("drv")  # enrolled by the system: its requests carry its proof
+    async with running(charger):
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "the charger ON at central over TLS")
+        system.start_driver(driver, [charger.cp_id], interval_s=0.2)
+        await until(lambda: charger.traces and len(charger.traces[0].readings) >= 3, 20, "readings")
+        status, _ = system.post(f"/cp/{charger.cp_id}/stop", token="op-token")
+        assert status == 200
+        await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
+        [session] = await ended_sessions(system, charger.cp_id, 1)
+        await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
+        system.post(f"/cp/{charger.cp_id}/resume", token="op-token")
+        await until(lambda: charger.available, 20, "the charger Operative again")
+        await until(lambda: system.status(charger.cp_id) == "ON", 20, "ON again")
+        # A card at the charger has no driver's token: the gateway asks central over HTTPS,
+        # vouching for it with the charger's key.
+        card = system.ident("card")
+        assert await charger.swipe(card) == "Accepted"
+        await until(lambda: len(charger.traces) == 2 and len(charger.traces[1].readings) >= 2, 20, "readings")
+        charger.end("Local")
+        await until(lambda: charger.settled(), 20, "the card's stop answered")
+        sessions = await ended_sessions(system, charger.cp_id, 2)
+    [trace, card_trace] = charger.traces
+    assert trace.wh and trace.wh > 0
+    assert_billed_as_metered(session, trace)
+    [ticket] = tickets_from_kafka_events(system.events(driver))
+    assert (ticket["wh"], ticket["micro_eur"]) == (session["wh"], session["micro_eur"])
+    [card_session] = [s for s in sessions if s["driver_id"] == card]
+    assert_billed_as_metered(card_session, card_trace)
+    assert gateway.outbox() == 0, "every event went out, signed"
+    with contextlib.closing(gateway.store()) as db:
+        [(key,)] = db.execute("SELECT engine_key FROM chargers WHERE cp_id = ?", (charger.cp_id,)).fetchall()
+    assert key, "the charger's key is kept in the gateway's store"
+    store_files = list(gateway.store_path.parent.glob(gateway.store_path.name + "*"))
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in store_files} == {
+        p.name: 0o600 for p in store_files
+    }, "readable by the gateway's user alone"
+    assert system.unexpected_log_lines() == {}
+
+    # Anyone on the broker, claiming the charger's session: unsigned, then with a key of its own.
+    forged = MeterReading(
+        cp_id=charger.cp_id, session_id=session["session_id"], seq=10_000, power_w=7_400,
+        wh=1_000_000_000, micro_eur=300_000_000_000,
+    )  # fmt: skip
+    payload = encode(forged)
+    producer = new_producer(system.kafka)
+    await producer.start()
+    try:
+        async with asyncio.timeout(20):
+            await producer.send_and_wait(Topic.CP_EVENTS, payload, key=charger.cp_id.encode())
+            header = [(signing.SIGNATURE_HEADER, signing.sign(signing.new_key(), payload))]
+            await producer.send_and_wait(Topic.CP_EVENTS, payload, key=charger.cp_id.encode(), headers=header)
+    finally:
+        await producer.stop()
+
+    def refusals() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in (system.state_dir / "audit.log").read_text().splitlines()]
+        return [a for a in lines if a["action"] == "cp_event" and a["result"].startswith("refused: forged")]
+
+    await until(lambda: len(refusals()) == 2, 20, "both forgeries refused and audited")
+    assert {a["who"] for a in refusals()} == {charger.cp_id}
+    [again] = [s for s in system.sessions() if s["session_id"] == session["session_id"]]
+    assert (again["wh"], again["micro_eur"]) == (session["wh"], session["micro_eur"])
+
+    # Anyone on the network asking central for a charge at that charger, as if its gateway
+    # vouched for a card: without the charger's key, refused and audited.
+    body = json.dumps({"driver_id": system.ident("card"), "cp_id": charger.cp_id}).encode()
+    status, answer = http_post(system, "/request/charge", body, signing.sign(signing.new_key(), body))
+    assert (status, answer["error"]) == (401, "unauthorized")
+    lines = [json.loads(line) for line in (system.state_dir / "audit.log").read_text().splitlines()]
+    assert any(
+        a["action"] == "/request/charge"
+        and a["result"] == f"refused: a signature not by {charger.cp_id}'s key"
+        for a in lines
+    ), "the refusal has its audit line"

@@ -5,9 +5,11 @@ on; real clients with no or wrong credentials, or the wrong role's, are refused.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -18,12 +20,21 @@ from evcharge.devtools.kafka import LocalBroker
 from evcharge.devtools.kafka.secure import BrokerSecurity
 from evcharge.devtools.kafka_users import KafkaUsers
 from evcharge.devtools.supervisor import Child
+from evcharge.protocol.messages import MeterReading, encode
 from evcharge.protocol.topics import Topic
 from evcharge.runtime.kafka import new_consumer, new_producer
 from evcharge.runtime.kafka_access import KafkaAccess
 from evcharge.runtime.ports import free_ports
 from evcharge.runtime.tls import TlsFiles
-from tests.harness import Credentials, System
+from tests.harness import Credentials, System, scrape, value
+from tests.test_gateway import (
+    GatewayRun,
+    assert_billed_as_metered,
+    ended_sessions,
+    running,
+    tickets_from_kafka_events,
+    until,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -77,6 +88,76 @@ def test_the_system_charges_through_the_secure_broker_with_tls_and_signatures(
         assert ticket.wh > 0 and ticket.micro_eur > 0
         assert "as central" in (system.logs / "central.log").read_text()
     finally:
+        system.stop_all()
+
+
+async def test_an_ocpp_charger_is_billed_through_the_secure_broker_and_an_unsigned_event_for_it_dead_lettered(
+    secure_kafka: SecureKafka, tmp_path: Path
+) -> None:
+    """The gateway as its chargers' engine: SCRAM as the engine user, TLS to central, and every
+    event signed with the charger's key (central requires proofs with Kafka credentials). Another
+    holder of the engine user (any CP's engine) writing an event for that charger's session
+    without its key gets it dead-lettered, and the session keeps what the charger metered."""
+    system = System(tmp_path, secure_kafka.bootstrap)
+    gateway = GatewayRun(
+        system,
+        join_token=JOIN,
+        overrides={
+            "ca": secure_kafka.tls / "ca.pem",
+            "kafka_user": "engine",
+            "kafka_password": secure_kafka.users.password("engine"),
+        },
+    )
+    try:
+        system.secure(Credentials(JOIN, OPERATOR, tls_dir=secure_kafka.tls, kafka_users=secure_kafka.users))
+        system.start_central()
+        gateway.start()
+        await gateway.ready()
+        charger = gateway.charger("OCPP-SCRAM", "1.6", meter_interval_s=0.4)
+        driver = system.ident("driver-alice")
+        async with running(charger):
+            await until(lambda: system.status(charger.cp_id) == "ON", 30, "the charger ON at central")
+            system.start_driver(driver, [charger.cp_id], interval_s=0.2)
+            await until(lambda: charger.traces and len(charger.traces[0].readings) >= 3, 30, "readings")
+            status, _ = system.post(f"/cp/{charger.cp_id}/stop", token=OPERATOR)
+            assert status == 200
+            await until(lambda: charger.settled(), 20, "the charger to stop and be answered")
+            [session] = await ended_sessions(system, charger.cp_id, 1)
+            await until(lambda: tickets_from_kafka_events(system.events(driver)), 20, "the driver's ticket")
+        [trace] = charger.traces
+        assert trace.wh and trace.wh > 0
+        assert_billed_as_metered(session, trace)
+        assert "forged" not in (system.logs / "central.log").read_text()
+        assert value(scrape(system), "evcharge_dead_letters_total", reason="forged") == 0
+
+        forged = MeterReading(
+            cp_id=charger.cp_id, session_id=session["session_id"], seq=10_000, power_w=7_400,
+            wh=1_000_000_000, micro_eur=300_000_000_000,
+        )  # fmt: skip
+        producer = new_producer(secure_kafka.as_("engine"))
+        await producer.start()
+        try:
+            async with asyncio.timeout(20):
+                await producer.send_and_wait(Topic.CP_EVENTS, encode(forged), key=charger.cp_id.encode())
+        finally:
+            await producer.stop()
+
+        def refusals() -> list[dict[str, Any]]:
+            lines = (system.state_dir / "audit.log").read_text().splitlines()
+            audits = [json.loads(line) for line in lines]
+            return [
+                a for a in audits if a["action"] == "cp_event" and a["result"].startswith("refused: forged")
+            ]
+
+        await until(lambda: refusals(), 20, "the unsigned event refused and audited")
+        [refusal] = refusals()
+        assert refusal["who"] == charger.cp_id and "unsigned" in refusal["result"]
+        assert value(scrape(system), "evcharge_dead_letters_total", reason="forged") == 1
+        [again] = [s for s in system.sessions() if s["session_id"] == session["session_id"]]
+        assert (again["wh"], again["micro_eur"]) == (session["wh"], session["micro_eur"])
+    finally:
+        if gateway.process is not None:
+            gateway.process.stop()
         system.stop_all()
 
 

@@ -56,6 +56,18 @@ def test_an_event_must_carry_the_signature_of_the_cp_it_claims() -> None:
     assert provenance.event_forgery(state, "CP-2", altered, own) is not None
 
 
+def test_a_charge_over_http_is_vouched_for_only_by_the_cp_it_is_for() -> None:
+    """A card shown at an OCPP charger: its gateway signs the body with that charger's key."""
+    state = CentralState(engine_keys={"CP-1": signing.new_key(), "CP-2": signing.new_key()})
+    body = b'{"driver_id": "card-1", "cp_id": "CP-2"}'
+    assert provenance.cp_vouches(state, "CP-2", body, signing.sign(state.engine_keys["CP-2"], body))
+    assert not provenance.cp_vouches(state, "CP-2", body, signing.sign(state.engine_keys["CP-1"], body))
+    assert not provenance.cp_vouches(state, "CP-2", body, None)
+    assert not provenance.cp_vouches(state, "CP-9", body, signing.sign(state.engine_keys["CP-2"], body))
+    other = body.replace(b"card-1", b"card-2")
+    assert not provenance.cp_vouches(state, "CP-2", other, signing.sign(state.engine_keys["CP-2"], body))
+
+
 def test_a_request_must_prove_its_driver_and_unknown_drivers_are_told_to_enrol() -> None:
     alice, bob = signing.new_token(), signing.new_token()
     state = CentralState(driver_keys={"alice": signing.driver_key(alice), "bob": signing.driver_key(bob)})

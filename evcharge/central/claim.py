@@ -8,8 +8,9 @@ once a second: its instance, its store's identity and where it answers. Kafka pu
 those claims in one order, so each central decides the same way:
 
 - when it starts, a central writes its first claim and reads back up to it; a live
-  claim (one within `LIVE_S` before its own) of a central on another store means
-  that one was there first: this one refuses to start, naming it;
+  claim (one within `LIVE_S` before its own) of a central on another store that
+  claimed before its first claim means that one was there first: this one refuses
+  to start, naming it (a central that first claimed after it refuses by itself);
 - afterwards it keeps reading: a claim of another store's central can come after
   its own only if this one fell silent for longer than `LIVE_S` (frozen, cut off),
   so the other one rightly started: this one gives way and stops.
@@ -25,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -59,6 +60,7 @@ class Seen:
     claim: CentralClaim
     offset: int
     at_ms: int  # the broker's append time
+    first_offset: int = -1  # the offset of the first claim read from that instance
 
 
 def refusal(other: CentralClaim, store: str, *, we_were_silent: bool = False) -> AnotherStoreLeads:
@@ -142,15 +144,20 @@ class KafkaClaim:
     async def _stake(self, producer: Any, consumer: Any, own_offset: int) -> None:
         """Read back to our claim; wait out a rival that may have just died, refuse one that runs."""
         consumer.seek(PARTITION, max(0, own_offset - LOOK_BACK))
+        first_offset = own_offset
         latest: dict[str, Seen] = {}  # each other instance's last claim before ours
         first_live: dict[str, float] = {}  # when each rival was first seen live
         while True:
             own = await self._read_to(consumer, own_offset, latest)
+            # Only a central that claimed before our first claim was here first. One that first
+            # claimed after it is as new as we are, sees our claims before its own and refuses by
+            # itself: counting it too, two centrals starting together would both refuse.
             rivals = [
                 seen
                 for seen in latest.values()
                 if seen.claim.store_id != self._store_id
                 and seen.claim.role != STOPPED
+                and seen.first_offset < first_offset
                 and own.at_ms - seen.at_ms <= LIVE_S * 1000
             ]
             if not rivals:
@@ -184,7 +191,9 @@ class KafkaClaim:
                 if seen.offset == own_offset:
                     return seen
                 if seen.claim.instance != self._me.instance:
-                    latest[seen.claim.instance] = seen
+                    before = latest.get(seen.claim.instance)
+                    first = before.first_offset if before is not None else seen.offset
+                    latest[seen.claim.instance] = replace(seen, first_offset=first)
 
     async def _keep(self, producer: Any, consumer: Any, stop: asyncio.Event) -> None:
         while True:

@@ -32,6 +32,7 @@ from evcharge.central.state import Outcome
 from evcharge.central.store import SessionQuery
 from evcharge.central.view import cp_json, cps_json, session_json
 from evcharge.errors import Fenced, Refused, StoreUnavailable
+from evcharge.protocol import signing
 from evcharge.protocol.messages import ChargeRequest, DriverId
 
 log = logging.getLogger("evcharge.central.http")
@@ -255,11 +256,19 @@ class CentralApi:
             charge = _charge_request.decode(msgspec.json.encode(charge))
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return error(400, "invalid_body", f'expected JSON {{"driver_id": ..., "cp_id": ...}}: {exc}')
+        # An OCPP charger's gateway asks for the card shown at it, signed with that CP's key.
+        vouched = request.headers.get(signing.SIGNATURE_HEADER)
         if self._drivers_proven and not (
             self._is_operator(request)
             or provenance.token_matches(self._service.state, charge.driver_id, _bearer(request))
+            or provenance.cp_vouches(
+                self._service.state, charge.cp_id, raw, vouched.encode() if vouched else None
+            )
         ):
-            why = "a wrong driver token" if _bearer(request) else "no driver token"
+            if vouched:
+                why = f"a signature not by {charge.cp_id}'s key"
+            else:
+                why = "a wrong driver token" if _bearer(request) else "no driver token"
             self._service.tell(
                 facts.OperatorRefused(request.path, charge.driver_id, why, str(request.remote))
             )

@@ -250,7 +250,9 @@ def document() -> dict[str, Any]:
             "/request/charge": {
                 "post": {
                     "summary": "Ask for a charge (the same decision as a driver's request on Kafka)",
-                    "description": "With auth on: the driver's own token (or the operator's) as the bearer.",
+                    "description": "With auth on: the driver's own token (or the operator's) as the bearer, "
+                    "or, for a card shown at a charger, the body signed with that CP's key in the "
+                    "evcharge-sig header (hex HMAC-SHA256: what the OCPP gateway sends).",
                     "security": DRIVER,
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ChargeBody")}}},
                     "responses": {

@@ -43,6 +43,13 @@ def request_unproven(
     return None
 
 
+def cp_vouches(state: CentralState, cp_id: str, body: bytes, signature: bytes | None) -> bool:
+    """A charge asked over HTTP by the CP it is for: `body` signed with that CP's key. An OCPP
+    charger's card (its idTag) is shown at the charger, not proven by a driver's token: the charger
+    (its gateway, holding the CP's key) vouches for it, as OCPP's Authorize does."""
+    return signing.verify(state.engine_keys.get(cp_id), body, signature)
+
+
 def token_matches(state: CentralState, driver_id: str, token: str) -> bool:
     """An HTTP caller showing `token` is `driver_id` (its bearer token is the one enrolled)."""
     key = state.driver_keys.get(driver_id)

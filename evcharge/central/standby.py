@@ -37,7 +37,8 @@ STAKE_WAIT_S = 5.0
 EVENT_STREAM = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEP_MESSAGES = 50
 # Headers of the client's request the leader needs to judge it the same way.
-FORWARDED_HEADERS = ("Authorization", "Content-Type", "Accept")
+# evcharge-sig: a CP's own signature over a charge it asks for (a card shown at an OCPP charger).
+FORWARDED_HEADERS = ("Authorization", "Content-Type", "Accept", "evcharge-sig")
 
 
 def not_leader(message: str) -> web.Response:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from evcharge.devtools.procs import running
 from evcharge.errors import BrokerError
 from evcharge.runtime.lifetime import die_with_parent
 from evcharge.runtime.ports import port_answers
@@ -53,16 +54,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -230,19 +221,19 @@ class LocalPostgres:
                 server.wait(10)
         else:
             pid = self.pid  # started by another process (`evcharge postgres start`)
-            if pid is not None and _running(pid):
+            if pid is not None and running(pid):
                 os.kill(pid, sig)
                 deadline = time.monotonic() + 30
-                while _running(pid) and time.monotonic() < deadline:
+                while running(pid) and time.monotonic() < deadline:
                     time.sleep(0.1)
         pid = self.pid
-        if pid is not None and _running(pid):  # make sure nothing lingers
+        if pid is not None and running(pid):  # make sure nothing lingers
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     def running(self) -> bool:
         pid = self.pid
-        return pid is not None and _running(pid) and port_answers(self.host, self.port, 0.5)
+        return pid is not None and running(pid) and port_answers(self.host, self.port, 0.5)
 
     def remove(self) -> None:
         self.stop("immediate")

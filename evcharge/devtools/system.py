@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import ssl
 import time
@@ -28,6 +27,7 @@ from evcharge.cp.settings import EngineSettings, MonitorSettings
 from evcharge.devtools.commands import child
 from evcharge.devtools.kafka_users import KafkaUsers
 from evcharge.devtools.probes import engine_status
+from evcharge.devtools.procs import running
 from evcharge.devtools.supervisor import Child
 from evcharge.driver.settings import DriverSettings
 from evcharge.protocol.units import parse_price
@@ -243,6 +243,13 @@ class LocalSystem:
             return {"sign_events": True, **c.kafka("engine")}
         return c.kafka(role)
 
+    def enrol(self, *driver_ids: str) -> None:
+        """With security on, enrol these drivers now, while central is up to take it (a driver
+        started later, with central down or unable to record, has its token already)."""
+        if self.credentials is not None:
+            for driver_id in driver_ids:
+                self.enrol_driver(driver_id)
+
     def enrol_driver(self, driver_id: str) -> str:
         """The driver's token, from central (POST /drivers with the operator token), once per driver."""
         assert self.credentials is not None
@@ -382,7 +389,10 @@ class LocalSystem:
         (port,) = free_ports(1)
         settings = self.engine_settings(cp_id, port, **engine_overrides)
         # Both settings first: a bad one fails before any process is started.
-        monitor_settings = self.monitor_settings(cp_id, port, location=location, price=parse_price(price))
+        # One CP, one state dir: the monitor keeps there the key its engine signs with.
+        monitor_settings = self.monitor_settings(
+            cp_id, port, location=location, price=parse_price(price), state_dir=settings.state_dir
+        )
         engine = child(
             "engine",
             settings,
@@ -480,6 +490,12 @@ class LocalSystem:
     ) -> tuple[int, Any]:
         return self.request("POST", path, body, token)
 
+    def ask_charge(self, driver_id: str, cp_id: str) -> tuple[int, Any]:
+        """POST /request/charge for `driver_id`; with security on, as the operator, who may ask for
+        any driver (even one not enrolled, or while central cannot record an enrolment)."""
+        token = self.credentials.operator_token if self.credentials is not None else None
+        return self.post("/request/charge", {"driver_id": driver_id, "cp_id": cp_id}, token=token)
+
     def status(self, cp_id: str) -> str | None:
         try:
             status: str | None = self.get(f"/cp/{cp_id}")["status"]
@@ -574,8 +590,8 @@ class LocalSystem:
             return None
         ready = events[starts[-1]]
         finished = any(e["event"] == "summary" for e in events[starts[-1] :]) and process.returncode == 0
-        running = process.alive and _running(ready["pid"])
-        return Identity(ready["instance"], ready["pid"]) if running or finished else None
+        live = process.alive and running(ready["pid"])
+        return Identity(ready["instance"], ready["pid"]) if live or finished else None
 
     def _processes(self) -> list[Child]:
         processes = [*self.drivers.values()]
@@ -592,20 +608,3 @@ class LocalSystem:
             timeout_s,
             "every engine's outbox to drain",
         )
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid)
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"

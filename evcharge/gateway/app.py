@@ -35,6 +35,7 @@ from evcharge.gateway.tasks import OwnedTasks
 from evcharge.protocol.topics import CODECS, TOPICS, Topic, dead_letter
 from evcharge.runtime.inbox import Inbox, Subscription
 from evcharge.runtime.retry import DEFAULT_POLICY, LinkWatch, RetryPolicy
+from evcharge.runtime.tls import TlsFiles
 from evcharge.runtime.waits import wait_first
 
 log = logging.getLogger("evcharge.gateway")
@@ -60,11 +61,22 @@ class Gateway:
                 "chargers must authenticate"
             )
         consumer = f"gateway-{s.gateway_id}"
+        kafka = s.kafka_access
+        await kafka.check()  # a broker we must not trust: one line, no retries
+        # Central is checked against --ca, but not shown --cert: that one is for the chargers (it
+        # may come from a public CA that central, asking for client certificates of its own CA,
+        # would refuse), and central knows each charger by the join token and its secret.
+        central_tls = TlsFiles(s.tls.ca).client_context()
         store = self._store = await GatewayStore.open(s.store_path)
+        # A charger's events wait for its key rather than go unsigned (see `signing`).
+        store.hold_unsigned = s.signing
         recorder = self._recorder = TransactionRecorder(
-            store, s.kafka, consumer=consumer, answer_timeout_s=s.answer_timeout_s, policy=self.policy
+            store, kafka, consumer=consumer, answer_timeout_s=s.answer_timeout_s, policy=self.policy
         )
-        http = aiohttp.ClientSession()
+        # With --ca, central's HTTP API (asked to authorise RFID cards) is https:// and checked.
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=central_tls) if central_tls is not None else None
+        )
         tasks = OwnedTasks("gateway tasks")
         metrics = Metrics()
         registry = Registry()
@@ -88,12 +100,13 @@ class Gateway:
                     "{what} acknowledges again: chargers' transaction messages are answered",
                 ),
             ),
+            central_tls=central_tls,
             policy=self.policy,
             stop=stop,
         )
         desk = CommandDesk(store, registry, recorder, authoriser, tasks, instance=self.instance)
         inbox = Inbox(
-            bootstrap=s.kafka,
+            bootstrap=kafka,
             group_id=consumer,
             subscriptions=[Subscription(Topic.CP_COMMANDS)],
             codecs=CODECS,
@@ -115,7 +128,7 @@ class Gateway:
                     self.port = await server.start()
                     if s.metrics_port:
                         self.metrics_port = await metrics.serve(s.metrics_host, s.metrics_port)
-                    scheme = "wss" if s.tls else "ws"
+                    scheme = "wss" if s.serves_tls else "ws"
                     log.info(
                         "gateway ready: %s://%s:%d/ocpp/<cp-id> (OCPP 2.0.1 and 1.6, %s), metrics on :%d",
                         scheme,

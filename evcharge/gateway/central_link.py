@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from evcharge.errors import Refused
-from evcharge.protocol.messages import Health, Heartbeat, Register
+from evcharge.protocol.messages import Health, Heartbeat, Register, Registered
 from evcharge.runtime.centrals import Centrals
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
+from evcharge.runtime.tls import TlsRefused
 from evcharge.runtime.waits import wait_first
 
 log = logging.getLogger("evcharge.gateway")
@@ -58,6 +61,8 @@ class CentralLink:
         identity: Identity,
         centrals: tuple[tuple[str, int], ...],
         *,
+        tls: ssl.SSLContext | None,
+        keep_key: Callable[[str], Awaitable[None]],
         health: Callable[[], tuple[Health, str]],
         heartbeat_interval_s: float,
         watch: LinkWatch,
@@ -65,6 +70,8 @@ class CentralLink:
     ) -> None:
         self.identity = identity
         self._centrals = Centrals(centrals)  # this charger's own: which central took it last
+        self._tls = tls
+        self._keep_key = keep_key
         self._health = health
         self._interval_s = heartbeat_interval_s
         self._watch = watch
@@ -82,19 +89,21 @@ class CentralLink:
         """Until `stop`: a central refusal no retry can change ends it, with `refusal` saying why."""
         try:
             await keep_trying(self._serve, watch=self._watch, stop=stop, policy=self._policy)
+        except TlsRefused as exc:  # central's certificate (or ours): no retry mends it
+            self.refusal = f"no TLS link to central for {self.identity.cp_id}: {exc}"
         except Refused as exc:
             self.refusal = f"central refused {self.identity.cp_id}: {exc.reason}"
             if exc.code not in Refused.CREDENTIALS:
                 raise
 
-    async def _register(self, host: str, port: int) -> FramedConnection:
+    async def _register(self, host: str, port: int) -> tuple[FramedConnection, Any]:
         """A connection to one central that took this charger's registration; closed if it did not."""
         me = self.identity
         timeout = max(self._interval_s * 2, REGISTER_TIMEOUT_S)
-        conn = await FramedConnection.open(host, port, timeout_s=timeout)
+        conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
         try:
             health, _detail = self._health()
-            await conn.request(
+            registered = await conn.request(
                 Register(
                     cp_id=me.cp_id,
                     location=me.location,
@@ -112,14 +121,19 @@ class CentralLink:
         except BaseException:
             await conn.close()
             raise
-        return conn
+        return conn, registered
 
     async def _serve(self, attempts: Attempts) -> None:
         me = self.identity
         timeout = self._interval_s * 2
-        conn, (host, port) = await self._centrals.reach(self._register, _retriable)
+        (conn, registered), (host, port) = await self._centrals.reach(self._register, _retriable)
         try:
             attempts.succeeded()
+            # Central issues a key to every CP that registers with the join token; the charger's
+            # events are signed with it (and, with proofs required at central, applied only so).
+            engine_key = registered.engine_key if isinstance(registered, Registered) else None
+            if engine_key:
+                await self._keep_key(engine_key)
             self.registered.set()
             log.debug("%s registered with central at %s:%d", me.cp_id, host, port)
             while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -74,6 +75,7 @@ class Services:
     instance: str
     central_watch: LinkWatch
     kafka_watch: LinkWatch
+    central_tls: ssl.SSLContext | None  # with --ca: the links to central's monitor port speak TLS
     policy: RetryPolicy
     stop: asyncio.Event
 
@@ -160,6 +162,8 @@ class ChargerSession:
             return CentralLink(
                 identity,
                 s.settings.central,
+                tls=s.central_tls,
+                keep_key=self._keep_key,
                 health=live.health.verdict,
                 heartbeat_interval_s=s.settings.heartbeat_interval_s,
                 watch=s.central_watch,
@@ -170,6 +174,12 @@ class ChargerSession:
             return s.tasks.start(self._link(link), name=f"central link {self.cp_id}")
 
         s.registry.start_link(live, make, run)
+
+    async def _keep_key(self, key: str) -> None:
+        """The key central issued at registration: kept before the events waiting for it go."""
+        if await self._s.store.keep_engine_key(self.cp_id, key):
+            log.debug("%s: kept the key its events are signed with", self.cp_id)
+            self._s.recorder.relay.wake()
 
     async def _link(self, link: CentralLink) -> None:
         await link.run(self._s.stop)

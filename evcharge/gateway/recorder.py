@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 from evcharge.gateway.store import GatewayStore
 from evcharge.gateway.transactions import Outcome
-from evcharge.protocol.topics import dead_letter
+from evcharge.protocol import signing
+from evcharge.protocol.topics import Topic, dead_letter
 from evcharge.runtime.faults import crash_point
+from evcharge.runtime.kafka_access import Kafka
 from evcharge.runtime.outbox import OutboxRelay, OutboxRow
 from evcharge.runtime.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -44,7 +46,7 @@ class TransactionRecorder:
     def __init__(
         self,
         store: GatewayStore,
-        bootstrap: str,
+        bootstrap: Kafka,
         *,
         consumer: str,
         answer_timeout_s: float,
@@ -54,7 +56,9 @@ class TransactionRecorder:
         self._consumer = consumer
         self._answer_timeout_s = answer_timeout_s
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
-        self.relay = OutboxRelay(store, bootstrap, policy=policy, on_published=self._published)
+        self.relay = OutboxRelay(
+            store, bootstrap, policy=policy, on_published=self._published, headers_for=self.signature
+        )
 
     async def apply(
         self, cp_id: str, key: str, decide: Decide, *, frame: str, source: str, action: str = ""
@@ -116,6 +120,14 @@ class TransactionRecorder:
 
         await self._store.write(queue)
         self.relay.wake()
+
+    def signature(self, row: OutboxRow) -> Sequence[tuple[str, bytes]]:
+        """A charger's event carries its signature with its key (central applies no other once
+        proofs are on); the gateway's own rows (dead letters) are no CP's word and go unsigned."""
+        if row.topic != Topic.CP_EVENTS:
+            return []
+        key = self._store.engine_key(row.key)
+        return [(signing.SIGNATURE_HEADER, signing.sign(key, row.payload))] if key else []
 
     def _watch(self, rows: Sequence[int]) -> list[asyncio.Future[None]]:
         """One future per row for this waiter alone, resolved when the relay published the row."""

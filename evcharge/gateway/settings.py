@@ -8,8 +8,8 @@ from pathlib import Path
 from evcharge.config import (
     DEFAULT_CENTRAL,
     DEFAULT_CENTRAL_URL,
-    DEFAULT_KAFKA,
     DEFAULT_STATE_DIR,
+    KafkaLink,
     Logging,
     host_ports,
     opt,
@@ -19,25 +19,27 @@ from evcharge.protocol.units import kw_text, parse_power, parse_price, price_tex
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewaySettings(Logging):
+class GatewaySettings(KafkaLink, Logging):
+    """`--ca`, `--cert`, `--key`, `--kafka`, `--kafka-user` are the shared ones (`KafkaLink`): with
+    `--cert` the chargers' WebSockets are wss:// (OCPP security profile 2); with `--ca` the links to
+    central (its monitor port, its HTTP API) and to Kafka speak TLS and check who answers."""
+
     host: str = opt("127.0.0.1", "Address the OCPP WebSocket server listens on.", "EVCHARGE_GATEWAY_HOST")
     port: int = opt(
         9000, "Port of the OCPP WebSocket server (ws://HOST:PORT/ocpp/<cp-id>).", "EVCHARGE_GATEWAY_PORT"
     )
-    cert: Path | None = opt(
-        None,
-        "TLS certificate (PEM) for wss:// (OCPP security profile 2); needs --key.",
-        "EVCHARGE_GATEWAY_CERT",
-    )
-    key: Path | None = opt(None, "TLS private key (PEM) for --cert.", "EVCHARGE_GATEWAY_KEY")
     join_token: str | None = opt(
         None,
         "The operator's join token: a new charger's first HTTP Basic password, and what the gateway shows "
         "central to register a new charger. Without it chargers are not authenticated (loopback only).",
         "EVCHARGE_GATEWAY_JOIN_TOKEN",
     )
-    kafka: str = opt(
-        DEFAULT_KAFKA, "Kafka bootstrap servers: HOST:PORT[,HOST:PORT...].", "EVCHARGE_GATEWAY_KAFKA"
+    sign_events: bool | None = opt(
+        None,
+        "Sign each charger's events with the key central issued to it at registration, and keep a "
+        "charger's events in the outbox until its key is there (default: on with --join-token).",
+        "EVCHARGE_GATEWAY_SIGN_EVENTS",
+        flag="--sign-events/--no-sign-events",
     )
     central: tuple[tuple[str, int], ...] = opt(
         host_ports(DEFAULT_CENTRAL, "--central"),
@@ -141,5 +143,14 @@ class GatewaySettings(Logging):
         return self.state_dir / f"{self.gateway_id}.sqlite"
 
     @property
-    def tls(self) -> bool:
+    def serves_tls(self) -> bool:
         return self.cert is not None
+
+    @property
+    def signing(self) -> bool:
+        """Whether a charger's events wait for its key. Central issues a key to every CP that
+        registers with the join token, so a gateway holding the join token gets one for each of its
+        chargers (waiting is never forever), while central may require proofs without Kafka
+        credentials (--require-proofs), which the gateway cannot see: keyed on the join token, not
+        on --kafka-user as the engine's default is. Without a join token central issues no keys."""
+        return self.sign_events if self.sign_events is not None else self.join_token is not None

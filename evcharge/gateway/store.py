@@ -23,7 +23,7 @@ from evcharge.gateway.auth import Credentials
 from evcharge.gateway.transactions import Binding, Txn
 from evcharge.gateway.writer import GroupWriter, Reader
 from evcharge.protocol.messages import EndReason, encode
-from evcharge.protocol.topics import route
+from evcharge.protocol.topics import Topic, route
 from evcharge.runtime.outbox import OutboxRow, OutboxStats
 from evcharge.runtime.sqlite import Database
 
@@ -85,7 +85,9 @@ CREATE TABLE outbox (
     created_at REAL NOT NULL
 );
 CREATE INDEX outbox_by_origin ON outbox (origin)
-"""
+""",
+    # The key central issued to the charger at registration: its events are signed with it.
+    "ALTER TABLE chargers ADD COLUMN engine_key TEXT",
 ]
 
 
@@ -119,6 +121,10 @@ class GatewayStore:
         self.path = path
         self._writer = GroupWriter(path)
         self._read = Reader(path)
+        # Each charger's signing key, read at every publish: kept in memory too.
+        self._engine_keys: dict[str, str] = {}
+        # When set, a charger's CP events stay in the outbox until its key is here.
+        self.hold_unsigned = False
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a transaction (shared with other writes waiting: one fsync for all)."""
@@ -134,7 +140,10 @@ class GatewayStore:
         for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             if file.exists():
                 file.chmod(0o600)
-        return cls(path)
+        store = cls(path)
+        rows = await store._read.all("SELECT cp_id, engine_key FROM chargers WHERE engine_key IS NOT NULL")
+        store._engine_keys = {str(r[0]): str(r[1]) for r in rows}
+        return store
 
     async def close(self) -> None:
         """Finish the writes in flight, then close."""
@@ -198,6 +207,21 @@ class GatewayStore:
             )
 
         await self.write(work)
+
+    def engine_key(self, cp_id: str) -> str | None:
+        return self._engine_keys.get(cp_id)
+
+    async def keep_engine_key(self, cp_id: str, key: str) -> bool:
+        """Keep the key central issued to `cp_id` (a new one after central forgot it); True when new."""
+        if self._engine_keys.get(cp_id) == key:
+            return False
+
+        def work(db: sqlite3.Connection) -> Any:
+            db.execute("UPDATE chargers SET engine_key = ? WHERE cp_id = ?", (key, cp_id))
+
+        await self.write(work)
+        self._engine_keys[cp_id] = key
+        return True
 
     async def set_stopped(self, cp_id: str, stopped: bool) -> bool:
         """Record the operator's wish; False when the charger is not one of ours."""
@@ -404,6 +428,16 @@ class GatewayStore:
         return int(cursor.lastrowid)
 
     async def outbox_batch(self, limit: int) -> list[OutboxRow]:
+        """The oldest rows Kafka may have: with `hold_unsigned`, not the CP events of a charger
+        without its key yet (their turn comes when it arrives; every other row goes meanwhile)."""
+        if self.hold_unsigned:
+            rows = await self._read.all(
+                "SELECT row_id, topic, key, payload FROM outbox o WHERE o.topic != ? OR EXISTS "
+                "(SELECT 1 FROM chargers c WHERE c.cp_id = o.key AND c.engine_key IS NOT NULL) "
+                "ORDER BY row_id LIMIT ?",
+                (Topic.CP_EVENTS.value, limit),
+            )
+            return [OutboxRow(r[0], r[1], r[2], bytes(r[3])) for r in rows]
         rows = await self._read.all(
             "SELECT row_id, topic, key, payload FROM outbox ORDER BY row_id LIMIT ?", (limit,)
         )

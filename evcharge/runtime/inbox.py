@@ -262,7 +262,12 @@ class Inbox:
         except Exception as exc:  # any failure of the probe means the broker is not serving us
             self._watch.failed(exc)
         else:
-            self._watch.succeeded()
+            # Metadata can come from any broker left, while a commit that failed needs the group
+            # coordinator and enough replicas of the offsets: only that commit succeeding says
+            # Kafka serves this inbox again. Otherwise, with one broker of three, the link would
+            # be said up and down again at every probe.
+            if not self.commit_pending:
+                self._watch.succeeded()
 
     async def _commit(self, consumer: AIOKafkaConsumer) -> None:
         offsets = dict(self.commit_pending)

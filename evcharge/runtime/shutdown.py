@@ -15,6 +15,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from evcharge.runtime import orphans
+
 log = logging.getLogger("evcharge")
 
 EXIT_INTERRUPTED = 130
@@ -27,6 +29,7 @@ def run_role(role: Callable[[asyncio.Event], Awaitable[int | None]]) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        orphans.install(loop)
 
         def on_signal(signum: int) -> None:
             if stop.is_set():

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 16 * 1024
 TLS_HANDSHAKE_S = 5.0
+LISTEN_BACKLOG = 1024  # central's monitor port takes thousands of chargers reconnecting at once
 
 
 def peer_name(writer: asyncio.StreamWriter) -> str:
@@ -225,26 +227,59 @@ class OwnedServer:
     ) -> None:
         self._handler = handler
         self._name = name
-        # TLS is taken up by each connection's own task, so a failed handshake is seen
-        # (and told to `on_tls_refused`) instead of vanishing inside the event loop.
+        # With TLS, each accepted socket's own task takes it up, so a failed handshake is
+        # seen (and told to `on_tls_refused`) instead of vanishing inside the event loop.
         self._tls = tls
         self._on_tls_refused = on_tls_refused
         self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve, host, port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if self._tls is None:
+            self._server = await asyncio.start_server(self._serve, host, port)
+            self.port = self._server.sockets[0].getsockname()[1]
+            return self.port
+        # Not `start_server` then `start_tls`: uvloop reads a new connection at once, and a
+        # ClientHello read before `start_tls` is lost to the handshake, which then waits for
+        # it until the client gives up (seen with monitors reconnecting to a central just
+        # restarted). Accepted here, a socket's first byte is read by TLS.
+        loop = asyncio.get_running_loop()
+        family, kind, proto, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+        listener = socket.socket(family, kind, proto)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address)
+            listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accepting = asyncio.create_task(self._accept(listener), name=f"{self._name} accept")
         return self.port
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # out of file descriptors, say: a later accept may work
+                log.warning("%s: cannot accept a connection (%s)", self._name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._serve_tls(sock))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            if self._tls is not None and not await self._handshake(writer):
-                return
             await self._handler(reader, writer)
         except asyncio.CancelledError:
             pass  # closing: the connection ends here, quietly
@@ -254,21 +289,43 @@ class OwnedServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handshake(self, writer: asyncio.StreamWriter) -> bool:
+    async def _serve_tls(self, sock: socket.socket) -> None:
+        try:
+            streams = await self._handshake(sock)
+        except asyncio.CancelledError:
+            sock.close()
+            return
+        if streams is not None:
+            await self._serve(*streams)
+
+    async def _handshake(
+        self, sock: socket.socket
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         assert self._tls is not None
-        peer = peer_name(writer)
+        loop = asyncio.get_running_loop()
+        try:
+            host, port = sock.getpeername()[:2]
+        except OSError:
+            sock.close()
+            return None  # gone before it was served
+        peer = f"{host}:{port}"
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         try:
             async with asyncio.timeout(TLS_HANDSHAKE_S):
-                await writer.start_tls(self._tls)
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, sock, ssl=self._tls, ssl_handshake_timeout=TLS_HANDSHAKE_S
+                )
         except (ssl.SSLError, OSError, TimeoutError) as exc:
+            sock.close()
             # A client that does not trust our certificate just hangs up (Python's does, with
             # no alert): from here that is a reset, so every unfinished handshake is told.
             if self._on_tls_refused is not None:
                 self._on_tls_refused(peer, exc)
             else:
                 log.debug("%s: TLS handshake with %s did not finish: %r", self._name, peer, exc)
-            return False
-        return True
+            return None
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def close(self) -> None:
         """Idempotent: stop accepting, then end every open connection."""
@@ -276,6 +333,13 @@ class OwnedServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)

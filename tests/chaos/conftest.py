@@ -1,5 +1,7 @@
 """The chaos suite's report: per scenario, the measured times and what three independent sources
-say of every session, written before anything is asserted, failed scenarios included.
+say of every session, written before anything is asserted, failed and skipped scenarios included;
+and the mode it ran in (plain, or everything secure: `secure_mode.py`), said in its title, in a
+column and in the JSON report.
 
 Each scenario calls `scenario.finish(...)` once the system has settled: the row is
 computed from each driver's event stream, central's records and each engine's own
@@ -13,13 +15,18 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import System
+from evcharge.devtools.kafka import LocalBroker
+from evcharge.runtime.ports import free_ports
+from tests.chaos import secure_mode
+from tests.chaos.secure_mode import MODE, SECURE
+from tests.harness import Credentials, System
 
 REPORT: list[dict[str, Any]] = []
 
@@ -54,6 +61,7 @@ class Scenario:
     def compute(self, failure: str | None) -> dict[str, Any]:
         row: dict[str, Any] = {
             "scenario": self.name,
+            "mode": MODE,
             **self._times(),
             "restarted": self.measured.get("restarted", []),
         }
@@ -86,12 +94,60 @@ class Scenario:
         return self.row
 
 
+@pytest.fixture(scope="session")
+def chaos_security(tmp_path_factory: pytest.TempPathFactory) -> Iterator[secure_mode.SecureBroker | None]:
+    """In a secure run, the suite's secure broker (started) and its credentials; None otherwise."""
+    if not SECURE:
+        yield None
+        return
+    port, controller_port = free_ports(2)
+    secured = secure_mode.secure_broker(
+        tmp_path_factory.mktemp("chaos-tls"),
+        tmp_path_factory.mktemp("chaos-secure-kafka"),
+        port=port,
+        controller_port=controller_port,
+        die_with_parent=True,  # a test run killed outright takes its broker along
+    )
+    try:
+        secured.broker.start(timeout_s=120)
+        yield secured
+    finally:
+        secured.broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(
+    request: pytest.FixtureRequest, chaos_security: secure_mode.SecureBroker | None
+) -> LocalBroker:
+    """The broker the scenarios use, kill and restart: the secure one in a secure run (only
+    that one is started), the session's plain one otherwise."""
+    if chaos_security is not None:
+        return chaos_security.broker
+    broker: LocalBroker = request.getfixturevalue("kafka_broker")
+    return broker
+
+
+@pytest.fixture
+def chaos_credentials(chaos_security: secure_mode.SecureBroker | None) -> Credentials | None:
+    return chaos_security.credentials if chaos_security is not None else None
+
+
+@pytest.fixture
+def system(system: System, chaos_credentials: Credentials | None) -> System:
+    """The system of real processes, every one of them with its credentials in a secure run."""
+    if chaos_credentials is not None:
+        system.secure(chaos_credentials)
+    return system
+
+
 @pytest.fixture
 def scenario(system: System, request: pytest.FixtureRequest):
     """A scenario's measurements; its row reaches the report whatever happens."""
     recorded = Scenario(request.node.name, system)
     yield recorded
     report = getattr(request.node, "rep_call", None)
+    if report is not None and report.skipped:
+        return  # its row says skipped, with the reason (pytest_runtest_logreport)
     failure = None
     if report is not None and report.failed:
         failure = str(
@@ -103,8 +159,20 @@ def scenario(system: System, request: pytest.FixtureRequest):
         recorded.row["result"] = f"FAILED: {failure[:2000]}"
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A scenario skipped (before it starts or from inside) is a row of the report, with why."""
+    if not report.skipped or report.when == "teardown" or "tests/chaos/" not in report.nodeid:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    REPORT.append(
+        {"scenario": report.nodeid.rsplit("::", 1)[-1], "mode": MODE, "result": f"skipped: {reason}"}
+    )
+
+
 COLUMNS = (
     ("scenario", "scenario"),
+    ("mode", "mode"),
     ("detection s", "detection_s"),
     ("recovery s", "recovery_s"),
     ("downtime s", "downtime_s"),
@@ -125,7 +193,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Recovery metrics (measured; the guide promises detection 15-20 s, recovery < 30 s)")
+    table = Table(
+        title="Recovery metrics (measured; the guide promises detection 15-20 s, recovery < 30 s)\n"
+        f"mode: {secure_mode.DESCRIPTION}"
+    )
     for title, _ in COLUMNS:
         table.add_column(title, overflow="fold")
     for row in REPORT:
@@ -136,11 +207,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()}
     path.write_text(
         json.dumps(
-            {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine, "scenarios": REPORT},
+            {
+                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "mode": MODE,
+                "security": secure_mode.DESCRIPTION,
+                "machine": machine,
+                "scenarios": REPORT,
+            },
             indent=2,
         )
     )
-    terminalreporter.write_line(f"chaos report written to {path.resolve()}")
+    terminalreporter.write_line(f"chaos report ({MODE} run) written to {path.resolve()}")
 
 
 def _cell(value: Any) -> str:

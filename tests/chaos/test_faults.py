@@ -90,7 +90,7 @@ def test_an_engine_whose_disk_fills_stops_supplying_says_why_and_recovers_by_its
         assert "cannot record" in system.get(f"/cp/{cp.cp_id}")["detail"], "central shows why"
         wait_until(lambda: system.tickets(alice), BOUND_S, "the ticket for what was metered until then")
         assert system.tickets(alice)[0].provisional
-        status, body = system.post("/request/charge", {"driver_id": system.ident("bob"), "cp_id": cp.cp_id})
+        status, body = system.ask_charge(system.ident("bob"), cp.cp_id)
         assert status == 409 and body["error"] == "broken", "no new session it could not record"
         assert "cannot record its meter" in cp.engine.output()
 
@@ -122,6 +122,7 @@ def test_central_whose_disk_fills_holds_what_it_reads_and_decides_it_when_space_
         alice, bob = system.ident("driver-alice"), system.ident("driver-bob")
         system.start_driver(alice, [cp1.cp_id])
         wait_until(lambda: reading(system, alice), 20, "alice charging")
+        system.enrol(bob)  # with security on: an enrolment is a write, made while central can record
         before = system.identities()
 
         filler = fill(disk)
@@ -131,9 +132,7 @@ def test_central_whose_disk_fills_holds_what_it_reads_and_decides_it_when_space_
             lambda: system.get("/health")["store"].startswith("cannot record"), BOUND_S, "central saying so"
         )
         scenario.mark("detected_at")
-        status, body = system.post(
-            "/request/charge", {"driver_id": system.ident("carol"), "cp_id": cp2.cp_id}
-        )
+        status, body = system.ask_charge(system.ident("carol"), cp2.cp_id)
         assert status == 503 and body["error"] == "unavailable" and "cannot record" in body["message"]
         assert not any(e["event"] in ("accepted", "denied") for e in system.events(bob)), "held, not decided"
         assert "cannot record what it read" in system.central.output()
@@ -192,7 +191,8 @@ def test_central_killed_between_its_commit_and_the_publish_loses_nothing(
 ) -> None:
     scenario.name = "central killed between commit and publish"
     system.max_session_s = 4
-    system.start_central(env={"EVCHARGE_CRASH_AT": "central.committed@3"})
+    # The first commit with something to publish: the decision on alice's first request.
+    system.start_central(env={"EVCHARGE_CRASH_AT": "central.committed"})
     cp = system.add_cp(system.ident("CP-001"))
     cp2 = system.add_cp(system.ident("CP-002"))
     alice = system.ident("driver-alice")

@@ -6,21 +6,27 @@ driver). Each process binds its own host's address; the test itself reaches them
 an observer link. Expected for every cut: DISCONNECTED at central within the heartbeat
 timeout where central can see it, the supply going on at the CP, everything delivered
 after the heal, one ticket per session with the meter's figures.
+
+In a secure run every host's address is in the certificates, so the links are cut in a
+system with TLS, SCRAM and signatures on, like every other scenario's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
+from evcharge.devtools.certs import DEFAULT_HOSTS
 from evcharge.devtools.kafka import LocalBroker
 from evcharge.devtools.netns import Network, unavailable
 from evcharge.devtools.probes import engine_status
 from evcharge.devtools.supervisor import Child
 from evcharge.devtools.system import Place
 from tests.chaos.conftest import Scenario
-from tests.harness import System, wait_until
+from tests.chaos.secure_mode import SECURE, secure_broker
+from tests.harness import Credentials, System, wait_until
 
 pytestmark = [
     pytest.mark.kafka,
@@ -36,28 +42,43 @@ WATCH_SLACK_S = 1.5
 BOUND_S = 60.0
 
 
+@dataclass(frozen=True)
+class Lan:
+    network: Network
+    bootstrap: str
+    credentials: Credentials | None  # a secure run's: certificates name every host's address
+
+
 @pytest.fixture(scope="module")
-def lan(tmp_path_factory) -> Iterator[tuple[Network, str]]:
-    """The four hosts, and the broker running on `kafka`; removed after the module."""
+def lan(tmp_path_factory) -> Iterator[Lan]:
+    """The four hosts, and the broker running on `kafka` (the secure one in a secure run);
+    removed after the module."""
     with Network(["kafka", "central", "site", "car"]) as network:
         kafka = network.host("kafka")
-        broker = LocalBroker(
-            data_dir=tmp_path_factory.mktemp("lan-kafka"),
-            host=kafka.ip,
-            port=9092,
-            controller_port=9093,
-            command_prefix=kafka.prefix,
-        )
+        where = {
+            "host": kafka.ip,
+            "port": 9092,
+            "controller_port": 9093,
+            "command_prefix": kafka.prefix,
+        }
+        data_dir = tmp_path_factory.mktemp("lan-kafka")
+        credentials = None
+        if SECURE:
+            hosts = (*DEFAULT_HOSTS, *(host.ip for host in network.hosts))
+            secured = secure_broker(tmp_path_factory.mktemp("lan-tls"), data_dir, hosts, **where)
+            broker, credentials = secured.broker, secured.credentials
+        else:
+            broker = LocalBroker(data_dir=data_dir, **where)
         broker.start(timeout_s=120)
         try:
-            yield network, broker.bootstrap
+            yield Lan(network, broker.bootstrap, credentials)
         finally:
             broker.stop()
 
 
 @pytest.fixture
-def system(lan, tmp_path) -> Iterator[System]:
-    network, bootstrap = lan
+def system(lan: Lan, tmp_path) -> Iterator[System]:
+    network, bootstrap = lan.network, lan.bootstrap
     placed = System(
         tmp_path,
         bootstrap,
@@ -65,11 +86,12 @@ def system(lan, tmp_path) -> Iterator[System]:
         cp_place=Place(network.host("site").ip, tuple(network.host("site").prefix)),
         driver_place=Place(network.host("car").ip, tuple(network.host("car").prefix)),
     )
-    placed.central_overrides = {
-        "require_auth": False,
-        "insecure": True,  # a lab network of our own, beyond loopback
-        "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
-    }
+    placed.central_overrides = {"heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S}
+    if lan.credentials is not None:
+        placed.secure(lan.credentials)
+    else:
+        # A lab network of our own, beyond loopback: said outright, as central requires.
+        placed.central_overrides |= {"require_auth": False, "insecure": True}
     yield placed
     placed.stop_all()
 
@@ -95,7 +117,7 @@ def start_one_session(system: System, session_s: float) -> tuple[str, str]:
 def test_a_cp_cut_off_mid_session_shows_disconnected_keeps_supplying_and_delivers_everything(
     system: System, lan, scenario: Scenario
 ) -> None:
-    network, _ = lan
+    network = lan.network
     scenario.name = "partition: the CP's host cut"
     cp_id, alice = start_one_session(system, session_s=14)
     cut_at = scenario.mark("fault_at")
@@ -120,7 +142,7 @@ def test_a_cp_cut_off_mid_session_shows_disconnected_keeps_supplying_and_deliver
 def test_a_driver_cut_off_mid_session_gets_its_ticket_once_after_the_heal(
     system: System, lan, scenario: Scenario
 ) -> None:
-    network, _ = lan
+    network = lan.network
     scenario.name = "partition: the driver's host cut"
     _, alice = start_one_session(system, session_s=5)
     scenario.mark("fault_at")
@@ -146,7 +168,7 @@ def test_a_driver_cut_off_mid_session_gets_its_ticket_once_after_the_heal(
 def test_central_cut_off_mid_session_loses_nothing_and_catches_up_after_the_heal(
     system: System, lan, scenario: Scenario
 ) -> None:
-    network, _ = lan
+    network = lan.network
     scenario.name = "partition: central's host cut"
     cp_id, alice = start_one_session(system, session_s=8)
     scenario.mark("fault_at")
@@ -174,7 +196,7 @@ def test_central_cut_off_mid_session_loses_nothing_and_catches_up_after_the_heal
 
 
 def test_engine_controls_are_refused_from_another_host_and_served_on_loopback(system: System, lan) -> None:
-    network, _ = lan
+    network = lan.network
     site, car = network.host("site"), network.host("car")
     cp = system.add_cp(system.ident("CP-ctl"), wait=False, host="0.0.0.0")
     wait_until(cp.ready, 30, "the engine on its host")

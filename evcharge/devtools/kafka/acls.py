@@ -3,7 +3,8 @@ StandardAuthorizer's ACLs that let each do exactly its part of the Kafka contrac
 
     central  every evcharge topic (it creates and configures them), group `central`,
              transactional ids `evcharge-central-<store id>` (its outbox relay)
-    engine   writes CP events and dead letters, reads CP commands, groups `engine-*`
+    engine   writes CP events and dead letters, reads CP commands, groups `engine-*`; the
+             OCPP gateway is its chargers' engine and logs in as this user too (group `gateway-*`)
     driver   writes driver requests and dead letters, reads driver updates, groups `driver-*`
     anyone else: nothing (no ACL, and allow.everyone.if.no.acl.found=false)
 
@@ -95,6 +96,7 @@ def role_acls() -> list[Acl]:
         *_topic("engine", Topic.DEAD_LETTERS, o.WRITE),
         *_topic("engine", Topic.CP_COMMANDS, o.READ),
         *_client("engine", "engine-"),
+        *_grant("engine", Resource.GROUP, "gateway-", Pattern.PREFIXED, o.READ),
     ]
     driver = [
         *_topic("driver", Topic.DRIVER_REQUESTS, o.WRITE),

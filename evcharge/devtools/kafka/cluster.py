@@ -38,9 +38,9 @@ from evcharge.devtools.kafka.local import (
     JVM_FLAGS,
     LocalBroker,
     _run_blocking,
-    _task_state,
     new_cluster_id,
 )
+from evcharge.devtools.procs import task_state
 from evcharge.errors import BrokerError
 
 LAYOUT_FILE = "cluster.json"
@@ -219,7 +219,7 @@ class ClusterNode(LocalBroker):
 
     def node_status(self) -> NodeStatus:
         pid = self._live_pid()
-        paused = pid is not None and _task_state(Path(f"/proc/{pid}")) == "T"
+        paused = pid is not None and task_state(Path(f"/proc/{pid}")) == "T"
         return NodeStatus(
             node_id=self.node_id,
             running=pid is not None,

@@ -44,6 +44,7 @@ from evcharge.devtools.kafka.fetch import (
     say,
 )
 from evcharge.devtools.kafka.secure import BrokerSecurity
+from evcharge.devtools.procs import task_state
 from evcharge.errors import BrokerError
 from evcharge.runtime.kafka_access import KafkaAccess, access
 from evcharge.runtime.lifetime import die_with_parent
@@ -72,16 +73,6 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def _task_state(task: Path) -> str | None:
-    """The one-letter state of a process or thread from its /proc entry (None when gone)."""
-    try:
-        stat = (task / "stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may itself contain spaces or parentheses.
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
 def _cmdline(pid: int) -> str | None:
     """The command line of `pid`; "" while it is dying; None when it is gone.
 
@@ -91,7 +82,7 @@ def _cmdline(pid: int) -> str | None:
     """
     proc = Path(f"/proc/{pid}")
     if Path("/proc/self").is_dir():
-        state = _task_state(proc)
+        state = task_state(proc)
         if state is None or state == "X":
             return None
         if state != "Z":
@@ -103,7 +94,7 @@ def _cmdline(pid: int) -> str | None:
             tids = os.listdir(proc / "task")
         except OSError:
             return None
-        alive = any(_task_state(proc / "task" / tid) not in (None, "Z", "X") for tid in tids)
+        alive = any(task_state(proc / "task" / tid) not in (None, "Z", "X") for tid in tids)
         return "" if alive else None
     # No procfs (macOS): ask ps, which shows zombies as "<defunct>" with an empty command.
     out = subprocess.run(
