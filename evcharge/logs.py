@@ -30,6 +30,7 @@ OUTAGE_MESSAGES = (
     "Unable to update metadata from %s",
     "Failed fetch messages from %s: %s",
     "Failed fetch offsets from %s: %s",
+    "Attempt to fetch offsets for partition %s failed due to: %s",
     "Group Coordinator Request failed: %s",
     "FindCoordinator Request failed: %s",
     "Got error produce response: %s",

@@ -46,8 +46,13 @@ def world(tmp_path: Path) -> Iterator[MultiHost[System]]:
     assert built.network is not None and built.network.leftovers() == []
 
 
+def decisions(system: System, driver_id: str) -> list[dict[str, object]]:
+    """What central answered the driver's requests (a denial with its reason)."""
+    return [e for e in system.events(driver_id) if e["event"] in ("accepted", "denied")]
+
+
 def outcomes(system: System, driver_id: str) -> list[str]:
-    return [e["event"] for e in system.events(driver_id) if e["event"] in ("accepted", "denied")]
+    return [str(e["event"]) for e in decisions(system, driver_id)]
 
 
 def charging(system: System, driver_id: str) -> bool:
@@ -98,7 +103,8 @@ def test_the_leaders_host_cut_off_under_load_the_standby_leads_and_nothing_is_lo
 
     # While c1 stays cut off, the drivers carry on: sessions end with their tickets and the
     # next requests are decided, by c2.
-    wait_until(lambda: outcomes(system, LATE) == ["accepted"], BOUND_S, "the late request decided")
+    late = wait_until(lambda: decisions(system, LATE), BOUND_S, "the late request decided")
+    assert [e["event"] for e in late] == ["accepted"], late
     wait_until(
         lambda: all(len(system.tickets(d)) > tickets_at_cut[d] for d in DRIVERS),
         BOUND_S,

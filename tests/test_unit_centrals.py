@@ -73,10 +73,10 @@ def test_a_dead_leader_that_standbys_still_name_is_dialled_once_per_round() -> N
     with pytest.raises(ConnectionRefusedError):
         reach(centrals, cluster)
     assert cluster.dialled == [A, B, C]
-    cluster.answers[C] = None  # C took over: the very next round reaches it
+    cluster.answers[C] = None  # C took over: the very next round reaches it, the dead one dialled last
     cluster.dialled.clear()
     assert reach(centrals, cluster)[1] == C
-    assert cluster.dialled == [A, B, C]
+    assert cluster.dialled == [B, C]
 
 
 def test_a_refusal_from_the_leader_is_raised_rather_than_a_standbys_pointer() -> None:
@@ -114,3 +114,24 @@ def test_only_a_standbys_well_formed_pointer_names_a_leader(
 def test_no_address_is_an_error() -> None:
     with pytest.raises(ValueError):
         Centrals(())
+
+
+def test_a_central_that_did_not_answer_is_dialled_last_in_the_next_round() -> None:
+    # The leader A is cut off (its dials time out); B, a standby, still names it until its lease runs out.
+    cluster = Cluster({A: TimeoutError("connect timed out"), B: standby(A)})
+    centrals = Centrals((A, B))
+    with pytest.raises(TimeoutError):
+        reach(centrals, cluster)
+    assert cluster.dialled == [A, B]
+    cluster.answers[B] = None  # B took over
+    cluster.dialled.clear()
+    assert reach(centrals, cluster)[1] == B
+    assert cluster.dialled == [B], "the silent one is not dialled first again"
+
+
+def test_after_its_link_broke_the_last_leader_is_dialled_last() -> None:
+    cluster = Cluster({A: None})
+    centrals = Centrals((A, B))
+    reach(centrals, cluster)
+    centrals.lost(A)  # its heartbeats went unanswered: cut off, perhaps
+    assert centrals.round() == [B, A]

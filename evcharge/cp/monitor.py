@@ -16,14 +16,13 @@ import os
 import secrets
 import time
 import uuid
-from typing import Any
 
 from evcharge.cp.engine_key import keep_key, write_private
 from evcharge.cp.health import HealthTracker
 from evcharge.cp.settings import MonitorSettings
 from evcharge.errors import ConnectionLost, ProtocolError, Refused, RequestTimeout
 from evcharge.protocol.messages import Health, HealthCheck, HealthStatus, Heartbeat, Register, Registered
-from evcharge.runtime.centrals import Centrals
+from evcharge.runtime.centrals import Centrals, register
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
 from evcharge.runtime.tcp import FramedConnection
 from evcharge.runtime.tls import TlsRefused
@@ -182,36 +181,28 @@ class Monitor:
         log.info("%s: chose its secret for central, kept in %s", self.settings.cp_id, path)
         return secret
 
-    async def _register(self, host: str, port: int) -> tuple[FramedConnection, Any]:
-        """A connection to one central that took this CP's registration; closed if it did not."""
+    def _register(self) -> Register:
         s = self.settings
-        timeout = s.heartbeat_interval_s * 2
-        conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
-        try:
-            registered = await conn.request(
-                Register(
-                    cp_id=s.cp_id,
-                    location=s.location,
-                    price=s.price,
-                    max_w=s.max_w,
-                    health=self.tracker.health or Health.KO,
-                    instance=self.instance,
-                    pid=os.getpid(),
-                    engine=self.engine_instance,
-                    token=s.join_token,
-                    secret=self._secret(),
-                ),
-                timeout_s=timeout,
-            )
-        except BaseException:
-            await conn.close()
-            raise
-        return conn, registered
+        return Register(
+            cp_id=s.cp_id,
+            location=s.location,
+            price=s.price,
+            max_w=s.max_w,
+            health=self.tracker.health or Health.KO,
+            instance=self.instance,
+            pid=os.getpid(),
+            engine=self.engine_instance,
+            token=s.join_token,
+            secret=self._secret(),
+        )
 
     async def _serve_central(self, stop: asyncio.Event, attempts: Attempts) -> None:
         s = self.settings
         timeout = s.heartbeat_interval_s * 2
-        (conn, registered), (host, port) = await self._centrals.reach(self._register, _central_retriable)
+        (conn, registered), (host, port) = await self._centrals.reach(
+            lambda host, port: register(host, port, self._register, timeout_s=timeout, tls=self._tls),
+            _central_retriable,
+        )
         try:
             attempts.succeeded()
             engine_key = registered.engine_key if isinstance(registered, Registered) else None
@@ -235,6 +226,9 @@ class Monitor:
                     ),
                     timeout_s=timeout,
                 )
+        except Exception:
+            self._centrals.lost((host, port))
+            raise
         finally:
             await conn.close()
 

@@ -55,7 +55,6 @@ JOIN_TOKEN = "multihost-join"
 OPERATOR_TOKEN = "multihost-operator"
 LEASE_S = 2.0  # central's default
 HEARTBEAT_TIMEOUT_S = 3.0  # central's default
-STARTUP_GRACE_S = 3.0
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
 S = TypeVar("S", bound=LocalSystem)
@@ -160,7 +159,8 @@ class MultiHost(Generic[S]):
             "operator_token": OPERATOR_TOKEN,
             "lease_s": LEASE_S,
             "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
-            "startup_grace_s": STARTUP_GRACE_S,
+            # No startup grace of its own: central's default is what covers a monitor that
+            # must first notice its leader's host is gone before it dials the new one.
         }
         system.monitor_overrides = {"join_token": JOIN_TOKEN}
         self._stack.callback(system.stop_all)

@@ -17,13 +17,11 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from evcharge.errors import Refused
 from evcharge.protocol.messages import Health, Heartbeat, Register, Registered
-from evcharge.runtime.centrals import Centrals
+from evcharge.runtime.centrals import Centrals, register
 from evcharge.runtime.retry import Attempts, LinkWatch, RetryPolicy, is_retriable, keep_trying
-from evcharge.runtime.tcp import FramedConnection
 from evcharge.runtime.tls import TlsRefused
 from evcharge.runtime.waits import wait_first
 
@@ -96,37 +94,30 @@ class CentralLink:
             if exc.code not in Refused.CREDENTIALS:
                 raise
 
-    async def _register(self, host: str, port: int) -> tuple[FramedConnection, Any]:
-        """A connection to one central that took this charger's registration; closed if it did not."""
+    def _register(self) -> Register:
         me = self.identity
-        timeout = max(self._interval_s * 2, REGISTER_TIMEOUT_S)
-        conn = await FramedConnection.open(host, port, timeout_s=timeout, tls=self._tls)
-        try:
-            health, _detail = self._health()
-            registered = await conn.request(
-                Register(
-                    cp_id=me.cp_id,
-                    location=me.location,
-                    price=me.price,
-                    max_w=me.max_w,
-                    health=health,
-                    instance=me.instance,
-                    pid=os.getpid(),
-                    engine=me.instance,
-                    token=me.token,
-                    secret=me.secret,
-                ),
-                timeout_s=timeout,
-            )
-        except BaseException:
-            await conn.close()
-            raise
-        return conn, registered
+        health, _detail = self._health()
+        return Register(
+            cp_id=me.cp_id,
+            location=me.location,
+            price=me.price,
+            max_w=me.max_w,
+            health=health,
+            instance=me.instance,
+            pid=os.getpid(),
+            engine=me.instance,
+            token=me.token,
+            secret=me.secret,
+        )
 
     async def _serve(self, attempts: Attempts) -> None:
         me = self.identity
         timeout = self._interval_s * 2
-        (conn, registered), (host, port) = await self._centrals.reach(self._register, _retriable)
+        dial_timeout = max(timeout, REGISTER_TIMEOUT_S)
+        (conn, registered), (host, port) = await self._centrals.reach(
+            lambda host, port: register(host, port, self._register, timeout_s=dial_timeout, tls=self._tls),
+            _retriable,
+        )
         try:
             attempts.succeeded()
             # Central issues a key to every CP that registers with the join token; the charger's
@@ -144,6 +135,9 @@ class CentralLink:
                     timeout_s=timeout,
                 )
                 await wait_first(self._changed, conn.closed_event, timeout_s=self._interval_s)
+        except Exception:
+            self._centrals.lost((host, port))
+            raise
         finally:
             self.registered.clear()
             await conn.close()

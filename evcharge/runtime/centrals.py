@@ -14,11 +14,14 @@ name until its lease runs out.
 
 from __future__ import annotations
 
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from evcharge.errors import Refused
+from evcharge.protocol.messages import Frame
+from evcharge.runtime.tcp import FramedConnection
 
 T = TypeVar("T")
 Address = tuple[str, int]
@@ -30,14 +33,24 @@ class Centrals:
             raise ValueError("at least one central address")
         self.addresses = addresses
         self._last_leader: Address | None = None
+        # Centrals that did not answer in the last round (refused, timed out): dialled last, so a
+        # leader cut off, whose packets vanish, does not cost a connect timeout every round.
+        self._silent: set[Address] = set()
 
     def __str__(self) -> str:
         return ",".join(f"{host}:{port}" for host, port in self.addresses)
 
+    def lost(self, address: Address) -> None:
+        """The link to `address` broke after it took the registration: the next round starts
+        elsewhere (a leader cut off would cost a connect timeout before any other is tried)."""
+        self._silent.add(address)
+
     def round(self) -> list[Address]:
-        """The order of the next round: the last central that took the registration, then the list."""
+        """The order of the next round: the last central that took the registration, then the
+        list, and last of all those that did not answer in the round before."""
         first = [self._last_leader] if self._last_leader is not None else []
-        return first + [a for a in self.addresses if a != self._last_leader]
+        order = first + [a for a in self.addresses if a != self._last_leader]
+        return [a for a in order if a not in self._silent] + [a for a in order if a in self._silent]
 
     async def reach(
         self, attempt: Callable[[str, int], Awaitable[T]], retriable: Callable[[BaseException], bool]
@@ -50,6 +63,7 @@ class Centrals:
         """
         queue = deque(self.round())
         tried: set[Address] = set()
+        silent: set[Address] = set()
         failure: BaseException | None = None
         while queue:
             address = queue.popleft()
@@ -61,14 +75,23 @@ class Centrals:
             except Exception as exc:
                 if not retriable(exc):
                     raise
+                if not isinstance(exc, Refused):
+                    silent.add(address)
                 if failure is None or not _from_a_standby(exc):
                     failure = exc  # a leader's own refusal says more than a standby's pointer
                 leader = named_leader(exc)
                 if leader is not None and leader not in tried:
-                    queue.appendleft(leader)
+                    # Next, unless it did not answer last round: a standby names a dead leader
+                    # until its lease runs out.
+                    if leader in self._silent:
+                        queue.append(leader)
+                    else:
+                        queue.appendleft(leader)
                 continue
             self._last_leader = address
+            self._silent = silent
             return result, address
+        self._silent = silent
         assert failure is not None  # the list is never empty
         raise failure
 
@@ -85,3 +108,16 @@ def named_leader(exc: BaseException) -> Address | None:
     if not (host and port.isdigit()):
         return None
     return host.strip("[]"), int(port)
+
+
+async def register(
+    host: str, port: int, message: Callable[[], Frame], *, timeout_s: float, tls: ssl.SSLContext | None
+) -> tuple[FramedConnection, Frame]:
+    """A connection to the central at `host:port` that took `message()` (a `Register`, made once
+    the link is up) and its answer; closed if it did not take it."""
+    conn = await FramedConnection.open(host, port, timeout_s=timeout_s, tls=tls)
+    try:
+        return conn, await conn.request(message(), timeout_s=timeout_s)
+    except BaseException:
+        await conn.close()
+        raise
