@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from evcharge.devtools.sim import split
 from evcharge.devtools.sim.fleet import Publisher
 from evcharge.devtools.sim.report import SimStats
 from evcharge.driver.conversation import DriverUpdate, Kind, Waiting, hear
@@ -52,10 +53,12 @@ class DriverSettings:
     request_rate: float  # requests per second for the whole fleet
     ramp_up_s: float
     session_s: float
+    first_driver: int = 1  # a worker of `--processes N` runs drivers first_driver ... on
+    fleet_drivers: int | None = None  # of a fleet this size (the ids' width); None: `drivers`
 
     def driver_ids(self) -> list[str]:
-        width = max(4, len(str(self.drivers)))
-        return [f"{self.driver_prefix}-{n:0{width}d}" for n in range(1, self.drivers + 1)]
+        numbers = range(self.first_driver, self.first_driver + self.drivers)
+        return split.ids(self.driver_prefix, numbers, self.fleet_drivers or self.drivers)
 
 
 class SimDriver:

@@ -36,6 +36,7 @@ from evcharge.cp.engine_state import CpEvent, EngineState
 from evcharge.cp.health_port import serve_health_port
 from evcharge.cp.monitor import Monitor
 from evcharge.cp.settings import MonitorSettings, engine_key_path
+from evcharge.devtools.sim import split
 from evcharge.devtools.sim.report import SimStats
 from evcharge.errors import ProtocolError
 from evcharge.protocol import signing
@@ -115,10 +116,12 @@ class FleetSettings:
     ca: Path | None = None  # central's monitor port speaks TLS, checked against this CA
     state_dir: Path = DEFAULT_STATE_DIR  # each monitor's secret and its engine's key
     signing: bool = False
+    first_cp: int = 1  # a worker of `--processes N` runs CPs first_cp .. first_cp + cps - 1
+    fleet_cps: int | None = None  # of a fleet this size (the ids' width); None: `cps`
 
     def cp_ids(self) -> list[str]:
-        width = max(4, len(str(self.cps)))
-        return [f"{self.cp_prefix}-{n:0{width}d}" for n in range(1, self.cps + 1)]
+        numbers = range(self.first_cp, self.first_cp + self.cps)
+        return split.ids(self.cp_prefix, numbers, self.fleet_cps or self.cps)
 
 
 class SimEngine:

@@ -17,6 +17,8 @@ from evcharge.config import (
     show_host_ports,
     state_dir_setting,
 )
+from evcharge.devtools.sim import split
+from evcharge.devtools.sim.split import Share
 from evcharge.errors import ConfigError
 
 ID_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,50}\Z")
@@ -69,6 +71,15 @@ class SimSettings(KafkaLink, Logging):
     json_path: Path | None = opt(
         None, "Also write the report as JSON to this file.", "EVCHARGE_SIM_JSON", flag="--json"
     )
+    processes: int = opt(
+        1,
+        "Worker processes the fleet is split over, each with its own event loop and its own range "
+        "of CP and driver ids; this process then only watches central and merges their reports "
+        "(1: this process runs the whole fleet).",
+        "EVCHARGE_SIM_PROCESSES",
+    )
+    # Set by the parent of `--processes N` for each worker it starts: which share it runs.
+    worker: int = opt(0, "Run as worker K of --processes (started by the simulator itself).", hidden=True)
     partitions: int = partitions_setting()
     # Security on (what a central beyond loopback requires): the monitors join with the token over
     # TLS (--ca), the engines sign their events with the keys central issues at join, the drivers
@@ -93,6 +104,14 @@ class SimSettings(KafkaLink, Logging):
     state_dir: Path = state_dir_setting()
 
     @property
+    def share(self) -> Share:
+        """The part of the fleet this process runs: all of it, or worker K's share."""
+        if not self.worker:
+            return split.whole(self.cps, self.drivers, self.request_rate, self.seed)
+        shares = split.split(self.cps, self.drivers, self.request_rate, self.seed, self.processes)
+        return shares[self.worker - 1]
+
+    @property
     def signing(self) -> bool:
         return self.sign_events if self.sign_events is not None else self.kafka_user is not None
 
@@ -102,5 +121,9 @@ class SimSettings(KafkaLink, Logging):
                 raise ConfigError(f"{name} {prefix!r}: letters, digits, '.', '_' and '-' only")
         if self.cps < 1 or self.drivers < 0 or self.request_rate <= 0 or self.meter_interval_s <= 0:
             raise ConfigError("--cps must be at least 1, --request-rate and --meter-interval above 0")
+        if not 1 <= self.processes <= self.cps:
+            raise ConfigError("--processes must be at least 1 and at most --cps (a CP or more each)")
+        if not 0 <= self.worker <= self.processes:
+            raise ConfigError("--worker must be within 1..--processes")
         if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
             raise ConfigError("durations and rates cannot be negative")
