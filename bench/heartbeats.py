@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.load import LoadRunner, SimLoad
-from bench.procs import cpu_s, kernel_cpu_s
+from bench.load import LoadRunner, SimLoad, sim_processes
+from bench.procs import cpu_s, kernel_cpu_s, tree_cpu_s
 from bench.system import new_system, wait_for
 
 GOAL_US = 30.0
@@ -71,11 +71,13 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         idle_rate = _rate(idle_cpu, cpu_s(pid), time.monotonic() - idle_from)
         # Registrations at ~200/s, the steady window, and room to spare: the sim outlives the window.
         ramp_s = max(1.0, size / 500)
+        processes = sim_processes(size)
         load: SimLoad = {
             "cps": size,
             "drivers": 0,
             "ramp_up_s": ramp_s,
             "duration_s": ramp_s + size / 100 + SETTLE_S + window_s + 60,
+            "processes": processes,
         }
         sim, _ = runner.start_sim(system, name, load)
         try:
@@ -86,9 +88,10 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
             )
             time.sleep(SETTLE_S)  # the last registrations' commits and the first checks are over
             started = time.monotonic()
-            before = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
+            # The simulator's CPU is its process tree's: with --processes N its workers do the work.
+            before = (cpu_s(pid), tree_cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
             time.sleep(window_s)
-            after = (cpu_s(pid), cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
+            after = (cpu_s(pid), tree_cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
             elapsed = time.monotonic() - started
             listed = system.view.get("/cp")[1]["charging_points"]
         finally:
@@ -116,6 +119,7 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         # Of the gross: what the kernel spent for central (a wakeup, a recv and a send per heartbeat).
         "us_per_heartbeat_kernel": round(1e6 * kernel_rate * elapsed / beats, 1) if beats else None,
         "sim_cpu_percent": round(100 * sim_rate, 1),
+        "sim_processes": processes,
         "sim_us_per_heartbeat": round(1e6 * sim_rate * elapsed / beats, 1) if beats else None,
         "on_at_end": sum(1 for c in listed if c["status"] == "ON"),
     }

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,7 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
-from bench.procs import cpu_s, rss_mb, tree_cpu_s
+from bench.procs import cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
@@ -41,6 +43,13 @@ SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1
 PROFILE_RATE_HZ = 100
 SIM_GRACE_S = 90.0  # start-up, the drivers' last tickets and the report, beyond the planned load
+CPS_PER_SIM_PROCESS = 2000  # one simulator process saturates a core near this many CPs
+
+
+def sim_processes(cps: int) -> int:
+    """Worker processes for a fleet of `cps`: one per 2,000 CPs, at most one more than the cores
+    (the workers, central and the broker share them: more would only add switching)."""
+    return max(1, min((os.cpu_count() or 1) + 1, math.ceil(cps / CPS_PER_SIM_PROCESS)))
 
 
 @dataclass(frozen=True)
@@ -279,9 +288,10 @@ class _Meters:
         for name, pid in self.pids.items():
             if pid is None:
                 continue
-            # PostgreSQL works in a backend per connection: its CPU is the whole tree's.
-            cpu = tree_cpu_s(pid) if name == "postgres" else cpu_s(pid)
-            rss = rss_mb(pid)
+            # PostgreSQL works in a backend per connection, the simulator in its worker processes
+            # (--processes N): their CPU is the whole tree's.
+            cpu = tree_cpu_s(pid) if name in ("postgres", "sim") else cpu_s(pid)
+            rss = tree_rss_mb(pid) if name == "sim" else rss_mb(pid)
             if cpu is not None:
                 row[f"{name}_cpu_s"] = cpu
             if rss is not None:
@@ -420,7 +430,14 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
     for size in sizes:
         duration = max(5, min(45, size // 100))
         say(f"{size} CPs at once (load {duration} s)")
-        load: SimLoad = {"cps": size, "drivers": 0, "ramp_up_s": 0.0, "duration_s": float(duration)}
+        processes = sim_processes(size)
+        load: SimLoad = {
+            "cps": size,
+            "drivers": 0,
+            "ramp_up_s": 0.0,
+            "duration_s": float(duration),
+            "processes": processes,
+        }
         run = runner.run_sim(f"scale{size}", load, planned_s=duration)
         report = run["report"]
         cps = report.get("cps", {})
@@ -436,16 +453,19 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
                 "errors": report.get("errors", {}).get("total"),
                 "errors_by_kind": report.get("errors", {}).get("by_kind"),
                 "sim_exit_code": run["exit_code"],
+                "sim_processes": processes,
+                # Every process of the simulator: its workers and the parent, user + system seconds.
+                "sim_cpu_s": process.get("cpu_s"),
+                "sim_busiest_process_percent": _busiest(report),
                 "sim_max_rss_mb": rss,
                 "rss_per_cp_mb": round(rss / (cps.get("started") or size), 3) if rss else None,
                 **whole_run(run["samples"]),
             }
         )
-        # One Python process runs every simulated monitor and engine: past about a core's
+        # A simulator process runs its monitors and engines on one loop: past about a core's
         # worth, its own checks and heartbeats run late and the errors are the simulator's.
-        rows[-1]["sim_saturated"] = (
-            rows[-1].get("sim_cpu_percent", 0) >= 90 or (cps.get("started") or 0) < size
-        )
+        busiest = rows[-1]["sim_busiest_process_percent"] or 0
+        rows[-1]["sim_saturated"] = busiest >= 90 or (cps.get("started") or 0) < size
         say(
             f"  {cps.get('registered')} registered in {cps.get('registration_s')} s, "
             f"errors {rows[-1]['errors']}"
@@ -458,3 +478,11 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
         if started > 0:
             marginal = round((big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / started, 3)
     return {"runs": rows, "marginal_rss_per_cp_mb": marginal}
+
+
+def _busiest(report: dict[str, Any]) -> float | None:
+    """The highest share of a core any one simulator process used over its run."""
+    workers = [w for w in report.get("sim_workers", []) if w.get("name") != "parent"]
+    shares = [w.get("cpu_percent") for w in workers] or [report.get("sim_process", {}).get("cpu_percent")]
+    known = [s for s in shares if s is not None]
+    return max(known) if known else None

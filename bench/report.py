@@ -442,7 +442,8 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
                 f"{run['cps']:,} CPs join at once: all ON at central",
                 goal,
                 _registered(run)
-                + f", errors {run.get('errors')}, central {run.get('central_cpu_percent', '-')} % CPU",
+                + f", errors {run.get('errors')}, central {run.get('central_cpu_percent', '-')} % CPU, "
+                f"sim {run.get('sim_cpu_percent', '-')} % CPU{_sim_processes(run)}",
                 verdict,
             )
         )
@@ -460,6 +461,15 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
             )
         )
     return out
+
+
+def _sim_processes(run: dict[str, Any]) -> str:
+    """How many processes the simulator's CPU figure is the sum of (older results: one)."""
+    n = run.get("sim_processes", 1)
+    busiest = run.get("sim_busiest_process_percent")
+    if n == 1:
+        return ""
+    return f" in {n} processes" + (f" (busiest {busiest} %)" if busiest is not None else "")
 
 
 def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
@@ -495,7 +505,8 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 f"{run.get('us_per_heartbeat_kernel')}) at "
                 f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
                 f"central {run.get('central_cpu_percent')} % "
-                f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "
+                f"(idle {run.get('central_idle_cpu_percent')} %); "
+                f"simulator {run.get('sim_cpu_percent')} %{_sim_processes(run)} "
                 f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
                 f"ON at end {run.get('on_at_end')}",
                 verdict,

@@ -3,6 +3,7 @@ their reports merged into one, and the command line each worker is started with.
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 
@@ -163,3 +164,13 @@ def test_a_worker_is_started_with_every_setting_as_a_flag_and_the_secrets_in_its
         "BENCH-1",
     )
     assert params["duration_s"] == settings.duration_s and params["json_path"] is None
+
+
+def test_the_bench_gives_the_simulator_a_worker_per_2000_cps_and_no_more_than_the_cores_and_one() -> None:
+    from bench.load import sim_processes
+
+    cap = (os.cpu_count() or 1) + 1
+    assert [sim_processes(n) for n in (100, 1000, 2000)] == [1, 1, 1]
+    assert sim_processes(5000) == min(3, cap)
+    assert sim_processes(10_000) == min(5, cap)
+    assert sim_processes(1_000_000) == cap
