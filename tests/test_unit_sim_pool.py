@@ -3,6 +3,8 @@ their reports merged into one, and the command line each worker is started with.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import random
 from collections import Counter
@@ -13,10 +15,13 @@ from rich.console import Console
 
 from evcharge.cli import app
 from evcharge.devtools.sim import merge, split, wire
+from evcharge.devtools.sim.app import Simulation
+from evcharge.devtools.sim.link import ParentLink
 from evcharge.devtools.sim.pool import SECRETS, worker_command
 from evcharge.devtools.sim.report import SimStats, percentile, render
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.errors import ConfigError, ProtocolError
+from evcharge.runtime.shutdown import EXIT_INTERRUPTED
 
 
 def test_shares_cover_the_fleet_once_with_the_ids_one_process_would_give() -> None:
@@ -174,3 +179,30 @@ def test_the_bench_gives_the_simulator_a_worker_per_2000_cps_and_no_more_than_th
     assert sim_processes(5000) == min(3, cap)
     assert sim_processes(10_000) == min(5, cap)
     assert sim_processes(1_000_000) == cap
+
+
+async def test_a_stop_from_the_parent_ends_a_worker_with_its_report_and_leaves_the_signals_alone(
+    tmp_path,
+) -> None:
+    """A stop said on stdin is not a signal: the SIGTERM that may follow it (a terminal's Ctrl-C,
+    the bench stopping a process group) is then the first, not a second that exits without a report."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"stop\n")
+    os.close(write_end)
+    out = io.BytesIO()
+    settings = SimSettings(
+        cps=4, drivers=0, processes=2, worker=2, kafka="127.0.0.1:1", state_dir=tmp_path, log_level="error"
+    )
+    with os.fdopen(read_end, "rb") as commands:
+        link = ParentLink(2, out=out, commands=commands)
+        simulation = Simulation(settings, Console(file=io.StringIO()), link)
+        signalled = asyncio.Event()
+        async with asyncio.timeout(30):
+            code = await simulation.run(signalled)
+    assert not signalled.is_set()
+    assert code == EXIT_INTERRUPTED
+    (line,) = out.getvalue().splitlines(keepends=True)
+    report = wire.decode(line)
+    assert isinstance(report, wire.Report)
+    assert report.stats.interrupted and report.stats.cps == 2 and not report.stats.errors
+    assert report.stats.process["cpu_s"] >= 0 and not report.crashed

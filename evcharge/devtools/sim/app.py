@@ -121,8 +121,13 @@ class Simulation:
         self._started = (0.0, resource.getrusage(resource.RUSAGE_SELF))  # when the run began
         self._fleet: Fleet | None = None
 
-    async def run(self, stop: asyncio.Event) -> int:
+    async def run(self, signalled: asyncio.Event) -> int:
+        """The whole run; `signalled` is set by the first SIGINT/SIGTERM (`run_role`)."""
         s = self.settings
+        # A worker also stops when its parent says so or is gone. That stop is an event of its own:
+        # the signals' one set by it would make the signal that follows (Ctrl-C reaches every process
+        # on the terminal, the bench stops a whole process group) a second one, which exits at once.
+        stop = asyncio.Event() if self.link is not None else signalled
         self._abort = stop
         self._started = (time.monotonic(), resource.getrusage(resource.RUSAGE_SELF))
         gc.freeze()  # what the imports created lives as long as the process: no need to scan it
@@ -132,15 +137,20 @@ class Simulation:
         if s.log_level.lower() != "debug":
             monitor_log.setLevel(logging.WARNING)  # one INFO line per CP would drown everything
         evcharge_log.addHandler(counter)
-        listening = asyncio.create_task(self.link.listen(stop)) if self.link is not None else None
+        watchers = []
+        if self.link is not None:
+            watchers = [
+                asyncio.create_task(self.link.listen(stop)),
+                asyncio.create_task(_pass_on(signalled, stop)),
+            ]
         try:
             await self._run(stop)
         finally:
             evcharge_log.removeHandler(counter)
             monitor_log.setLevel(monitor_level)
-            if listening is not None:
-                listening.cancel()
-                await asyncio.gather(listening, return_exceptions=True)
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
         self.stats.interrupted = stop.is_set() and not self._crashed
         self._finish()
         if self.stats.total_errors:
@@ -420,6 +430,11 @@ async def _freeze_when(started: asyncio.Event, stop: asyncio.Event) -> None:
     await wait_first(started, stop)
     if started.is_set():
         gc.freeze()
+
+
+async def _pass_on(signalled: asyncio.Event, stop: asyncio.Event) -> None:
+    await signalled.wait()
+    stop.set()
 
 
 def _started_at(fleet: Fleet) -> dict[str, float]:

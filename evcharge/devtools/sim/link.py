@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import sys
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from evcharge.devtools.sim.wire import GO, WorkerMessage, command, encode
 from evcharge.errors import ProtocolError
@@ -21,17 +21,21 @@ log = logging.getLogger("evcharge.sim")
 
 
 class ParentLink:
-    def __init__(self, worker: int, out: BinaryIO | None = None) -> None:
+    def __init__(self, worker: int, out: BinaryIO | None = None, commands: IO[bytes] | None = None) -> None:
+        """`out` and `commands`: the worker's stdout and stdin unless given (a test's pipe)."""
         self.worker = worker
         self.go = asyncio.Event()
         self._out = out if out is not None else sys.stdout.buffer
+        self._commands = commands if commands is not None else sys.stdin.buffer
         self._gone = False
 
     async def listen(self, stop: asyncio.Event) -> None:
         """Read the parent's commands until it says stop or goes away; either sets `stop`."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), self._commands
+        )
         try:
             while True:
                 line = await reader.readline()
