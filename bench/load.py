@@ -5,13 +5,17 @@ Each run gets a central of its own (a fresh registry), and `evcharge sim` as a
 real process beside it. While it runs, central is sampled every half second:
 its applied-event counter (`GET /health`), its consumer lag on
 `evcharge.cp.events` (end offsets minus its committed offsets), and the CPU and
-memory of central, the simulator and the broker from /proc.
+memory of central, the simulator and the broker from /proc. A runner given
+credentials runs its systems with security on, the simulator's monitors, engines
+and drivers included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import os
 import shutil
 import signal
 import subprocess
@@ -24,17 +28,28 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
-from bench.procs import cpu_s, rss_mb, tree_cpu_s
+from bench.procs import cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
+from evcharge.devtools.kafka.secure import ADMIN
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.devtools.supervisor import Child
+from evcharge.devtools.system import Credentials
+from evcharge.runtime.kafka_access import Kafka, KafkaAccess
+from evcharge.runtime.tls import TlsFiles
 
 SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1
 PROFILE_RATE_HZ = 100
 SIM_GRACE_S = 90.0  # start-up, the drivers' last tickets and the report, beyond the planned load
+CPS_PER_SIM_PROCESS = 2000  # one simulator process saturates a core near this many CPs
+
+
+def sim_processes(cps: int) -> int:
+    """Worker processes for a fleet of `cps`: one per 2,000 CPs, at most one more than the cores
+    (the workers, central and the broker share them: more would only add switching)."""
+    return max(1, min((os.cpu_count() or 1) + 1, math.ceil(cps / CPS_PER_SIM_PROCESS)))
 
 
 @dataclass(frozen=True)
@@ -68,18 +83,54 @@ SimLoad = dict[str, Any]
 
 
 class LoadRunner:
-    def __init__(self, root: Path, kafka: str, loop: LoopThread, broker_pid: int | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        kafka: str,
+        loop: LoopThread,
+        broker_pid: int | None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.root = root
         self.kafka = kafka
         self.loop = loop
         self.broker_pid = broker_pid
-        self.lag = LagProbe(kafka)
+        self.credentials = credentials
+        self.lag = LagProbe(self.admin)
         self._lag_started = False
         self._runs = 0
 
     def close(self) -> None:
         if self._lag_started:
             self.loop.run(self.lag.close(), 15)
+
+    @property
+    def admin(self) -> Kafka:
+        """How the bench's own clients and the simulator reach Kafka: on the secure broker as its
+        admin, the one user allowed both the engines' and the drivers' topics and every group."""
+        c = self.credentials
+        if c is None or c.kafka_users is None:
+            return self.kafka
+        return KafkaAccess(self.kafka, ADMIN, c.kafka_users.password(ADMIN), TlsFiles(ca=c.ca))
+
+    def _sim_security(self, system: BenchSystem) -> dict[str, Any]:
+        c = self.credentials
+        if c is None:
+            return {}
+        kafka = self.admin
+        users = (
+            {"kafka_user": kafka.user, "kafka_password": kafka.password}
+            if isinstance(kafka, KafkaAccess)
+            else {}
+        )
+        return {
+            **users,
+            "ca": c.ca,
+            "join_token": c.join_token,
+            "operator_token": c.operator_token,
+            "sign_events": True,
+            "state_dir": system.root / "sim-state",
+        }
 
     def start_sim(self, system: BenchSystem, name: str, load: SimLoad) -> tuple[Child, Path]:
         if not self._lag_started:
@@ -96,6 +147,7 @@ class LoadRunner:
             cp_prefix=f"{name.upper()}-{self._runs}",
             driver_prefix=f"{name}-{self._runs}-driver",
             seed=7,
+            **self._sim_security(system),
             **load,
         )
         sim = child("sim", settings, system.logs / "sim.log", name=f"sim {name}").start()
@@ -103,7 +155,7 @@ class LoadRunner:
 
     def run_sim(self, name: str, load: SimLoad, planned_s: float) -> dict[str, Any]:
         """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
-        system = new_system(self.root, self.kafka, name)
+        system = new_system(self.root, self.kafka, name, credentials=self.credentials)
         samples: list[dict[str, float]] = []
         try:
             system.start_central()
@@ -145,7 +197,12 @@ class LoadRunner:
         """
         # Restarted, central need not wait for monitors that are gone for good.
         system = new_system(
-            self.root, self.kafka, name, store=store, central_overrides={"startup_grace_s": 0.0}
+            self.root,
+            self.kafka,
+            name,
+            store=store,
+            central_overrides={"startup_grace_s": 0.0},
+            credentials=self.credentials,
         )
         samples: list[dict[str, float]] = []
         profiler: subprocess.Popen[bytes] | None = None
@@ -231,9 +288,10 @@ class _Meters:
         for name, pid in self.pids.items():
             if pid is None:
                 continue
-            # PostgreSQL works in a backend per connection: its CPU is the whole tree's.
-            cpu = tree_cpu_s(pid) if name == "postgres" else cpu_s(pid)
-            rss = rss_mb(pid)
+            # PostgreSQL works in a backend per connection, the simulator in its worker processes
+            # (--processes N): their CPU is the whole tree's.
+            cpu = tree_cpu_s(pid) if name in ("postgres", "sim") else cpu_s(pid)
+            rss = tree_rss_mb(pid) if name == "sim" else rss_mb(pid)
             if cpu is not None:
                 row[f"{name}_cpu_s"] = cpu
             if rss is not None:
@@ -372,7 +430,14 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
     for size in sizes:
         duration = max(5, min(45, size // 100))
         say(f"{size} CPs at once (load {duration} s)")
-        load: SimLoad = {"cps": size, "drivers": 0, "ramp_up_s": 0.0, "duration_s": float(duration)}
+        processes = sim_processes(size)
+        load: SimLoad = {
+            "cps": size,
+            "drivers": 0,
+            "ramp_up_s": 0.0,
+            "duration_s": float(duration),
+            "processes": processes,
+        }
         run = runner.run_sim(f"scale{size}", load, planned_s=duration)
         report = run["report"]
         cps = report.get("cps", {})
@@ -388,16 +453,19 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
                 "errors": report.get("errors", {}).get("total"),
                 "errors_by_kind": report.get("errors", {}).get("by_kind"),
                 "sim_exit_code": run["exit_code"],
+                "sim_processes": processes,
+                # Every process of the simulator: its workers and the parent, user + system seconds.
+                "sim_cpu_s": process.get("cpu_s"),
+                "sim_busiest_process_percent": _busiest(report),
                 "sim_max_rss_mb": rss,
                 "rss_per_cp_mb": round(rss / (cps.get("started") or size), 3) if rss else None,
                 **whole_run(run["samples"]),
             }
         )
-        # One Python process runs every simulated monitor and engine: past about a core's
+        # A simulator process runs its monitors and engines on one loop: past about a core's
         # worth, its own checks and heartbeats run late and the errors are the simulator's.
-        rows[-1]["sim_saturated"] = (
-            rows[-1].get("sim_cpu_percent", 0) >= 90 or (cps.get("started") or 0) < size
-        )
+        busiest = rows[-1]["sim_busiest_process_percent"] or 0
+        rows[-1]["sim_saturated"] = busiest >= 90 or (cps.get("started") or 0) < size
         say(
             f"  {cps.get('registered')} registered in {cps.get('registration_s')} s, "
             f"errors {rows[-1]['errors']}"
@@ -410,3 +478,11 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
         if started > 0:
             marginal = round((big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / started, 3)
     return {"runs": rows, "marginal_rss_per_cp_mb": marginal}
+
+
+def _busiest(report: dict[str, Any]) -> float | None:
+    """The highest share of a core any one simulator process used over its run."""
+    workers = [w for w in report.get("sim_workers", []) if w.get("name") != "parent"]
+    shares = [w.get("cpu_percent") for w in workers] or [report.get("sim_process", {}).get("cpu_percent")]
+    known = [s for s in shares if s is not None]
+    return max(known) if known else None

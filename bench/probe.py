@@ -3,7 +3,8 @@
 `Prober` takes the driver's path minus its printing: it produces `ChargeRequest`s
 to `evcharge.driver.requests` keyed by its driver id and reads only that id's
 partition of `evcharge.driver.updates`, as `evcharge driver` does, timing each
-update the moment it is decoded.
+update the moment it is decoded. Given its token (an enrolled driver), it proves
+each request as `evcharge driver` does.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ from evcharge.protocol.messages import (
     Ticket,
     encode,
 )
+from evcharge.protocol.signing import PROOF_HEADER, driver_key, sign
 from evcharge.protocol.topics import CODECS, TOPICS, Topic
 from evcharge.runtime.inbox import Delivery, Inbox, Subscription
 from evcharge.runtime.kafka import (
     REQUEST_TIMEOUT_MS,
     all_partitions,
     ensure_topics,
+    new_admin,
     new_consumer,
     new_producer,
 )
+from evcharge.runtime.kafka_access import Kafka, access
 
 SEND_TIMEOUT_S = 3.0
 FLOOR_TOPIC = "evcharge.bench.floor"
@@ -66,9 +70,10 @@ class _Session:
 
 @dataclass
 class Prober:
-    bootstrap: str
+    bootstrap: Kafka
     driver_id: str
     partitions: int = 8
+    token: str | None = None  # the driver's, when central requires enrolled drivers
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
     _answers: dict[str, asyncio.Future[tuple[DriverUpdate, float]]] = field(default_factory=dict, init=False)
     _sessions: dict[str, _Session] = field(default_factory=dict, init=False)
@@ -79,7 +84,8 @@ class Prober:
     async def start(self, timeout_s: float = 60) -> None:
         consumer = Inbox(
             bootstrap=self.bootstrap,
-            group_id=f"bench-{self.driver_id}",
+            # `driver-`: the groups the project's secure broker lets the driver user read with.
+            group_id=f"driver-bench-{self.driver_id}",
             subscriptions=[Subscription(Topic.DRIVER_UPDATES, key=self.driver_id)],
             codecs=CODECS,
             topics=TOPICS,
@@ -130,9 +136,11 @@ class Prober:
         if self._producer is None:
             await self._new_producer()
         assert self._producer is not None
+        payload = encode(message)
+        proof = [(PROOF_HEADER, sign(driver_key(self.token), payload))] if self.token else None
         async with asyncio.timeout(SEND_TIMEOUT_S):
             await self._producer.send_and_wait(
-                Topic.DRIVER_REQUESTS, encode(message), key=self.driver_id.encode()
+                Topic.DRIVER_REQUESTS, payload, key=self.driver_id.encode(), headers=proof
             )
 
     async def _on_updates(self, deliveries: list[Delivery[DriverUpdate]]) -> None:
@@ -343,9 +351,12 @@ async def floor_round_trips(bootstrap: str, samples: int, warmup: int = 20) -> l
 
 
 class LagProbe:
-    """How far central's consumer group is behind the end of `evcharge.cp.events`, and what it published."""
+    """How far central's consumer group is behind the end of `evcharge.cp.events`, and what it published.
 
-    def __init__(self, bootstrap: str, partitions: int = 8) -> None:
+    On the project's secure broker it needs a user that may read every group's offsets: `admin`.
+    """
+
+    def __init__(self, bootstrap: Kafka, partitions: int = 8) -> None:
         self.bootstrap = bootstrap
         self.partitions = partitions
         self._admin: AIOKafkaAdminClient | None = None
@@ -353,16 +364,20 @@ class LagProbe:
         self._tps: list[TopicPartition] = []
         self._updates: list[TopicPartition] = []
 
-    async def start(self) -> None:
-        counts = await ensure_topics(self.bootstrap, TOPICS, self.partitions)
+    async def start(self, timeout_s: float = 30.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    counts = await ensure_topics(self.bootstrap, TOPICS, self.partitions)
+                    break
+                except LookupError:  # on a fresh broker: just created, their leaders not elected yet
+                    await asyncio.sleep(0.2)
         self._tps = all_partitions(counts, [Topic.CP_EVENTS])
         self._updates = all_partitions(counts, [Topic.DRIVER_UPDATES])
-        self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS
-        )
+        self._admin = new_admin(self.bootstrap)
         await self._admin.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS
+            **access(self.bootstrap).client_options(), request_timeout_ms=REQUEST_TIMEOUT_MS
         )
         await self._consumer.start()
 

@@ -39,6 +39,19 @@ def tree_cpu_s(pid: int | None) -> float | None:
     return total
 
 
+def tree_rss_mb(pid: int | None) -> float | None:
+    """Resident memory of `pid` and of its children still running, in MB: a process made of
+    workers (`evcharge sim --processes N`)."""
+    own = rss_mb(pid)
+    if own is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        child = _stat_fields(stat)
+        if child is not None and child[1] == str(pid):
+            own += rss_mb(int(stat.parent.name)) or 0.0
+    return own
+
+
 def _stat(pid: int | None) -> list[str] | None:
     return None if pid is None else _stat_fields(Path(f"/proc/{pid}/stat"))
 

@@ -83,6 +83,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _heartbeat_rows(results)
     out += _reads_rows(results)
     out += _gateway_rows(results)
+    out += _security_rows(results)
     footprint = results.get("footprint", {})
     if footprint.get("error"):
         out.append(_failed("footprint", "every role: start → ready, RSS at ready", "-", footprint))
@@ -441,7 +442,8 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
                 f"{run['cps']:,} CPs join at once: all ON at central",
                 goal,
                 _registered(run)
-                + f", errors {run.get('errors')}, central {run.get('central_cpu_percent', '-')} % CPU",
+                + f", errors {run.get('errors')}, central {run.get('central_cpu_percent', '-')} % CPU, "
+                f"sim {run.get('sim_cpu_percent', '-')} % CPU{_sim_processes(run)}",
                 verdict,
             )
         )
@@ -459,6 +461,15 @@ def _scale_rows(results: dict[str, Any]) -> list[Row]:
             )
         )
     return out
+
+
+def _sim_processes(run: dict[str, Any]) -> str:
+    """How many processes the simulator's CPU figure is the sum of (older results: one)."""
+    n = run.get("sim_processes", 1)
+    busiest = run.get("sim_busiest_process_percent")
+    if n == 1:
+        return ""
+    return f" in {n} processes" + (f" (busiest {busiest} %)" if busiest is not None else "")
 
 
 def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
@@ -494,7 +505,8 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 f"{run.get('us_per_heartbeat_kernel')}) at "
                 f"{run.get('heartbeats_per_s', 0):,.0f}/s{estimated}: "
                 f"central {run.get('central_cpu_percent')} % "
-                f"(idle {run.get('central_idle_cpu_percent')} %); simulator {run.get('sim_cpu_percent')} % "
+                f"(idle {run.get('central_idle_cpu_percent')} %); "
+                f"simulator {run.get('sim_cpu_percent')} %{_sim_processes(run)} "
                 f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
                 f"ON at end {run.get('on_at_end')}",
                 verdict,
@@ -607,6 +619,48 @@ def _gateway_rows(results: dict[str, Any]) -> list[Row]:
             f"{_s(gateway.get('storm_all_on_s'))}; errors {storm_errors}"
             + (f" ({', '.join(f'{k} {v}' for k, v in storm.items() if v)})" if storm_errors else ""),
             "meets goal" if storm_errors == 0 and "storm_all_on_s" in gateway else "misses goal",
+        ),
+    ]
+
+
+def _security_rows(results: dict[str, Any]) -> list[Row]:
+    """Central plain and with everything secure (TLS, SCRAM, signatures, enrolled drivers), same run."""
+    section = results.get("security")
+    if section is None:
+        return []
+    label = "central plain / all secure (TLS, SCRAM, signed events, enrolled drivers)"
+    if section.get("error") and not section.get("trials"):
+        return [_failed("security", label + ": readings/s, request → accepted", "-", section)]
+    rows, ratio = section.get("trials", []), section.get("ratio", {})
+    stopped = f" (stopped: {section['error']})" if section.get("error") else ""
+
+    def median(key: str) -> float | None:
+        return section.get(key, {}).get("median")
+
+    def times(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    plain_us, secure_us = median("plain_central_us_per_reading"), median("secure_central_us_per_reading")
+    cpu = f"; central {plain_us} / {secure_us} µs of CPU per reading" if plain_us and secure_us else ""
+    plain, secure = section.get("plain_accepted_s", {}), section.get("secure_accepted_s", {})
+    return [
+        Row(
+            "security",
+            f"{label}: readings/s central applies working off a backlog alone (median of {len(rows)})",
+            "-",
+            f"{_rate(median('plain_readings_per_s'))} / {_rate(median('secure_readings_per_s'))}{cpu}"
+            + stopped,
+            f"secure = {times(ratio.get('readings_per_s'))} plain (median of the trials' pairs)",
+        ),
+        Row(
+            "security",
+            f"{label}: request → accepted, low load, p50 / p99 (all {plain.get('count', 0)} / "
+            f"{secure.get('count', 0)} samples)",
+            "-",
+            f"{_ms(plain.get('p50'))} / {_ms(plain.get('p99'))}; {_ms(secure.get('p50'))} / "
+            f"{_ms(secure.get('p99'))}",
+            f"secure = {times(ratio.get('accepted_p50'))} plain at p50, {times(ratio.get('accepted_p99'))} "
+            "at p99",
         ),
     ]
 

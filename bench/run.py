@@ -6,7 +6,8 @@ PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
 recovery (Kafka last among them), the OCPP gateway, then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
-central's capacity on PostgreSQL), two centrals failing over, scale. A phase that fails is recorded as failed
+central's capacity on PostgreSQL), two centrals failing over, scale, heartbeats, reads, and last the
+cost of security (a secure broker of its own beside the first). A phase that fails is recorded as failed
 (its "error") and the run goes on with the next; only Kafka not starting ends it.
 """
 
@@ -40,6 +41,7 @@ from bench import (
     profile,
     reads,
     report,
+    security,
     storage,
 )
 from bench.loop import LoopThread
@@ -54,8 +56,11 @@ _T = TypeVar("_T")
 
 SECTIONS = (
     "footprint", "floor", "main", "sustained", "throughput", "storage", "failover", "scale", "heartbeats",
-    "reads", "gateway",
+    "reads", "gateway", "security",
 )  # fmt: skip
+# Sections that, run alone (`--only`), are written into the existing --out file beside the
+# figures of the other sections, which stay as their last run measured them.
+MERGED_SECTIONS = frozenset({"security"})
 
 
 @dataclass(frozen=True)
@@ -250,6 +255,20 @@ class Bench:
                         runner, self.loop, 1000, 50, plan.reads_window_s, self.say, baseline, "readsbase"
                     ),
                 )
+        if self.wants("security"):
+            self.results["security"] = self.measure(
+                "security",
+                lambda: security.measure(
+                    self.loop,
+                    self.root,
+                    runner,
+                    plan.drain,
+                    plan.backlog_s,
+                    plan.accepted_samples,
+                    plan.trials,
+                    self.say,
+                ),
+            )
 
     def _baseline_env(self) -> dict[str, str] | None:
         """A central of `--baseline REV`: that revision's package, exported, ahead on its path."""
@@ -424,17 +443,15 @@ def main(argv: list[str] | None = None) -> int:
         bench.results["error"] = repr(exc)
     finally:
         bench.close()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.gateway_only and args.out.exists():
-        # The other sections stay as their last full run measured them.
-        earlier = json.loads(args.out.read_text())
-        run = {key: value for key, value in bench.results.items() if key != "gateway"}
-        bench.results = {**earlier, "gateway": bench.results.get("gateway"), "gateway_run": run}
-    args.out.write_text(json.dumps(bench.results, indent=2, ensure_ascii=False) + "\n")
+    alone = {"gateway"} if args.gateway_only else set(only) if only and only <= MERGED_SECTIONS else set()
+    bench.results = save(args.out, bench.results, alone)
     console.print(report.table(bench.results))
     if "profile_central" in bench.results:
         console.print(_profile_lines(bench.results["profile_central"]))
-    took = bench.results.get("gateway_run", bench.results)["total_s"]
+    took = next(
+        (bench.results[f"{s}_run"]["total_s"] for s in sorted(alone) if f"{s}_run" in bench.results),
+        bench.results["total_s"],
+    )
     console.print(f"results written to {args.out} in {took:.0f} s")
     if failed is not None or args.keep:
         console.print(f"logs kept in {root}")
@@ -446,6 +463,27 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]bench failed: {failed!r}[/]")
         return 1
     return 0
+
+
+def save(path: Path, results: dict[str, Any], alone: set[str]) -> dict[str, Any]:
+    """Write `results` to `path` as JSON, what is written returned. A run of `alone` sections
+    only goes into the file there is, beside the figures of every other section."""
+    if alone and path.exists():
+        results = merged(json.loads(path.read_text()), results, alone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return results
+
+
+def merged(earlier: dict[str, Any], run: dict[str, Any], sections: set[str]) -> dict[str, Any]:
+    """`earlier` results with `sections` as `run` measured them, and that run's own machine, plan
+    and timings beside each as `<section>_run`; every other section stays as it was."""
+    own = {key: value for key, value in run.items() if key not in sections}
+    out = dict(earlier)
+    for section in sorted(sections):
+        out[section] = run.get(section)
+        out[f"{section}_run"] = own
+    return out
 
 
 def _footprint(roles: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -22,23 +23,28 @@ from typing import Any
 
 from evcharge.devtools import system as devsystem
 from evcharge.devtools.supervisor import Child
-from evcharge.devtools.system import ChargePoint, LocalSystem
+from evcharge.devtools.system import ChargePoint, Credentials, LocalSystem
 
 POLL_S = 0.01
 TIMEOUT_S = 30.0
 
 
 class CentralView:
-    """Central's HTTP API over one kept-alive connection; reconnects after central restarts."""
+    """Central's HTTP API over one kept-alive connection (HTTPS with `tls`); reconnects after
+    central restarts."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
-        self._host, self._port = host, port
+    def __init__(self, port: int, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self._host, self._port, self._tls = host, port, tls
         self._conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str) -> tuple[int, Any]:
         for attempt in (1, 2):
             if self._conn is None:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=5)
+                self._conn = (
+                    http.client.HTTPSConnection(self._host, self._port, timeout=5, context=self._tls)
+                    if self._tls is not None
+                    else http.client.HTTPConnection(self._host, self._port, timeout=5)
+                )
             try:
                 self._conn.request("GET", path)
                 response = self._conn.getresponse()
@@ -87,8 +93,16 @@ class BenchSystem(LocalSystem):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.view = self._view()
+
+    def _view(self) -> CentralView:
         url = urllib.parse.urlsplit(self.url)
-        self.view = CentralView(url.port or self.http_port, url.hostname or "127.0.0.1")
+        return CentralView(url.port or self.http_port, url.hostname or "127.0.0.1", self.http_tls)
+
+    def secure(self, credentials: Credentials) -> None:
+        super().secure(credentials)
+        self.view.close()
+        self.view = self._view()
 
     def start_central(self, env: dict[str, str] | None = None) -> Child:
         if self.central is not None:
@@ -148,12 +162,17 @@ def new_system(
     max_session_s: float = 2.0,
     store: str | None = None,
     central_overrides: dict[str, Any] | None = None,
+    credentials: Credentials | None = None,
 ) -> BenchSystem:
-    """A system of its own under `root/name`; `store` None is SQLite in its state dir."""
-    return BenchSystem(
+    """A system of its own under `root/name`; `store` None is SQLite in its state dir; with
+    `credentials`, every process it starts has security on (`LocalSystem.secure`)."""
+    system = BenchSystem(
         root / name,
         kafka,
         store=store,
         max_session_s=max_session_s,
         central_overrides=dict(central_overrides or {}),
     )
+    if credentials is not None:
+        system.secure(credentials)
+    return system

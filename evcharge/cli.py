@@ -133,15 +133,15 @@ def _driver(settings: DriverSettings) -> None:
 
 
 def _sim(settings: SimSettings) -> None:
-    from evcharge.devtools.sim.app import Simulation
+    from evcharge.devtools.sim.pool import pooled_or_single
     from evcharge.errors import ConfigError
 
     try:
-        simulation = Simulation(settings)
+        run = pooled_or_single(settings)
     except ConfigError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
-    _start(simulation.run, settings.log_level, settings.log_json)
+    _start(run, settings.log_level, settings.log_json)
 
 
 def _gateway(settings: GatewaySettings) -> None:
@@ -192,8 +192,10 @@ command(
     SimSettings,
     _sim,
     name="sim",
-    help="Fleet simulator: many CPs (real monitors) and drivers in one process against a real central.\n\n"
-    "Exits 0 when the run saw no error, 1 otherwise; the report says what central did.",
+    help="Fleet simulator: many CPs (real monitors) and drivers against a real central, in one "
+    "process or split over several (--processes N).\n\n"
+    "Exits 0 when the run saw no error, 1 otherwise; the report says what central did and what "
+    "the simulator's own processes cost.",
 )
 command(
     app,

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from evcharge.central.provenance import event_forgery, request_unproven
+from evcharge.central.state import CentralState
+from evcharge.cp.engine_key import EventSigner, keep_key
 from evcharge.cp.engine_state import EngineState
+from evcharge.cp.settings import engine_key_path
+from evcharge.devtools.procs import running
 from evcharge.devtools.sim.drivers import DriverSettings, SimDriver
-from evcharge.devtools.sim.fleet import Fleet, FleetSettings, SimEngine
+from evcharge.devtools.sim.fleet import Fleet, FleetSettings, Publisher, SimEngine
 from evcharge.devtools.sim.report import LatencySummary, SimStats, percentile, render
 from evcharge.devtools.supervisor import Child
+from evcharge.protocol import signing
 from evcharge.protocol.messages import (
     ChargeRequest,
     ChargingProgress,
@@ -32,8 +41,10 @@ from evcharge.protocol.messages import (
     StopCp,
     Ticket,
 )
-from evcharge.protocol.topics import route
+from evcharge.protocol.topics import Topic, route
+from evcharge.runtime.shutdown import EXIT_INTERRUPTED
 from evcharge.runtime.tcp import FramedConnection
+from tests.harness import wait_until
 
 # ------------------------------------------------------------------ the report, pure
 
@@ -99,7 +110,7 @@ class _Recorder:
         self.sent: list[tuple[str, str, object]] = []
         self._published = asyncio.Event()
 
-    async def publish(self, message: object) -> bool:
+    async def publish(self, message: object, proof: object = None) -> bool:
         self.sent.append((*route(message), message))  # type: ignore[arg-type]
         self._published.set()
         return True
@@ -232,6 +243,62 @@ async def test_a_simulated_driver_records_each_step_and_ignores_what_is_not_its_
     assert stats.late_updates == 1 and not stats.errors
 
 
+class _Producer:
+    """Stands in for aiokafka's producer under the real `Publisher`: keeps each record as sent."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, signing.Headers | None]] = []
+        self.sent = asyncio.Event()
+
+    async def send(
+        self, topic: str, payload: bytes, key: bytes, headers: signing.Headers | None = None
+    ) -> asyncio.Future[None]:
+        self.records.append((topic, payload, headers))
+        self.sent.set()
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+async def test_simulated_engines_sign_their_events_and_drivers_prove_their_requests_as_central_checks(
+    tmp_path,
+) -> None:
+    """What a secure central would accept: judged by central's own checks, not re-derived here."""
+    cp_key, token = signing.new_key(), signing.new_token()
+    keep_key(engine_key_path(tmp_path, "SIMT-9"), cp_key)
+    central = CentralState(engine_keys={"SIMT-9": cp_key}, driver_keys={"d-0001": signing.driver_key(token)})
+    stats = SimStats(cps=1, drivers=1)
+    producer = _Producer()
+    publisher = Publisher(producer, stats)  # type: ignore[arg-type]
+    signer = EventSigner(engine_key_path(tmp_path, "SIMT-9"), required=True)
+    engine = SimEngine(EngineState("SIMT-9", 22_000, 300_000), publisher, stats, lambda e, s: None, signer)
+    await engine.apply(_start("SIMT-9"), set())
+    assert producer.records and all(topic == Topic.CP_EVENTS for topic, _, _ in producer.records)
+    assert [event_forgery(central, "SIMT-9", payload, h) for _, payload, h in producer.records] == [
+        None
+    ] * len(producer.records)
+    # The check is not vacuous: the same event signed with another key is a forgery to central.
+    other = [(signing.SIGNATURE_HEADER, signing.sign(signing.new_key(), producer.records[0][1]))]
+    assert event_forgery(central, "SIMT-9", producer.records[0][1], other)
+
+    producer.records.clear()
+    settings = DriverSettings(drivers=1, driver_prefix="d", request_rate=1, ramp_up_s=0, session_s=1)
+    for driver_token, verdict in ((token, None), (signing.new_token(), "bad_proof")):
+        producer.sent.clear()
+        driver = SimDriver(
+            "d-0001", settings, publisher, lambda: "SIMT-9", stats, random.Random(1), driver_token
+        )
+        asking = asyncio.ensure_future(driver._request("SIMT-9"))
+        async with asyncio.timeout(5):
+            await producer.sent.wait()
+        asking.cancel()
+        await asyncio.gather(asking, return_exceptions=True)
+        topic, payload, headers = producer.records.pop()
+        refused = request_unproven(central, "d-0001", payload, headers)
+        assert topic == Topic.DRIVER_REQUESTS
+        assert (refused[0].value if refused else None) == verdict
+
+
 # ------------------------------------------------------------- real central, real Kafka
 
 
@@ -279,3 +346,155 @@ def test_the_simulator_registers_its_fleet_and_charges_without_an_error(system) 
     listed = [cp for cp in system.get("/cp")["charging_points"] if cp["cp_id"].startswith(prefix + "-")]
     assert len(listed) == 30
     assert system.unexpected_log_lines() == {}
+
+
+def _sim_args(system, prefix: str, *flags: str) -> list[str]:
+    return [
+        "sim",
+        "--kafka", system.kafka,
+        "--central", f"127.0.0.1:{system.tcp_port}",
+        "--central-url", system.url,
+        "--cp-prefix", prefix,
+        "--driver-prefix", system.ident("sim-driver"),
+        *flags,
+    ]  # fmt: skip
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc: what the kernel says, not a log)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid) and fields[0] != "Z":  # ppid; a zombie has exited already
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _worker_number(pid: int) -> int:
+    """Which worker `pid` runs: its `--worker K` (from its command line in /proc)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    return int(args[args.index("--worker") + 1])
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
+def test_the_simulator_split_over_two_processes_reports_one_fleet_and_its_own_cpu(system) -> None:
+    system.start_central()
+    prefix = system.ident("SIMP")
+    report_path = system.root / "sim.json"
+    sim = Child(
+        "sim",
+        _sim_args(
+            system, prefix,
+            "--processes", "2",
+            "--cps", "20",
+            "--drivers", "6",
+            "--duration", "6",
+            "--ramp-up", "2",
+            "--request-rate", "3",
+            "--session-seconds", "2",
+            "--seed", "7",
+            "--json", str(report_path),
+        ),
+        system.logs / "sim.log",
+    ).start()  # fmt: skip
+    try:
+        code = sim.wait(90)
+    finally:
+        sim.stop()
+    output = sim.output()
+    assert code == 0, f"sim exited with {code}:\n{output[-3000:]}"
+    assert "20 of 20" in output and "sim processes" in output
+    report = json.loads(report_path.read_text())
+    assert report["cps"]["started"] == report["cps"]["registered"] == 20
+    assert report["cps"]["listed_at_central"] == 20
+    assert report["latency_s"]["cp_registered"]["count"] == 20
+    assert report["errors"] == {"total": 0, "by_kind": {}}
+    assert report["requests"]["accepted"] == report["tickets"]["total"] > 0
+    assert report["tickets"]["by_end_reason"].keys() <= {"completed"}
+    # Readings reached central and came back to the drivers as progress.
+    assert report["latency_s"]["first_reading"]["count"] > 0
+    assert report["central_counters"]["events_applied"] > 0
+    workers = report["sim_workers"]
+    assert [w["name"] for w in workers] == ["worker 1", "worker 2", "parent"]
+    assert [w["cps"] for w in workers[:2]] == [
+        f"{prefix}-0001..{prefix}-0010",
+        f"{prefix}-0011..{prefix}-0020",
+    ]
+    assert len({w["pid"] for w in workers}) == 3 and sim.pid == workers[2]["pid"]
+    assert all(
+        w["cpu_s"] > 0 and w["user_s"] + w["sys_s"] == pytest.approx(w["cpu_s"], abs=0.02)
+        for w in workers[:2]
+    )
+    process = report["sim_process"]
+    assert process["processes"] == 2
+    assert process["cpu_s"] == pytest.approx(sum(w["cpu_s"] for w in workers), abs=0.05)
+    assert process["cpu_percent"] > 0
+    listed = sorted(
+        cp["cp_id"] for cp in system.get("/cp")["charging_points"] if cp["cp_id"].startswith(prefix)
+    )
+    # Each id once, none missing: the workers' ranges are disjoint and cover the fleet.
+    assert listed == [f"{prefix}-{n:04d}" for n in range(1, 21)]
+    assert system.unexpected_log_lines() == {}
+
+
+@pytest.mark.kafka
+@pytest.mark.processes
+@pytest.mark.parametrize("ending", ["parent SIGTERM", "parent SIGKILL", "worker SIGKILL"])
+def test_no_worker_outlives_the_simulator_and_a_dead_worker_fails_the_run_by_name(system, ending) -> None:
+    system.start_central()
+    prefix = system.ident("SIMK")
+    sim = Child(
+        "sim",
+        _sim_args(system, prefix, "--processes", "2", "--cps", "4", "--drivers", "0", "--duration", "120"),
+        system.logs / "sim.log",
+    ).start()  # fmt: skip
+    workers: dict[int, int] = {}
+    try:
+        # Every CP ON at central: both workers were told to go and run their fleets.
+        wait_until(
+            lambda: (
+                sum(
+                    cp["status"] == "ON"
+                    for cp in system.get("/cp")["charging_points"]
+                    if cp["cp_id"].startswith(prefix)
+                )
+                == 4
+            ),
+            60,
+            "the fleet of both workers ON",
+        )
+        workers = {_worker_number(pid): pid for pid in _children(sim.pid)}
+        assert sorted(workers) == [1, 2]
+        # To the parent alone, not its process group: the workers hear of it only from their parent.
+        if ending == "parent SIGTERM":
+            os.kill(sim.pid, signal.SIGTERM)
+        elif ending == "parent SIGKILL":
+            os.kill(sim.pid, signal.SIGKILL)
+        else:
+            os.kill(workers[1], signal.SIGKILL)
+        code = sim.wait(60)
+        if ending == "parent SIGKILL":
+            # Nobody is left to wait for them: each sees its stdin end (and the kernel's SIGTERM) and stops.
+            wait_until(
+                lambda: not any(running(pid) for pid in workers.values()), 60, "the orphaned workers to end"
+            )
+    finally:
+        sim.stop()
+        left = [pid for pid in workers.values() if running(pid)]
+        for pid in left:  # a failed test leaves nothing behind either
+            os.kill(pid, signal.SIGKILL)
+    output = sim.output()
+    assert not left, output[-3000:]
+    if ending == "parent SIGKILL":
+        assert code == -signal.SIGKILL
+    elif ending == "parent SIGTERM":
+        assert code == EXIT_INTERRUPTED, output[-3000:]
+        assert "interrupted before the end" in output
+    else:
+        assert code == 1, output[-3000:]
+        named = f"sim worker 1 (pid {workers[1]}, CPs {prefix}-0001..{prefix}-0002)"
+        assert f"{named} exited with code -9 before its report" in output, output[-3000:]

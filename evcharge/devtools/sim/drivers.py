@@ -4,6 +4,7 @@ The fleet's request rate is a Poisson process: each driver's next request is
 due an exponential gap after its previous one was sent (mean drivers / rate),
 so the fleet sends about `--request-rate` per second as long as sessions are
 shorter than that gap. Updates reach the drivers through one shared consumer.
+An enrolled driver (its token given) proves each request, as `evcharge driver` does.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from evcharge.devtools.sim import split
 from evcharge.devtools.sim.fleet import Publisher
 from evcharge.devtools.sim.report import SimStats
 from evcharge.driver.conversation import DriverUpdate, Kind, Waiting, hear
 from evcharge.protocol.messages import ChargeRequest, RequestAccepted, RequestDenied, Ticket
+from evcharge.protocol.signing import PROOF_HEADER, driver_key
 from evcharge.protocol.topics import dead_letter
 from evcharge.runtime.inbox import Delivery
 from evcharge.runtime.waits import sleep_unless
@@ -50,10 +53,12 @@ class DriverSettings:
     request_rate: float  # requests per second for the whole fleet
     ramp_up_s: float
     session_s: float
+    first_driver: int = 1  # a worker of `--processes N` runs drivers first_driver ... on
+    fleet_drivers: int | None = None  # of a fleet this size (the ids' width); None: `drivers`
 
     def driver_ids(self) -> list[str]:
-        width = max(4, len(str(self.drivers)))
-        return [f"{self.driver_prefix}-{n:0{width}d}" for n in range(1, self.drivers + 1)]
+        numbers = range(self.first_driver, self.first_driver + self.drivers)
+        return split.ids(self.driver_prefix, numbers, self.fleet_drivers or self.drivers)
 
 
 class SimDriver:
@@ -65,8 +70,10 @@ class SimDriver:
         pick: Callable[[], str | None],
         stats: SimStats,
         rng: random.Random,
+        token: str | None = None,
     ) -> None:
         self.driver_id = driver_id
+        self._proof = (PROOF_HEADER, driver_key(token)) if token else None
         self._settings = settings
         self._publisher = publisher
         self._pick = pick
@@ -105,7 +112,7 @@ class SimDriver:
             message = ChargeRequest(
                 driver_id=self.driver_id, cp_id=cp_id, request_id=request.waiting.request_id
             )
-            if not await self._publisher.publish(message):
+            if not await self._publisher.publish(message, self._proof):
                 return  # counted by the publisher
             self._stats.requests_sent += 1
             answer = await _within(request.answer, ANSWER_TIMEOUT_S)
@@ -181,10 +188,13 @@ class DriverFleet:
         pick: Callable[[], str | None],
         stats: SimStats,
         rng: random.Random,
+        tokens: dict[str, str] | None = None,
     ) -> None:
+        """`tokens`: each driver's, when central requires enrolled drivers."""
         self.settings = settings
+        tokens = tokens or {}
         self.drivers = {
-            driver_id: SimDriver(driver_id, settings, publisher, pick, stats, rng)
+            driver_id: SimDriver(driver_id, settings, publisher, pick, stats, rng, tokens.get(driver_id))
             for driver_id in settings.driver_ids()
         }
         self._stats = stats

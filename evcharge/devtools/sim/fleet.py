@@ -7,7 +7,9 @@ every event, one consumer for every command, one clock for every meter.
 
 There is no SQLite outbox here, unlike `evcharge engine`: the simulator measures
 central, not the engines' durability. Events go straight to the shared producer,
-in order per CP (a CP's lock is held while its events are enqueued).
+in order per CP (a CP's lock is held while its events are enqueued). With
+`signing`, each carries its CP's signature, as the real engine's do, with the key
+its monitor kept from the join.
 """
 
 from __future__ import annotations
@@ -19,20 +21,25 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from evcharge.config import DEFAULT_STATE_DIR
 from evcharge.cp import engine_commands
 from evcharge.cp.engine_commands import CpCommand
+from evcharge.cp.engine_key import EventSigner
 from evcharge.cp.engine_state import CpEvent, EngineState
 from evcharge.cp.health_port import serve_health_port
 from evcharge.cp.monitor import Monitor
-from evcharge.cp.settings import MonitorSettings
+from evcharge.cp.settings import MonitorSettings, engine_key_path
+from evcharge.devtools.sim import split
 from evcharge.devtools.sim.report import SimStats
 from evcharge.errors import ProtocolError
+from evcharge.protocol import signing
 from evcharge.protocol.messages import EndReason, KafkaMessage, SessionStarted, encode
 from evcharge.protocol.topics import dead_letter, route
 from evcharge.protocol.units import parse_price
@@ -57,14 +64,21 @@ class Publisher:
         self._stats = stats
         self._in_flight: set[asyncio.Future[object]] = set()
 
-    async def publish(self, message: KafkaMessage) -> bool:
-        """Enqueue `message`; callers that need order per key call this in order (under a lock)."""
-        return await self.publish_raw(*route(message), encode(message))
+    async def publish(self, message: KafkaMessage, proof: tuple[str, str] | None = None) -> bool:
+        """Enqueue `message`; callers that need order per key call this in order (under a lock).
 
-    async def publish_raw(self, topic: str, key: str, payload: bytes) -> bool:
+        `proof`: (header, HMAC key) of who wrote it, signed over the exact bytes sent.
+        """
+        payload = encode(message)
+        headers = [(proof[0], signing.sign(proof[1], payload))] if proof else None
+        return await self.publish_raw(*route(message), payload, headers)
+
+    async def publish_raw(
+        self, topic: str, key: str, payload: bytes, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> bool:
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
-                delivery = await self._producer.send(topic, payload, key=key.encode())
+                delivery = await self._producer.send(topic, payload, key=key.encode(), headers=headers)
         except Exception as exc:
             self._stats.error(f"cannot enqueue a message for {topic}: {describe(exc)}")
             return False
@@ -98,10 +112,16 @@ class FleetSettings:
     meter_interval_s: float
     fault_rate_per_min: float
     power_w: int = 22000
+    join_token: str | None = None
+    ca: Path | None = None  # central's monitor port speaks TLS, checked against this CA
+    state_dir: Path = DEFAULT_STATE_DIR  # each monitor's secret and its engine's key
+    signing: bool = False
+    first_cp: int = 1  # a worker of `--processes N` runs CPs first_cp .. first_cp + cps - 1
+    fleet_cps: int | None = None  # of a fleet this size (the ids' width); None: `cps`
 
     def cp_ids(self) -> list[str]:
-        width = max(4, len(str(self.cps)))
-        return [f"{self.cp_prefix}-{n:0{width}d}" for n in range(1, self.cps + 1)]
+        numbers = range(self.first_cp, self.first_cp + self.cps)
+        return split.ids(self.cp_prefix, numbers, self.fleet_cps or self.cps)
 
 
 class SimEngine:
@@ -113,8 +133,10 @@ class SimEngine:
         publisher: Publisher,
         stats: SimStats,
         on_supply: Callable[[SimEngine, str], None],
+        signer: EventSigner | None = None,
     ) -> None:
         self.state = state
+        self._signer = signer
         self._on_supply = on_supply
         self._publisher = publisher
         self._stats = stats
@@ -139,8 +161,10 @@ class SimEngine:
         await self._server.close()
 
     async def _publish(self, events: list[CpEvent]) -> None:
+        key = self._signer.key() if self._signer is not None else None
+        proof = (signing.SIGNATURE_HEADER, key) if key else None
         for event in events:
-            if await self._publisher.publish(event):
+            if await self._publisher.publish(event, proof):
                 self._stats.events_published += 1
 
     async def _transition(self, change: Callable[[float], list[CpEvent]]) -> list[CpEvent]:
@@ -275,7 +299,11 @@ class Fleet:
             state = EngineState(
                 cp_id=cp_id, power_w=s.power_w, price=price, max_session_ms=round(s.session_s * 1000)
             )
-            engine = self.engines[cp_id] = SimEngine(state, self._publisher, self._stats, self._supply_began)
+            # Events come of commands, which follow the join: by then the monitor has kept the key.
+            signer = EventSigner(engine_key_path(s.state_dir, cp_id), required=True) if s.signing else None
+            engine = self.engines[cp_id] = SimEngine(
+                state, self._publisher, self._stats, self._supply_began, signer
+            )
             try:
                 port = await engine.start()
             except OSError as exc:
@@ -289,6 +317,9 @@ class Fleet:
                     location=f"simulated ({s.cp_prefix})",
                     price=price,
                     max_w=s.power_w,
+                    join_token=s.join_token,
+                    ca=s.ca,
+                    state_dir=s.state_dir,
                 )
             )
             # One stop per monitor: a monitor refused as a duplicate sets its own stop,

@@ -87,7 +87,8 @@ class SimStats:
     load_s: float = 0.0  # the ramp-up and the duration: while drivers sent requests
     elapsed_s: float = 0.0  # the same, and the drivers' last answers and tickets
     interrupted: bool = False
-    process: dict[str, float] = field(default_factory=dict)  # the sim's own CPU and memory
+    process: dict[str, float] = field(default_factory=dict)  # the sim's own CPU and memory, in all
+    workers: list[dict[str, Any]] = field(default_factory=list)  # each worker's, with --processes N
     central_counters: dict[str, int] = field(default_factory=dict)
 
     def error(self, kind: str, count: int = 1) -> None:
@@ -159,6 +160,7 @@ class SimStats:
             "late_updates": self.late_updates,
             "sim_loop_lag_s": {k: _round(v) for k, v in LatencySummary.of(self.loop_lag_s).__dict__.items()},
             "sim_process": self.process,
+            "sim_workers": self.workers,
             "central_counters": self.central_counters,
         }
 
@@ -214,11 +216,10 @@ def render(stats: SimStats) -> RenderableType:
         "sim event-loop lag", f"p50 {_ms(lag.p50)}, p99 {_ms(lag.p99)}, max {_ms(lag.max)}{worst_at}"
     )
     if stats.process:
+        processes = int(stats.process.get("processes", 1))
         summary.add_row(
-            "sim process",
-            f"CPU {stats.process.get('cpu_s', 0):.1f} s "
-            f"({stats.process.get('cpu_percent', 0):.0f} % of one core), "
-            f"max RSS {stats.process.get('max_rss_mb', 0):.0f} MB",
+            "sim process" if processes == 1 else f"sim, {processes} worker processes and their parent",
+            _cpu(stats.process),
         )
     if stats.interrupted:
         summary.add_row("run", "[yellow]interrupted before the end[/]")
@@ -231,7 +232,34 @@ def render(stats: SimStats) -> RenderableType:
         latency.add_row(
             LATENCIES.get(name, name), str(s.count), _ms(s.p50), _ms(s.p95), _ms(s.p99), _ms(s.max)
         )
-    return Group(summary, latency, errors)
+    return Group(summary, latency, _worker_table(stats.workers), errors)
+
+
+def _cpu(figures: dict[str, Any]) -> str:
+    return (
+        f"CPU {figures.get('cpu_s', 0):.1f} s (user {figures.get('user_s', 0):.1f} + "
+        f"sys {figures.get('sys_s', 0):.1f}; {figures.get('cpu_percent', 0):.0f} % of one core), "
+        f"max RSS {figures.get('max_rss_mb', 0):.0f} MB"
+    )
+
+
+def _worker_table(workers: list[dict[str, Any]]) -> RenderableType:
+    """Each process of the simulator beside the others: a worker near 100 % is the limit, not central."""
+    if not workers:
+        return Table.grid()
+    table = Table(title="sim processes", title_justify="left")
+    for column in ("process", "CPs", "user", "sys", "% of one core", "max RSS"):
+        table.add_column(column, justify="left" if column in ("process", "CPs") else "right")
+    for w in workers:
+        table.add_row(
+            escape(str(w.get("name", "?"))),
+            escape(str(w.get("cps", "-"))),
+            f"{w.get('user_s', 0):.1f} s",
+            f"{w.get('sys_s', 0):.1f} s",
+            f"{w.get('cpu_percent', 0):.0f} %",
+            f"{w.get('max_rss_mb', 0):.0f} MB",
+        )
+    return table
 
 
 def _error_table(errors: Counter[str]) -> Table:
