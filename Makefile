@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install system-deps test test-fast lint demo multihost-demo multihost-test cluster-test chaos-test chaos-random chaos-soak mutants \
+.PHONY: install system-deps test test-fast lint demo multihost-demo multihost-test bench-test cluster-test chaos-test chaos-random chaos-soak mutants \
 	bench gateway-scale screenshot kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
@@ -23,10 +23,10 @@ system-deps:
 
 # Everything: lint and types, fast tests of the logic, the real broker and PostgreSQL, real
 # processes, the chaos scenarios (randomized run included). About 26 minutes on 2 cores.
-# Scenarios marked `soak` (a long run) and `multihost` (hosts made of network namespaces)
-# have targets of their own.
+# Scenarios marked `soak` (a long run), `multihost` (hosts made of network namespaces) and
+# `bench` (the bench's sections, run small) have targets of their own.
 test: $(STAMP) system-deps lint
-	$(PYTEST) -q -m "not soak and not multihost" --durations=25 tests
+	$(PYTEST) -q -m "not soak and not multihost and not bench" --durations=25 tests
 
 # The system across hosts (network namespaces, root): the leader's host cut off under load,
 # and a Kafka cluster whose nodes are hosts, one isolated. About 2 minutes.
@@ -78,6 +78,10 @@ mutants: $(STAMP) system-deps
 BENCH_ARGS ?=
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The bench's sections run small on real processes: each measures and is reported. A minute or two.
+bench-test: $(STAMP) system-deps
+	$(PYTEST) -q -m bench tests
 
 # 1,000 OCPP chargers on one gateway process, its SIGKILL and their reconnect storm, zero errors
 # (make test runs the same with 100; make bench times it).

@@ -13,7 +13,7 @@ from bench import load, report, security
 from bench.loop import LoopThread
 from bench.run import save
 
-pytestmark = [pytest.mark.kafka, pytest.mark.processes]
+pytestmark = [pytest.mark.kafka, pytest.mark.processes, pytest.mark.bench]
 
 
 def test_the_security_section_measures_plain_and_secure_and_is_written_beside_the_others(
