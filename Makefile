@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install system-deps test test-fast lint demo multihost-demo cluster-test chaos-test chaos-random chaos-soak mutants \
+.PHONY: install system-deps test test-fast lint demo multihost-demo multihost-test cluster-test chaos-test chaos-random chaos-soak mutants \
 	bench gateway-scale screenshot kafka-up kafka-down kafka-status clean
 
 $(STAMP): pyproject.toml
@@ -22,10 +22,16 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 # Everything: lint and types, fast tests of the logic, the real broker and PostgreSQL, real
-# processes, the chaos scenarios (randomized run included). About 31 minutes on 2 cores.
-# Scenarios marked `soak` (a known open defect, or a long run) have targets of their own.
+# processes, the chaos scenarios (randomized run included). About 26 minutes on 2 cores.
+# Scenarios marked `soak` (a long run) and `multihost` (hosts made of network namespaces)
+# have targets of their own.
 test: $(STAMP) system-deps lint
-	$(PYTEST) -q -m "not soak" --durations=25 tests
+	$(PYTEST) -q -m "not soak and not multihost" --durations=25 tests
+
+# The system across hosts (network namespaces, root): the leader's host cut off under load,
+# and a Kafka cluster whose nodes are hosts, one isolated. About 2 minutes.
+multihost-test: $(STAMP) system-deps
+	$(PYTEST) -q -rA -m multihost tests/test_multihost.py tests/test_netns.py
 
 # The whole system on a 3-node Kafka cluster under broker faults, the rolling restart included.
 cluster-test: $(STAMP) system-deps

@@ -9,17 +9,22 @@ leader is gone. A central on another store never decides on the same Kafka.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from evcharge.cp.settings import engine_key_path
 from evcharge.devtools.supervisor import Child
+from evcharge.protocol.signing import SIGNATURE_HEADER, sign
 from evcharge.protocol.topics import Topic
 from evcharge.runtime.ports import free_ports
-from tests.harness import System, wait_until
+from tests.harness import Credentials, System, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
 
@@ -114,6 +119,43 @@ def test_the_standby_serves_reads_forwards_writes_with_the_token_and_sends_monit
     )
     assert leader.role() == "leader" and standby.role() == "standby"
     assert shared.unexpected_log_lines() == {}
+
+
+def test_the_standby_forwards_a_charge_a_cp_signs_and_the_leader_refuses_one_signed_with_another_key(
+    shared: System,
+) -> None:
+    """What an OCPP gateway does for a card shown at its charger: the exact body signed with the
+    charger's key, in the evcharge-sig header, sent to any central. A standby must pass the
+    signature on: only the leader holds the keys' verdict, and it decides."""
+    shared.secure(Credentials("join", OPERATOR))  # tokens and proofs required
+    leader, standby = shared.start_centrals(2)
+    cp1, cp2 = shared.add_cp(shared.ident("CP-001")), shared.add_cp(shared.ident("CP-002"))
+    key1 = engine_key_path(cp1.state_dir, cp1.cp_id).read_text().strip()
+
+    def vouched(cp_id: str, key: str) -> tuple[int, dict[str, Any]]:
+        body = json.dumps({"driver_id": shared.ident("card-0042"), "cp_id": cp_id}).encode()
+        request = urllib.request.Request(
+            f"{standby.url}/request/charge",
+            data=body,
+            headers={"Content-Type": "application/json", SIGNATURE_HEADER: sign(key, body).decode()},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    status, body = vouched(cp1.cp_id, key1)
+    assert status == 201, body
+    wait_until(
+        lambda: [s["state"] for s in shared.sessions() if s["session_id"] == body["session_id"]] == ["ended"],
+        30,
+        "the charge the CP vouched for to run and end",
+    )
+    status, refusal = vouched(cp2.cp_id, key1)  # CP-001's key cannot vouch for a charge at CP-002
+    assert status == 401, refusal
+    assert not [s for s in shared.sessions() if s["cp_id"] == cp2.cp_id], "nothing started at CP-002"
+    assert leader.role() == "leader" and standby.role() == "standby"
 
 
 # ------------------------------------------------------------------ failures of the leader

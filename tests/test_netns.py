@@ -371,6 +371,7 @@ async def until_registered(node: ClusterNode, done: Callable[[set[int]], bool], 
 
 
 @pytest.mark.kafka
+@pytest.mark.multihost
 def test_kafka_cluster_across_namespaces_survives_an_isolated_node(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

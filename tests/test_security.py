@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sqlite3
 import stat
 
 import pytest
 
 from evcharge.devtools.supervisor import Child
+from evcharge.runtime.ports import free_ports
 from tests.harness import Credentials, System, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.processes]
@@ -194,3 +196,24 @@ def test_central_on_a_network_address_needs_tls_and_kafka_credentials_or_insecur
     assert process.wait(30) == 2
     said = process.output()
     assert "needs TLS (--cert, --key, --ca)" in said and "--kafka-user" in said and "--insecure" in said
+
+
+def test_a_gateway_on_a_network_address_names_what_it_lacks_and_serves_only_if_told_insecure(system) -> None:
+    port = free_ports(1)[0]
+    args = ["gateway", "--host", "0.0.0.0", "--port", str(port), "--metrics-port", "0",
+            "--kafka", system.kafka, "--state-dir", str(system.root / "gateway")]  # fmt: skip
+    refused = Child("gateway-open", args, system.logs / "gateway-open.log").start()
+    assert refused.wait(30) == 2
+    said = refused.output()
+    for need in ("--join-token", "--cert, --key", "--ca", "--kafka-user", "--insecure"):
+        assert need in said, need
+    assert not (system.root / "gateway").exists(), "refused before it opened a store"
+
+    trusted = Child("gateway-trusted", [*args, "--insecure"], system.logs / "gateway-trusted.log").start()
+    try:
+        wait_until(lambda: "gateway ready" in trusted.output() or not trusted.alive, 60, "the gateway")
+        assert trusted.alive, trusted.output()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # its OCPP port answers
+    finally:
+        assert trusted.stop() == 0

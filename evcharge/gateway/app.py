@@ -55,10 +55,11 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        if s.join_token is None and not _is_loopback(s.host):
+        if not _is_loopback(s.host) and not s.insecure and (missing := _unsecured(s)):
+            # Beyond loopback a charger's password, its meter values and its key cross the network.
             raise ConfigError(
-                f"the gateway listens on {s.host}, beyond loopback: give --join-token so that "
-                "chargers must authenticate"
+                f"the gateway listens on {s.host}, beyond loopback: it needs {', '.join(missing)}; "
+                "or say --insecure on a trusted network"
             )
         consumer = f"gateway-{s.gateway_id}"
         kafka = s.kafka_access
@@ -176,3 +177,14 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+def _unsecured(s: GatewaySettings) -> list[str]:
+    """What a gateway beyond loopback lacks to keep its chargers and their meter values its own."""
+    needs = (
+        ("--join-token (the chargers' password)", s.join_token),
+        ("TLS for the chargers (--cert, --key)", s.serves_tls),
+        ("TLS to central and Kafka (--ca)", s.ca),
+        ("Kafka credentials (--kafka-user, --kafka-password)", s.kafka_user),
+    )
+    return [need for need, given in needs if not given]

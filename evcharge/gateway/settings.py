@@ -122,6 +122,12 @@ class GatewaySettings(KafkaLink, Logging):
         "EVCHARGE_GATEWAY_LENIENT",
         flag="--lenient/--strict",
     )
+    insecure: bool = opt(
+        False,
+        "Allow the gateway to listen beyond loopback without the join token, TLS (--cert, --key, --ca) "
+        "and Kafka credentials (--kafka-user): only on a network you trust.",
+        "EVCHARGE_GATEWAY_INSECURE",
+    )
     metrics_port: int = opt(
         9100, "Port of the Prometheus metrics endpoint (0: none).", "EVCHARGE_GATEWAY_METRICS_PORT"
     )
