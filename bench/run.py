@@ -60,7 +60,7 @@ SECTIONS = (
 )  # fmt: skip
 # Sections that, run alone (`--only`), are written into the existing --out file beside the
 # figures of the other sections, which stay as their last run measured them.
-MERGED_SECTIONS = frozenset({"security"})
+MERGED_SECTIONS = frozenset({"security", "failover"})
 
 
 @dataclass(frozen=True)
