@@ -15,7 +15,7 @@ from evcharge import __version__
 from evcharge.central.settings import CentralSettings
 from evcharge.config import command
 from evcharge.cp.settings import EngineSettings, MonitorSettings
-from evcharge.devtools.demo import DemoSettings, run_demo
+from evcharge.devtools.demo_settings import DemoSettings
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.driver.settings import DriverSettings
 from evcharge.gateway.settings import GatewaySettings
@@ -150,6 +150,12 @@ def _gateway(settings: GatewaySettings) -> None:
     _start(Gateway(settings).run, settings.log_level, settings.log_json)
 
 
+def _demo(settings: DemoSettings) -> None:
+    from evcharge.devtools.demo import run_demo
+
+    run_demo(settings)
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
@@ -208,7 +214,7 @@ command(
 command(
     app,
     DemoSettings,
-    run_demo,
+    _demo,
     name="demo",
     help="Run the whole system on this machine: Kafka, central, CPs and drivers. Ctrl-C stops it.",
 )
@@ -228,8 +234,13 @@ def _mount_subapps() -> None:
     app.add_typer(certs_app, name="certs", help="A local CA and certificates for TLS on every link.")
 
 
-_mount_subapps()
+# The commands that run a role. A role is started many times over (a CP's engine and monitor each
+# restart, a fleet has thousands), and the tools below (kafka, postgres, ctl, certs) are a fifth of
+# its start-up time it never uses.
+ROLE_COMMANDS = frozenset({"central", "engine", "monitor", "driver", "sim", "gateway", "demo"})
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ROLE_COMMANDS:
+        _mount_subapps()
     app()
