@@ -470,14 +470,21 @@ def scale(runner: LoadRunner, sizes: list[int], say: Say) -> dict[str, Any]:
             f"  {cps.get('registered')} registered in {cps.get('registration_s')} s, "
             f"errors {rows[-1]['errors']}"
         )
-    marginal = None
-    with_rss = [r for r in rows if r.get("sim_max_rss_mb")]
-    if len(with_rss) >= 2:
-        small, big = with_rss[0], with_rss[-1]
-        started = (big.get("started") or big["cps"]) - (small.get("started") or small["cps"])
-        if started > 0:
-            marginal = round((big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / started, 3)
-    return {"runs": rows, "marginal_rss_per_cp_mb": marginal}
+    return {"runs": rows, "marginal_rss_per_cp_mb": marginal_rss_per_cp(rows)}
+
+
+def marginal_rss_per_cp(rows: list[dict[str, Any]]) -> float | None:
+    """What one more simulated CP costs in memory: between the smallest and the biggest run on
+    the same number of simulator processes (another process is another interpreter, not CPs)."""
+    spans = []
+    for processes in {r.get("sim_processes") for r in rows}:
+        same = [r for r in rows if r.get("sim_processes") == processes and r.get("sim_max_rss_mb")]
+        if len(same) >= 2:
+            small, big = same[0], same[-1]
+            started = (big.get("started") or big["cps"]) - (small.get("started") or small["cps"])
+            if started > 0:
+                spans.append((started, (big["sim_max_rss_mb"] - small["sim_max_rss_mb"]) / started))
+    return round(max(spans)[1], 3) if spans else None
 
 
 def _busiest(report: dict[str, Any]) -> float | None:

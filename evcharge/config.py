@@ -132,12 +132,13 @@ def command(
     app.command(name=name, help=help)(invoke)
 
 
-def argv(settings: Any, *, only_changed: bool = True) -> list[str]:
-    """The flags that make `evcharge <role>` run with exactly `settings` (defaults left out)."""
+def argv(settings: Any, *, only_changed: bool = True, leave_out: frozenset[str] = frozenset()) -> list[str]:
+    """The flags that make `evcharge <role>` run with exactly `settings` (defaults left out, and
+    the fields named in `leave_out`)."""
     args: list[str] = []
     for f in dataclasses.fields(settings):
         o = _opt(f)
-        if o is None:
+        if o is None or f.name in leave_out:
             continue
         value = getattr(settings, f.name)
         if only_changed and f.default is not dataclasses.MISSING and value == f.default:

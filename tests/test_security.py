@@ -202,14 +202,20 @@ def test_a_gateway_on_a_network_address_names_what_it_lacks_and_serves_only_if_t
     port = free_ports(1)[0]
     args = ["gateway", "--host", "0.0.0.0", "--port", str(port), "--metrics-port", "0",
             "--kafka", system.kafka, "--state-dir", str(system.root / "gateway")]  # fmt: skip
-    refused = Child("gateway-open", args, system.logs / "gateway-open.log").start()
+    for name, given in (("gateway-open", []), ("gateway-tokenless", ["--insecure"])):
+        refused = Child(name, [*args, *given], system.logs / f"{name}.log").start()
+        assert refused.wait(30) == 2
+        assert "--join-token" in refused.output(), "a trusted network does not waive the chargers' token"
+    refused = Child("gateway-plain", [*args, "--join-token", "J"], system.logs / "gateway-plain.log").start()
     assert refused.wait(30) == 2
     said = refused.output()
-    for need in ("--join-token", "--cert, --key", "--ca", "--kafka-user", "--insecure"):
+    for need in ("--cert, --key", "--ca", "--kafka-user", "--insecure"):
         assert need in said, need
     assert not (system.root / "gateway").exists(), "refused before it opened a store"
 
-    trusted = Child("gateway-trusted", [*args, "--insecure"], system.logs / "gateway-trusted.log").start()
+    trusted = Child(
+        "gateway-trusted", [*args, "--join-token", "J", "--insecure"], system.logs / "gateway-trusted.log"
+    ).start()
     try:
         wait_until(lambda: "gateway ready" in trusted.output() or not trusted.alive, 60, "the gateway")
         assert trusted.alive, trusted.output()

@@ -431,7 +431,8 @@ def test_the_simulator_split_over_two_processes_reports_one_fleet_and_its_own_cp
     )
     process = report["sim_process"]
     assert process["processes"] == 2
-    assert process["cpu_s"] == pytest.approx(sum(w["cpu_s"] for w in workers), abs=0.05)
+    # The kernel's count of each worker, whole (its start too): at least what each said of its run.
+    assert process["cpu_s"] >= sum(w["cpu_s"] for w in workers) - 0.05
     assert process["cpu_percent"] > 0
     listed = sorted(
         cp["cp_id"] for cp in system.get("/cp")["charging_points"] if cp["cp_id"].startswith(prefix)

@@ -7,17 +7,19 @@ import asyncio
 import io
 import os
 import random
+import sys
 from collections import Counter
 
 import pytest
 import typer.main
 from rich.console import Console
 
+from bench import load
 from evcharge.cli import app
-from evcharge.devtools.sim import merge, split, wire
+from evcharge.devtools.sim import merge, pool, split, wire
 from evcharge.devtools.sim.app import Simulation
 from evcharge.devtools.sim.link import ParentLink
-from evcharge.devtools.sim.pool import SECRETS, worker_command
+from evcharge.devtools.sim.pool import SECRETS, PooledSimulation, worker_command
 from evcharge.devtools.sim.report import SimStats, percentile, render
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.errors import ConfigError, ProtocolError
@@ -206,3 +208,39 @@ async def test_a_stop_from_the_parent_ends_a_worker_with_its_report_and_leaves_t
     assert isinstance(report, wire.Report)
     assert report.stats.interrupted and report.stats.cps == 2 and not report.stats.errors
     assert report.stats.process["cpu_s"] >= 0 and not report.crashed
+
+
+class _Deaf(PooledSimulation):
+    """Workers that say they are ready and then hear nothing: hung, as a stopped or wedged one is."""
+
+    async def _start(self, worker) -> None:  # type: ignore[no-untyped-def]
+        ready = wire.encode(wire.Ready(pid=0)).decode()
+        script = f"import sys, time; sys.stdout.write({ready!r}); sys.stdout.flush(); time.sleep(600)"
+        worker.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+
+
+async def test_workers_that_do_not_stop_are_killed_and_the_run_ends_saying_so(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pool, "STOP_TIMEOUT_S", 0.5)
+    settings = SimSettings(cps=4, drivers=0, processes=2, kafka="127.0.0.1:1", state_dir=tmp_path)
+    simulation = _Deaf(settings, Console(file=io.StringIO()))
+    stop = asyncio.Event()
+    stop.set()  # stopped at once: each is told to stop, and neither does
+    async with asyncio.timeout(30):
+        await simulation._run_workers(stop)
+    processes = [w.process for w in simulation.workers]
+    assert all(p is not None and p.returncode is not None for p in processes), "none left running"
+    said = [e for e in simulation.stats.errors if "did not stop" in e]
+    assert len(said) == 2 and all("killed" in e for e in said), simulation.stats.errors
+
+
+def test_memory_per_cp_is_taken_between_runs_on_as_many_simulator_processes() -> None:
+    rows = [
+        {"cps": 100, "started": 100, "sim_processes": 1, "sim_max_rss_mb": 60.0},
+        {"cps": 1000, "started": 1000, "sim_processes": 1, "sim_max_rss_mb": 96.0},
+        # Three interpreters: 2 x 60 MB more that no CP costs.
+        {"cps": 5000, "started": 5000, "sim_processes": 3, "sim_max_rss_mb": 400.0},
+    ]
+    assert load.marginal_rss_per_cp(rows) == 0.04
+    assert load.marginal_rss_per_cp(rows[1:]) is None

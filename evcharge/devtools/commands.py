@@ -9,6 +9,7 @@ renamed flag or a changed default cannot leave a stale command line behind.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,29 @@ from evcharge.devtools.supervisor import Child
 ROLES = ("central", "engine", "monitor", "driver", "sim", "gateway")
 
 
-def role_args(role: str, settings: Any) -> list[str]:
-    """`[role, --flag, value, ...]` for `python -m evcharge`: the flags that differ from the defaults."""
+# Settings that are secrets: any user of the machine can read a command line (/proc/<pid>/cmdline),
+# only the process's own user its environment.
+SECRETS = frozenset({"join_token", "operator_token", "kafka_password", "token"})
+
+
+def role_command(role: str, settings: Any) -> tuple[list[str], dict[str, str]]:
+    """`[role, --flag, value, ...]` for `python -m evcharge` (the flags that differ from the
+    defaults), and the environment that carries its secrets instead."""
     if role not in ROLES:
         raise ValueError(f"no role {role!r}")
-    return [role, *argv(settings)]
+    env: dict[str, str] = {}
+    moved: set[str] = set()
+    for f in dataclasses.fields(settings):
+        variable = getattr(f.metadata.get("opt"), "env", None)
+        value = getattr(settings, f.name)
+        if f.name in SECRETS and value is not None and variable is not None:
+            env[variable] = value
+            moved.add(f.name)
+    return [role, *argv(settings, leave_out=frozenset(moved))], env
 
 
 def child(role: str, settings: Any, log_path: Path, *, name: str | None = None, **options: Any) -> Child:
     """A `Child` process (not started yet) that runs `role` with exactly `settings`."""
-    return Child(name or role, role_args(role, settings), log_path, **options)
+    args, secrets = role_command(role, settings)
+    env = {**secrets, **(options.pop("env", None) or {})}
+    return Child(name or role, args, log_path, env=env or None, **options)

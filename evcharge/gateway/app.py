@@ -55,12 +55,19 @@ class Gateway:
 
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
-        if not _is_loopback(s.host) and not s.insecure and (missing := _unsecured(s)):
+        if not _is_loopback(s.host):
             # Beyond loopback a charger's password, its meter values and its key cross the network.
-            raise ConfigError(
-                f"the gateway listens on {s.host}, beyond loopback: it needs {', '.join(missing)}; "
-                "or say --insecure on a trusted network"
-            )
+            # Even a trusted network does not make every charger on it known: no waiving the token.
+            if s.join_token is None:
+                raise ConfigError(
+                    f"the gateway listens on {s.host}, beyond loopback: give --join-token so that "
+                    "chargers must authenticate"
+                )
+            if not s.insecure and (missing := _unsecured(s)):
+                raise ConfigError(
+                    f"the gateway listens on {s.host}, beyond loopback: it needs {', '.join(missing)}; "
+                    "or say --insecure on a trusted network"
+                )
         consumer = f"gateway-{s.gateway_id}"
         kafka = s.kafka_access
         await kafka.check()  # a broker we must not trust: one line, no retries
@@ -182,7 +189,6 @@ def _is_loopback(host: str) -> bool:
 def _unsecured(s: GatewaySettings) -> list[str]:
     """What a gateway beyond loopback lacks to keep its chargers and their meter values its own."""
     needs = (
-        ("--join-token (the chargers' password)", s.join_token),
         ("TLS for the chargers (--cert, --key)", s.serves_tls),
         ("TLS to central and Kafka (--ca)", s.ca),
         ("Kafka credentials (--kafka-user, --kafka-password)", s.kafka_user),

@@ -124,8 +124,8 @@ class GatewaySettings(KafkaLink, Logging):
     )
     insecure: bool = opt(
         False,
-        "Allow the gateway to listen beyond loopback without the join token, TLS (--cert, --key, --ca) "
-        "and Kafka credentials (--kafka-user): only on a network you trust.",
+        "Allow the gateway to listen beyond loopback without TLS (--cert, --key, --ca) and Kafka "
+        "credentials (--kafka-user): only on a network you trust. The join token stays required.",
         "EVCHARGE_GATEWAY_INSECURE",
     )
     metrics_port: int = opt(

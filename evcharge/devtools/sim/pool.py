@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -113,6 +114,7 @@ class PooledSimulation(Simulation):
         self.begun = asyncio.Event()  # every worker was told to go
         self.failed = False  # a worker died, failed to start, or crashed: the run ends for all
         self._halt = asyncio.Event()  # the workers are stopped (this run's own stop is `_abort`)
+        self._reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     async def _run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -197,6 +199,9 @@ class PooledSimulation(Simulation):
         if not await _every([w.done for w in self.workers], (), STOP_TIMEOUT_S):
             for worker in self.workers:
                 if not worker.done.is_set():
+                    # Killed here, not at the reaping: its output ends, so does the task following it.
+                    if worker.process is not None and worker.process.returncode is None:
+                        worker.process.kill()
                     self._fail(f"{worker.name} did not stop within {STOP_TIMEOUT_S:g} s: killed")
 
     async def _follow(self, worker: _Worker) -> None:
@@ -250,13 +255,16 @@ class PooledSimulation(Simulation):
         for process in running:
             if process.stdin is not None:
                 process.stdin.close()
-        for process in running:
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT_S):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        # One deadline for them all: hung workers cost it once, not once each.
+        waits = asyncio.gather(*(process.wait() for process in running))
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await asyncio.shield(waits)
+        except TimeoutError:
+            for process in running:
+                if process.returncode is None:
+                    process.kill()
+            await waits
 
     def _fail(self, line: str) -> None:
         self.stats.error(line)
@@ -294,7 +302,14 @@ class PooledSimulation(Simulation):
             rows.append({"name": f"worker {w.share.worker}", "pid": pid, "cps": w.cp_range, **figures})
         rows.append({"name": "parent", "pid": os.getpid(), "cps": "-", **own})
         self.stats.workers = rows
-        self.stats.process = merge.total_process(own, [r for r in rows if r["name"] != "parent"])
+        total = merge.total_process(own, [r for r in rows if r["name"] != "parent"])
+        # The kernel's count of every worker reaped, whole: its start and imports, and a worker
+        # that died without a report, which the rows above cannot show.
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        user_s = own.get("user_s", 0.0) + reaped.ru_utime - self._reaped_before.ru_utime
+        sys_s = own.get("sys_s", 0.0) + reaped.ru_stime - self._reaped_before.ru_stime
+        figures = merge.process_figures(user_s, sys_s, own.get("wall_s", 0.0), total["max_rss_mb"])
+        self.stats.process = {**total, **figures}
         self._print_report()
 
 
