@@ -246,6 +246,22 @@ def test_a_monitor_leaving_shows_disconnected_but_its_session_goes_on() -> None:
     assert decisions.monitor_left(state, "CP-1", "mon-1", "again") is None
 
 
+def test_the_end_of_a_monitors_old_link_decided_after_its_new_one_registered_leaves_the_cp_on() -> None:
+    """A charger reconnecting through its OCPP gateway: the same monitor instance, a new TCP link,
+    registered before central decides the old link's end."""
+    state, clock = CentralState(), Clock()
+    joined(state, clock)  # the old link, from 127.0.0.1:5555
+    again = decisions.register(
+        state, register_frame("CP-1"), "127.0.0.1:6666", stored_hash=None, rules=RULES, now=clock.now,
+        new_id=clock.new_id,
+    )  # fmt: skip
+    applied(state, again.change)
+    assert decisions.monitor_left(state, "CP-1", "mon-1", "connection closed", peer="127.0.0.1:5555") is None
+    assert state.status("CP-1") is CpStatus.ON
+    applied(state, decisions.monitor_left(state, "CP-1", "mon-1", "connection closed", peer="127.0.0.1:6666"))
+    assert state.status("CP-1") is CpStatus.DISCONNECTED
+
+
 # ------------------------------------------------------------------- requests
 
 

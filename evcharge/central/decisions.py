@@ -178,9 +178,14 @@ def _health(
     return change
 
 
-def monitor_left(state: CentralState, cp_id: str, instance: str, why: str) -> Change | None:
+def monitor_left(
+    state: CentralState, cp_id: str, instance: str, why: str, *, peer: str | None = None
+) -> Change | None:
+    """The monitor's link ended. `peer` names the very connection: a monitor that reconnected (an
+    OCPP gateway's charger link comes back with the same instance) may have registered its new
+    link before the old one's end is decided, and that end must not take the new link away."""
     link = state.links.get(cp_id)
-    if link is None or link.instance != instance:
+    if link is None or link.instance != instance or (peer is not None and link.peer != peer):
         return None
     return Change(links={cp_id: None}, health={cp_id: None}, facts=[facts.MonitorLeft(cp_id, why)])
 

@@ -38,6 +38,7 @@ WATCH_INTERVAL_S = 0.25
 class _Connection:
     cp_id: str
     instance: str
+    peer: str
     close: Callable[[str], None]
     last_heartbeat: float = field(default_factory=time.monotonic)
 
@@ -103,7 +104,7 @@ class MonitorServer:
         if self._connections.get(connection.cp_id) is not connection:
             return  # replaced by a newer connection of the same monitor, which keeps the CP
         del self._connections[connection.cp_id]
-        await self._service.monitor_left(connection.cp_id, connection.instance, why)
+        await self._service.monitor_left(connection.cp_id, connection.instance, why, peer=connection.peer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_name(writer)
@@ -160,7 +161,7 @@ class MonitorServer:
             closed_by_central.append(reason)
             writer.close()
 
-        connection = _Connection(first.cp_id, first.instance, close)
+        connection = _Connection(first.cp_id, first.instance, peer, close)
         replaced = self._connections.get(first.cp_id)
         self._connections[first.cp_id] = connection
         if replaced is not None:

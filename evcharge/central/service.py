@@ -174,8 +174,8 @@ class CentralService:
         if decide() is not None:
             await self._decide(decide)
 
-    async def monitor_left(self, cp_id: str, instance: str, why: str) -> None:
-        await self._decide(lambda: decisions.monitor_left(self.state, cp_id, instance, why))
+    async def monitor_left(self, cp_id: str, instance: str, why: str, *, peer: str | None = None) -> None:
+        await self._decide(lambda: decisions.monitor_left(self.state, cp_id, instance, why, peer=peer))
 
     # ---------------------------------------------------------- requests
 
