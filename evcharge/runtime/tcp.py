@@ -45,17 +45,22 @@ class FrameReader:
 
     async def read(self, timeout_s: float | None) -> Frame | None:
         """The next frame, or None at a clean EOF. ProtocolError on garbage or a cut frame."""
+        if timeout_s is None:  # a connection's reader loop: no deadline object per frame
+            return await self._next()
         async with asyncio.timeout(timeout_s):
-            while not self._ready:
-                chunk = await self._reader.read(READ_CHUNK_BYTES)
-                if not chunk:
-                    if self._decoder.pending_bytes:
-                        raise ProtocolError(
-                            f"connection closed in the middle of a frame "
-                            f"({self._decoder.pending_bytes} bytes pending)"
-                        )
-                    return None
-                self._ready.extend(self._decoder.feed(chunk))
+            return await self._next()
+
+    async def _next(self) -> Frame | None:
+        while not self._ready:
+            chunk = await self._reader.read(READ_CHUNK_BYTES)
+            if not chunk:
+                if self._decoder.pending_bytes:
+                    raise ProtocolError(
+                        f"connection closed in the middle of a frame "
+                        f"({self._decoder.pending_bytes} bytes pending)"
+                    )
+                return None
+            self._ready.extend(self._decoder.feed(chunk))
         payload = self._ready.pop(0)
         return TCP_FRAMES.decode(payload)
 
@@ -147,22 +152,33 @@ class FramedConnection:
         if self.closed:
             raise ConnectionLost(self.close_reason or "connection is closed")
         frame.corr = next(self._corr)
-        waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Frame] = loop.create_future()
         self._pending[frame.corr] = waiter
+        # The deadline fails the waiter rather than cancel this task (`asyncio.timeout`): a
+        # monitor asks twice a second, and the cancellation machinery cost more than the asking.
+        deadline = loop.call_later(timeout_s, self._expire, waiter, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                await send_frame(self._writer, frame)
-                reply = await waiter
+            self._writer.write(encode_frame(encode(frame)))
+            if self._writer.transport.get_write_buffer_size():  # the peer is slow to read: wait
+                async with asyncio.timeout(timeout_s):
+                    await self._writer.drain()
+            reply = await waiter
         except TimeoutError:
             raise RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s") from None
         except (ConnectionError, OSError) as exc:
             await self._shut(f"send failed: {exc}")
             raise ConnectionLost(self.close_reason) from exc
         finally:
+            deadline.cancel()
             self._pending.pop(frame.corr, None)
         if isinstance(reply, ErrorReply):
             raise Refused(reply.code, reply.reason, leader=reply.leader or None)
         return reply
+
+    def _expire(self, waiter: asyncio.Future[Frame], timeout_s: float) -> None:
+        if not waiter.done():
+            waiter.set_exception(RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s"))
 
     async def _read_loop(self) -> None:
         reason = "closed by peer"
