@@ -15,12 +15,13 @@ too, the same-run reference for what the changes since bought.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bench.load import LoadRunner, SimLoad, sim_processes
-from bench.procs import cpu_s, kernel_cpu_s, tree_cpu_s
+from bench.procs import cpu_s, kernel_cpu_s, rss_mb, tree_cpu_s
 from bench.system import new_system
 from evcharge.devtools import system as devsystem
 
@@ -85,13 +86,17 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         }
         sim, _ = runner.start_sim(system, name, load)
         try:
-            devsystem.wait_for(
-                lambda: _all_on(system.view.get("/cp")[1], size),
-                timeout_s=30 + size / 50,
-                what=f"{size} CPs to show ON",
-                interval_s=ALL_ON_POLL_S,
-            )
+            # A fleet the simulator cannot carry never shows all ON: its window is measured all the
+            # same, with how many were ON beside the figures, since where it breaks is a figure too.
+            with contextlib.suppress(TimeoutError):
+                devsystem.wait_for(
+                    lambda: _all_on(system.view.get("/cp")[1], size),
+                    timeout_s=30 + size / 100,
+                    what=f"{size} CPs to show ON",
+                    interval_s=ALL_ON_POLL_S,
+                )
             time.sleep(SETTLE_S)  # the last registrations' commits and the first checks are over
+            on_at_start = _on(system.view.get("/cp")[1])
             started = time.monotonic()
             # The simulator's CPU is its process tree's: with --processes N its workers do the work.
             before = (cpu_s(pid), tree_cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
@@ -99,6 +104,7 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
             after = (cpu_s(pid), tree_cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
             elapsed = time.monotonic() - started
             listed = system.view.get("/cp")[1]["charging_points"]
+            central_rss = rss_mb(pid)
         finally:
             sim.stop()
     finally:
@@ -126,8 +132,14 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         "sim_cpu_percent": round(100 * sim_rate, 1),
         "sim_processes": processes,
         "sim_us_per_heartbeat": round(1e6 * sim_rate * elapsed / beats, 1) if beats else None,
+        "central_rss_mb": central_rss,
+        "on_at_start": on_at_start,
         "on_at_end": sum(1 for c in listed if c["status"] == "ON"),
     }
+
+
+def _on(body: dict[str, Any]) -> int:
+    return sum(1 for c in body["charging_points"] if c["status"] == "ON")
 
 
 def _all_on(body: dict[str, Any], size: int) -> bool:

@@ -508,7 +508,9 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 f"(idle {run.get('central_idle_cpu_percent')} %); "
                 f"simulator {run.get('sim_cpu_percent')} %{_sim_processes(run)} "
                 f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
-                f"ON at end {run.get('on_at_end')}",
+                f"central's memory {run.get('central_rss_mb')} MB; "
+                f"ON at the window's start {run.get('on_at_start')}, at its end {run.get('on_at_end')} "
+                f"of {run['cps']:,}",
                 verdict,
             )
         )

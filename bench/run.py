@@ -35,6 +35,7 @@ from bench import (
     failover,
     footprint,
     gateway,
+    growth,
     heartbeats,
     latency,
     load,
@@ -111,7 +112,7 @@ class Plan:
             reading_samples=20,
             steps=[load.Step(100, 0.1), load.Step(200, 0.1), load.Step(200, 0.05), load.Step(400, 0.05)],
             scale_sizes=[100, 1000, 5000],
-            heartbeat_sizes=[1000, 2000],
+            heartbeat_sizes=[1000, 2000, 5000, 10000],  # the growth curve of central's CPU and memory
         )
 
 
@@ -400,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         "--trials", type=int, default=None, help="trials per detection/recovery case (5; 3 quick)"
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"), help="where the JSON goes")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=growth.PLOT,
+        help="where the growth curves go (PNG), from the heartbeat and throughput sections",
+    )
     parser.add_argument("--no-profile", action="store_true", help="do not profile central with py-spy")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with every log")
     parser.add_argument(
@@ -446,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     alone = {"gateway"} if args.gateway_only else set(only) if only and only <= MERGED_SECTIONS else set()
     bench.results = save(args.out, bench.results, alone)
     console.print(report.table(bench.results))
+    if not alone and args.plot is not None and (drawn := growth.plot(bench.results, args.plot)):
+        console.print(f"growth curves drawn in {drawn}")
     if "profile_central" in bench.results:
         console.print(_profile_lines(bench.results["profile_central"]))
     took = next(
