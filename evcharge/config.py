@@ -132,6 +132,23 @@ def command(
     app.command(name=name, help=help)(invoke)
 
 
+# Settings that are secrets: any user of the machine can read a command line (/proc/<pid>/cmdline),
+# only the process's own user its environment.
+SECRETS = frozenset({"join_token", "operator_token", "kafka_password", "token"})
+
+
+def secrets_env(settings: Any) -> dict[str, str]:
+    """The secrets among `settings` that are set, by the environment variable that carries each:
+    how a process started with these settings is given them, never on its command line."""
+    env: dict[str, str] = {}
+    for f in dataclasses.fields(settings):
+        o = _opt(f)
+        value = getattr(settings, f.name)
+        if f.name in SECRETS and value is not None and o is not None and o.env is not None:
+            env[o.env] = value
+    return env
+
+
 def argv(settings: Any, *, only_changed: bool = True, leave_out: frozenset[str] = frozenset()) -> list[str]:
     """The flags that make `evcharge <role>` run with exactly `settings` (defaults left out, and
     the fields named in `leave_out`)."""

@@ -16,10 +16,11 @@ from rich.console import Console
 
 from bench import load
 from evcharge.cli import app
+from evcharge.config import SECRETS
 from evcharge.devtools.sim import merge, pool, split, wire
 from evcharge.devtools.sim.app import Simulation
 from evcharge.devtools.sim.link import ParentLink
-from evcharge.devtools.sim.pool import SECRETS, PooledSimulation, worker_command
+from evcharge.devtools.sim.pool import PooledSimulation, worker_command
 from evcharge.devtools.sim.report import SimStats, percentile, render
 from evcharge.devtools.sim.settings import SimSettings
 from evcharge.errors import ConfigError, ProtocolError

@@ -9,19 +9,13 @@ renamed flag or a changed default cannot leave a stale command line behind.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from evcharge.config import argv
+from evcharge.config import SECRETS, argv, secrets_env
 from evcharge.devtools.supervisor import Child
 
 ROLES = ("central", "engine", "monitor", "driver", "sim", "gateway")
-
-
-# Settings that are secrets: any user of the machine can read a command line (/proc/<pid>/cmdline),
-# only the process's own user its environment.
-SECRETS = frozenset({"join_token", "operator_token", "kafka_password", "token"})
 
 
 def role_command(role: str, settings: Any) -> tuple[list[str], dict[str, str]]:
@@ -29,15 +23,7 @@ def role_command(role: str, settings: Any) -> tuple[list[str], dict[str, str]]:
     defaults), and the environment that carries its secrets instead."""
     if role not in ROLES:
         raise ValueError(f"no role {role!r}")
-    env: dict[str, str] = {}
-    moved: set[str] = set()
-    for f in dataclasses.fields(settings):
-        variable = getattr(f.metadata.get("opt"), "env", None)
-        value = getattr(settings, f.name)
-        if f.name in SECRETS and value is not None and variable is not None:
-            env[variable] = value
-            moved.add(f.name)
-    return [role, *argv(settings, leave_out=frozenset(moved))], env
+    return [role, *argv(settings, leave_out=SECRETS)], secrets_env(settings)
 
 
 def child(role: str, settings: Any, log_path: Path, *, name: str | None = None, **options: Any) -> Child:

@@ -23,7 +23,7 @@ async def wait_first(*events: asyncio.Event, timeout_s: float | None = None) -> 
     loop = asyncio.get_running_loop()
     woken = loop.create_future()
     for event in events:
-        event._waiters.append(woken)  # type: ignore[attr-defined]  # what Event.wait() itself does
+        event._waiters.append(woken)  # what Event.wait() itself does
     # The deadline wakes the future too, rather than cancel this task (`asyncio.timeout`): a
     # monitor's waits mostly end at their deadline, and a cancellation per wait costs more
     # than the wait.
@@ -34,8 +34,9 @@ async def wait_first(*events: asyncio.Event, timeout_s: float | None = None) -> 
         if deadline is not None:
             deadline.cancel()
         for event in events:
-            try:
-                event._waiters.remove(woken)  # type: ignore[attr-defined]
+            # Not contextlib.suppress: an object per event per wait, a tenth of a fleet's CPU.
+            try:  # noqa: SIM105
+                event._waiters.remove(woken)
             except ValueError:  # gone already
                 pass
 

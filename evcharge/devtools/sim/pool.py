@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from evcharge.config import argv
+from evcharge.config import SECRETS, argv, secrets_env
 from evcharge.devtools.sim import merge, split
 from evcharge.devtools.sim.app import (
     HTTP_TIMEOUT_S,
@@ -59,7 +59,6 @@ READY_TIMEOUT_S = 3 * STARTUP_TIMEOUT_S  # each worker's own start-up steps have
 STOP_TIMEOUT_S = 2 * STARTUP_TIMEOUT_S  # told to stop: its Kafka flush and producer's close at most
 TELL_TIMEOUT_S = 5.0
 REPORT_LINE_LIMIT = 256 * 2**20  # a worker's report carries every sample it took, on one line
-SECRETS = ("join_token", "operator_token", "kafka_password")  # never on a command line
 
 
 @dataclass
@@ -86,19 +85,14 @@ def worker_command(settings: SimSettings, worker: int) -> tuple[list[str], dict[
     the parent was not run with; a secret travels in the environment, which other users
     cannot read, rather than on the command line, which they can.
     """
-    hidden: dict[str, Any] = dict.fromkeys(SECRETS)
-    plain = dataclasses.replace(settings, worker=worker, json_path=None, **hidden)
+    plain = dataclasses.replace(settings, worker=worker, json_path=None)
     env = dict(os.environ)
     for f in dataclasses.fields(settings):
         variable = f.metadata["opt"].env if "opt" in f.metadata else None
-        if variable is None:
-            continue
-        value = getattr(settings, f.name)
-        if f.name in SECRETS and value is not None:
-            env[variable] = value
-        elif value is None:
+        if variable is not None and getattr(settings, f.name) is None:
             env.pop(variable, None)  # unset for the parent: unset for the worker
-    return ["sim", *argv(plain, only_changed=False)], env
+    env.update(secrets_env(settings))
+    return ["sim", *argv(plain, only_changed=False, leave_out=SECRETS)], env
 
 
 class PooledSimulation(Simulation):
