@@ -514,7 +514,24 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 verdict,
             )
         )
+        if run["cps"] >= 10_000:
+            out.append(_fleet_carried(run))
     return out
+
+
+def _fleet_carried(run: dict[str, Any]) -> Row:
+    """The issue's 10,000: every CP ON through the window, or how many the machine carried."""
+    size, on = run["cps"], run.get("on_at_end") or 0
+    carried = on == size and run.get("on_at_start") == size
+    return Row(
+        "heartbeats",
+        f"{size:,} CPs registered and heartbeating every second",
+        "all ON, none dropped",
+        f"ON {run.get('on_at_start')} at the window's start, {on} at its end; the simulator at "
+        f"{run.get('sim_cpu_percent')} % of a core{_sim_processes(run)}, central at "
+        f"{run.get('central_cpu_percent')} %",
+        "meets goal" if carried else f"misses goal ({on / size:.0%} ON)",
+    )
 
 
 def _reads_rows(results: dict[str, Any]) -> list[Row]:
