@@ -22,7 +22,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 # Everything: lint and types, fast tests of the logic, the real broker and PostgreSQL, real
-# processes, the chaos scenarios (randomized run included). About 26 minutes on 2 cores.
+# processes, the chaos scenarios (randomized run included). About 30 minutes on 2 cores.
 # Scenarios marked `soak` (a long run), `multihost` (hosts made of network namespaces) and
 # `bench` (the bench's sections, run small) have targets of their own.
 test: $(STAMP) system-deps lint
