@@ -104,7 +104,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
 def _chaos_rows(chaos: dict[str, Any]) -> list[Row]:
     out: list[Row] = []
     detection = (
-        ("engine_killed", "engine killed → BROKEN", 1.0),
+        ("engine_killed", "engine killed → BROKEN", 0.5),
         ("engine_hung", "engine hung (SIGSTOP) → BROKEN", 3.5),
         ("monitor_killed", "monitor killed → DISCONNECTED", 1.0),
         ("monitor_hung", "monitor hung (SIGSTOP) → DISCONNECTED", 3.5),
@@ -707,3 +707,31 @@ def table(results: dict[str, Any]) -> Table:
         )
         previous = row.section
     return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The same rows as `table`, as the README's Markdown table."""
+    machine = results.get("machine", {})
+    lines = [
+        f"{machine.get('cpus')} x {machine.get('cpu_model')}, Python {machine.get('python')}, "
+        f"Kafka {results.get('kafka_version')}, {results.get('mode')} run of {machine.get('date')}, "
+        f"commit {machine.get('commit')}:",
+        "",
+        "| | measure | goal | measured | vs goal / guide |",
+        "|---|---|---|---|---|",
+    ]
+    previous = None
+    for row in rows(results):
+        section = row.section if row.section != previous else ""
+        cells = [section, row.metric, row.goal, row.measured, row.verdict]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        previous = row.section
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m bench.report [results.json]: the table for the README
+    import json
+    import sys
+    from pathlib import Path
+
+    print(markdown(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json").read_text())))
