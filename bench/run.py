@@ -60,8 +60,11 @@ SECTIONS = (
     "reads", "gateway", "security",
 )  # fmt: skip
 # Sections that, run alone (`--only`), are written into the existing --out file beside the
-# figures of the other sections, which stay as their last run measured them.
-MERGED_SECTIONS = frozenset({"security", "failover"})
+# figures of the other sections, which stay as their last run measured them. (Not those that
+# share the `latency` figure: floor, main and sustained are run together or anew.)
+MERGED_SECTIONS = frozenset(
+    {"footprint", "throughput", "storage", "scale", "heartbeats", "reads", "security", "failover"}
+)
 
 
 @dataclass(frozen=True)
@@ -453,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     alone = {"gateway"} if args.gateway_only else set(only) if only and only <= MERGED_SECTIONS else set()
     bench.results = save(args.out, bench.results, alone)
     console.print(report.table(bench.results))
-    if not alone and args.plot is not None and (drawn := growth.plot(bench.results, args.plot)):
+    if args.plot is not None and (drawn := growth.plot(bench.results, args.plot)):
         console.print(f"growth curves drawn in {drawn}")
     if "profile_central" in bench.results:
         console.print(_profile_lines(bench.results["profile_central"]))
