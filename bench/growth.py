@@ -70,7 +70,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} MB"
+    return "-" if value is None else f"{value:.0f} MB"
 
 
 def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
@@ -88,6 +88,12 @@ def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
         cps = [p["cps"] for p in fleet]
         left.plot(cps, [p["central_cpu_percent"] for p in fleet], "o-", label="central CPU")
         left.plot(cps, [p["sim_cpu_percent"] for p in fleet], "s--", label="simulator CPU (all workers)")
+        for p in fleet:
+            if p["on"] is not None and p["on"] < p["cps"]:  # the fleet was not carried: say so on it
+                left.annotate(
+                    f"only {p['on']:,} ON", (p["cps"], p["central_cpu_percent"]), textcoords="offset points",
+                    xytext=(-60, 12), fontsize=8, color="tab:red",
+                )  # fmt: skip
         left.set_xlabel("CPs heartbeating every second")
         left.set_ylabel("% of one core")
         measured = [p for p in fleet if p["central_rss_mb"] is not None]
@@ -113,7 +119,8 @@ def plot(results: dict[str, Any], path: Path = PLOT) -> Path | None:
         cpu.set_ylim(bottom=0)
         right.legend(loc="upper left", fontsize=8)
         right.set_title("readings central applies")
-    machine = results.get("machine", {})
+    # Merged sections (`--only`) carry their own run's machine, date and commit.
+    machine = results.get("heartbeats_run", results).get("machine", {})
     figure.suptitle(
         f"make bench, {machine.get('date', '?')[:16]}, commit {machine.get('commit', '?')}, "
         f"{machine.get('cpus', '?')} CPUs",
