@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench.load import LoadRunner, SimLoad, sim_processes
+from bench import profile
+from bench.load import PROFILE_S, LoadRunner, SimLoad, busiest_worker, sim_processes
 from bench.procs import cpu_s, kernel_cpu_s, rss_mb, tree_cpu_s
 from bench.system import new_system
 from evcharge.devtools import system as devsystem
@@ -39,6 +40,7 @@ def measure(
     window_s: float,
     say: Callable[[str], None],
     baseline: dict[str, str] | None = None,
+    profiled: bool = True,
 ) -> dict[str, Any]:
     runs = []
     for n, size in enumerate(sizes):
@@ -50,7 +52,7 @@ def measure(
         for loop, env in variants.items():
             say(f"{size:,} monitors heartbeating every second, central: {loop}")
             try:
-                runs.append(_one(runner, size, loop, env, window_s))
+                runs.append(_one(runner, size, loop, env, window_s, profiled and loop == "uvloop"))
             except Exception as exc:
                 say(f"[red]  failed: {exc!r}[/]")
                 runs.append({"cps": size, "loop": loop, "error": repr(exc)})
@@ -64,7 +66,9 @@ def measure(
     return {"goal_us": GOAL_US, "window_s": window_s, "runs": runs}
 
 
-def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s: float) -> dict[str, Any]:
+def _one(
+    runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s: float, profiled: bool
+) -> dict[str, Any]:
     name = f"hb{size}{loop[:2]}"
     system = new_system(runner.root, runner.kafka, name)
     try:
@@ -105,6 +109,15 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
             elapsed = time.monotonic() - started
             listed = system.view.get("/cp")[1]["charging_points"]
             central_rss = rss_mb(pid)
+            # Where the time goes, central's and the busiest simulator process's: after the window,
+            # not in it, so that py-spy's own sampling is not counted as central's work.
+            profiles = (
+                profile.record(
+                    {"central": pid, "sim": busiest_worker(sim.pid)}, PROFILE_S, runner.root / name
+                )
+                if profiled and pid is not None and sim.pid is not None
+                else {}
+            )
         finally:
             sim.stop()
     finally:
@@ -134,7 +147,8 @@ def _one(runner: LoadRunner, size: int, loop: str, env: dict[str, str], window_s
         "sim_us_per_heartbeat": round(1e6 * sim_rate * elapsed / beats, 1) if beats else None,
         "central_rss_mb": central_rss,
         "on_at_start": on_at_start,
-        "on_at_end": sum(1 for c in listed if c["status"] == "ON"),
+        "on_at_end": _on({"charging_points": listed}),
+        **{f"profile_{who}": summary for who, summary in profiles.items()},
     }
 
 
@@ -143,8 +157,7 @@ def _on(body: dict[str, Any]) -> int:
 
 
 def _all_on(body: dict[str, Any], size: int) -> bool:
-    cps = body["charging_points"]
-    return len(cps) >= size and all(c["status"] == "ON" for c in cps)
+    return _on(body) >= size
 
 
 def _heartbeats(health: dict[str, Any]) -> int:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -28,7 +27,8 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
-from bench.procs import cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
+from bench.procs import children, cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
+from bench.profile import Profiles, start_profiler
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
@@ -41,7 +41,6 @@ from evcharge.runtime.tls import TlsFiles
 
 SAMPLE_S = 0.5
 DRAIN_SAMPLE_S = 0.1
-PROFILE_RATE_HZ = 100
 SIM_GRACE_S = 90.0  # start-up, the drivers' last tickets and the report, beyond the planned load
 CPS_PER_SIM_PROCESS = 2000  # one simulator process saturates a core near this many CPs
 
@@ -153,26 +152,45 @@ class LoadRunner:
         sim = child("sim", settings, system.logs / "sim.log", name=f"sim {name}").start()
         return sim, report_path
 
-    def run_sim(self, name: str, load: SimLoad, planned_s: float) -> dict[str, Any]:
-        """One simulator run against a fresh central; its JSON report and what was sampled meanwhile."""
+    def run_sim(
+        self, name: str, load: SimLoad, planned_s: float, profile_at_s: float | None = None
+    ) -> dict[str, Any]:
+        """One simulator run against a fresh central; its JSON report and what was sampled meanwhile.
+        With `profile_at_s`, central and the busiest simulator process are profiled from then on for
+        PROFILE_S (the CPU figures of that stretch include py-spy's sampling)."""
         system = new_system(self.root, self.kafka, name, credentials=self.credentials)
         samples: list[dict[str, float]] = []
+        profiles: Profiles | None = None
         try:
             system.start_central()
             sim, report_path = self.start_sim(system, name, load)
             try:
-                meters = _Meters(system.central.pid if system.central else None, sim.pid, self.broker_pid)
+                central_pid = system.central.pid if system.central else None
+                meters = _Meters(central_pid, sim.pid, self.broker_pid)
                 deadline = time.monotonic() + planned_s + SIM_GRACE_S
                 started = time.monotonic()
                 while sim.alive and time.monotonic() < deadline:
                     samples.append(self._sample(system, meters, started))
+                    due = profile_at_s is not None and time.monotonic() - started >= profile_at_s
+                    if due and profiles is None and central_pid is not None and sim.pid is not None:
+                        profiles = Profiles(
+                            {"central": central_pid, "sim": busiest_worker(sim.pid)}, PROFILE_S, system.root
+                        )
                     time.sleep(SAMPLE_S)
                 code = sim.wait(0) if not sim.alive else None
             finally:
                 sim.stop()
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            return {"exit_code": code, "report": report, "samples": samples, "log": str(system.logs)}
+            return {
+                "exit_code": code,
+                "report": report,
+                "samples": samples,
+                "log": str(system.logs),
+                "profiles": profiles.summaries() if profiles is not None else {},
+            }
         finally:
+            if profiles is not None:
+                profiles.stop()
             system.stop_all()
 
     def drain(
@@ -231,7 +249,7 @@ class LoadRunner:
             system.wait_central()  # py-spy attaches to a running interpreter, not to one starting up
             profiled_from = time.monotonic()
             if profile is not None:
-                profiler = _start_profiler(system.central.pid, profile)  # type: ignore[arg-type]
+                profiler = start_profiler(system.central.pid, profile)  # type: ignore[arg-type]
             while time.monotonic() - restarted < 120:
                 row = self._sample(system, meters, restarted)
                 samples.append(row)
@@ -299,23 +317,13 @@ class _Meters:
         return row
 
 
-def _start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
-    py_spy = profiler_path()
-    if py_spy is None:
-        return None
-    return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", "120", "--rate", str(PROFILE_RATE_HZ),
-         "--nonblocking", "--format", "raw", "--output", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+PROFILE_S = 5.0
 
 
-def profiler_path() -> str | None:
-    import sys
-
-    local = Path(sys.executable).parent / "py-spy"
-    return str(local) if local.exists() else shutil.which("py-spy")
+def busiest_worker(sim: int) -> int:
+    """The simulator's worker that has used the most CPU (with --processes 1, the simulator itself)."""
+    workers = children(sim)
+    return max(workers, key=lambda w: cpu_s(w) or 0.0) if workers else sim
 
 
 # ------------------------------------------------------------------ analysis
@@ -390,6 +398,7 @@ def throughput(
         if not row.get("keeping_up", False) or row["sim_bound"]:
             break
     sustained = [r["applied_per_s"] for r in rows if r.get("keeping_up")]
+    steady = _confirm_steady(runner, rows, say) if sustained else None
     say(f"capacity: {drain.drivers} sessions metering while central is stopped for {backlog_s:g} s")
     try:
         drained = runner.drain(drain, backlog_s, say, profile)
@@ -400,6 +409,7 @@ def throughput(
         "steps": rows,
         "max_sustained_applied_per_s": max(sustained) if sustained else None,
         "limited_by": _limit(rows),
+        **({"steady_minute": steady} if steady is not None else {}),
         "drain": drained,
     }
 
@@ -408,6 +418,31 @@ def throughput(
 # last first request was answered until the first sessions end.
 STEP_SESSION_S = 12
 STEP_PLANNED_S = 1 + 10 + STEP_SESSION_S
+# The best step again, its sessions a minute long: a rate is sustainable only if the backlog
+# does not grow over a minute of it, which a step's 10 s cannot show.
+STEADY_SESSION_S = 62
+
+
+def _confirm_steady(runner: LoadRunner, rows: list[dict[str, Any]], say: Say) -> dict[str, Any]:
+    best = max((r for r in rows if r.get("keeping_up")), key=lambda r: r["applied_per_s"])
+    step = Step(best["drivers"], best["meter_interval_s"])
+    say(f"the best step ({step.target_per_s:.0f}/s) held for a minute: is it sustainable?")
+    try:
+        run = runner.run_sim(
+            "steady",
+            step.load(duration_s=10.0, session_s=STEADY_SESSION_S),
+            planned_s=1 + 10 + STEADY_SESSION_S,
+        )
+    except Exception as exc:
+        say(f"[red]  the minute failed: {exc!r}[/]")
+        return {"target_per_s": step.target_per_s, "error": repr(exc)}
+    row = {"drivers": step.drivers, "target_per_s": step.target_per_s, **rates(run["samples"])}
+    say(
+        f"  offered {row.get('offered_per_s')}/s, applied {row.get('applied_per_s')}/s over "
+        f"{row.get('window_s')} s, backlog {row.get('lag_start')}→{row.get('lag_end')} "
+        f"({row.get('lag_growth_per_s')}/s)"
+    )
+    return row
 
 
 def _limit(rows: list[dict[str, Any]]) -> str:

@@ -28,28 +28,30 @@ def tree_cpu_s(pid: int | None) -> float | None:
     """CPU seconds of `pid`, of the children it has reaped and of those still running: a server
     made of processes (PostgreSQL: a postmaster and a backend per connection)."""
     fields = _stat(pid)
-    if fields is None:
+    if pid is None or fields is None:
         return None
     # utime, stime, cutime, cstime: fields 14-17 (1-based, man proc).
     total = sum(int(f) for f in fields[11:15]) / _TICKS
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        child = _stat_fields(stat)
-        if child is not None and child[1] == str(pid):  # ppid, field 4
-            total += (int(child[11]) + int(child[12])) / _TICKS
-    return total
+    return total + sum((cpu_s(child) or 0.0) for child in children(pid))
 
 
 def tree_rss_mb(pid: int | None) -> float | None:
     """Resident memory of `pid` and of its children still running, in MB: a process made of
     workers (`evcharge sim --processes N`)."""
     own = rss_mb(pid)
-    if own is None:
+    if pid is None or own is None:
         return None
+    return own + sum((rss_mb(child) or 0.0) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, still running."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        child = _stat_fields(stat)
-        if child is not None and child[1] == str(pid):
-            own += rss_mb(int(stat.parent.name)) or 0.0
-    return own
+        fields = _stat_fields(stat)
+        if fields is not None and fields[1] == str(pid):  # ppid, field 4
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _stat(pid: int | None) -> list[str] | None:

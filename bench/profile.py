@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import linecache
 import re
+import shutil
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+RATE_HZ = 100
 
 # py-spy raw frames look like "apply (evcharge/central/service.py:373)".
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
@@ -25,6 +29,66 @@ _AREAS = (
     ("evcharge", ("evcharge",)),
     ("asyncio", ("asyncio",)),
 )
+
+
+def profiler_path() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def start_profiler(pid: int, out: Path, duration_s: float = 120) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling `pid` into `out` (raw stacks) until `duration_s` or SIGINT; None without py-spy.
+    --nonblocking: the process is never paused, so what it serves meanwhile is not slowed."""
+    py_spy = profiler_path()
+    if py_spy is None:
+        return None
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, round(duration_s))),
+         "--rate", str(RATE_HZ), "--nonblocking", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+class Profiles:
+    """Several processes profiled by py-spy over the same `duration_s`, from now on, in the background.
+    `summaries()` waits for them: by name, a summary, or {"error": ...} for one that could not be
+    profiled (gone, not Python); {} without py-spy."""
+
+    def __init__(self, pids: dict[str, int], duration_s: float, folder: Path) -> None:
+        self.duration_s = duration_s
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+        for name, pid in pids.items():
+            profiler = start_profiler(pid, self._raw(name), duration_s)
+            if profiler is not None:
+                self.running[name] = profiler
+
+    def _raw(self, name: str) -> Path:
+        return self.folder / f"{name}-profile.txt"
+
+    def summaries(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, profiler in self.running.items():
+            try:
+                profiler.wait(self.duration_s + 30)
+                out[name] = summarise(self._raw(name), self.duration_s, RATE_HZ)
+            except (subprocess.TimeoutExpired, OSError) as exc:
+                out[name] = {"error": f"no profile: {exc!r}"}
+        self.stop()
+        return out
+
+    def stop(self) -> None:
+        for profiler in self.running.values():
+            if profiler.poll() is None:
+                profiler.kill()
+                profiler.wait(10)
+
+
+def record(pids: dict[str, int], duration_s: float, folder: Path) -> dict[str, Any]:
+    """`pids` profiled over the next `duration_s`: their summaries, by name."""
+    return Profiles(pids, duration_s, folder).summaries()
 
 
 def _frame(raw: str) -> tuple[str, str, int | None]:

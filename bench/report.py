@@ -11,6 +11,8 @@ from typing import Any
 
 from rich.table import Table
 
+from bench import fleet
+
 GUIDE_DETECTION_S = 20.0  # the guide: failures seen within 15-20 s
 GUIDE_RECOVERY_S = 30.0  # the guide: back in < 30 s
 ERROR_CHARS = 160  # of a failure's reason, in the table (the JSON keeps all of it)
@@ -23,6 +25,11 @@ class Row:
     goal: str
     measured: str
     verdict: str
+
+
+# Central alone, working off a backlog, on either store (each reading durable, dedup-checked, told).
+DRAIN_GOAL_PER_S = 20_000
+DRAIN_GOAL = f"≥ {DRAIN_GOAL_PER_S:,}/s on 2 cores"
 
 
 def _s(value: float | None) -> str:
@@ -81,6 +88,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out += _failover_rows(results)
     out += _scale_rows(results)
     out += _heartbeat_rows(results)
+    out += _fleet_rows(results)
     out += _reads_rows(results)
     out += _gateway_rows(results)
     out += _security_rows(results)
@@ -252,22 +260,20 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
     tput = results.get("throughput", {})
     capacity = "meter readings central applies per second at most: working off a backlog alone"
     if tput.get("error"):
-        out.append(
-            _failed("throughput", capacity + ", and live beside the simulator", "≥ 5,000/s on 2 cores", tput)
-        )
+        out.append(_failed("throughput", capacity + ", and live beside the simulator", DRAIN_GOAL, tput))
         return out
     drain = tput.get("drain", {})
     label = capacity + " on SQLite, an fsync per commit (its writes and a driver update per reading included)"
     if drain.get("error"):
-        out.append(_failed("throughput", label, "≥ 5,000/s on 2 cores", drain))
+        out.append(_failed("throughput", label, DRAIN_GOAL, drain))
     elif drain:
         out.append(
             Row(
                 "throughput",
                 label,
-                "≥ 5,000/s on 2 cores",
+                DRAIN_GOAL,
                 _drain_measured(drain),
-                _at_least(drain.get("applied_per_s"), 5000),
+                _at_least(drain.get("applied_per_s"), DRAIN_GOAL_PER_S),
             )
         )
     if tput.get("steps"):
@@ -288,7 +294,27 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
                 f"limit: {tput.get('limited_by')}",
             )
         )
+    if "steady_minute" in tput:
+        out.append(_steady_row(tput["steady_minute"]))
     return out
+
+
+def _steady_row(minute: dict[str, Any]) -> Row:
+    """The best live step held for a minute: offered = applied, and the backlog not growing."""
+    metric = "live, the best step held a minute: offered → applied, the backlog's start → end"
+    goal = "offered = applied, backlog not growing"
+    if minute.get("error"):
+        return _failed("throughput", metric, goal, minute)
+    offered, applied = minute.get("offered_per_s") or 0, minute.get("applied_per_s") or 0
+    return Row(
+        "throughput",
+        metric,
+        goal,
+        f"{offered:,.0f}/s → {applied:,.0f}/s over {_s(minute.get('window_s'))}; backlog "
+        f"{minute.get('lag_start')} → {minute.get('lag_end')} ({minute.get('lag_growth_per_s')}/s); "
+        f"central {minute.get('central_cpu_percent', '-')} %, sim {minute.get('sim_cpu_percent', '-')} %",
+        "meets goal" if minute.get("keeping_up") else "misses goal: the backlog grew",
+    )
 
 
 def _failover_rows(results: dict[str, Any]) -> list[Row]:
@@ -353,13 +379,13 @@ def _storage_rows(results: dict[str, Any]) -> list[Row]:
     pg_drain = storage.get("postgres_drain", {})
     label = "meter readings central applies per second at most: the same backlog, its store on PostgreSQL"
     if pg_drain.get("error"):
-        out.append(_failed("storage", label, "≥ 5,000/s on 2 cores", pg_drain))
+        out.append(_failed("storage", label, DRAIN_GOAL, pg_drain))
     else:
         pg_rate = pg_drain.get("applied_per_s")
-        verdict = _at_least(pg_rate, 5000)
+        verdict = _at_least(pg_rate, DRAIN_GOAL_PER_S)
         if pg_rate and sqlite_drain:
             verdict += f"; {pg_rate / sqlite_drain:.0%} of SQLite's {_rate(sqlite_drain)} this run"
-        out.append(Row("storage", label, "≥ 5,000/s on 2 cores", _drain_measured(pg_drain), verdict))
+        out.append(Row("storage", label, DRAIN_GOAL, _drain_measured(pg_drain), verdict))
     sqlite = storage.get("sqlite_commit", {})
     label = "bare SQLite commit, one small row per transaction (WAL): synchronous=FULL / NORMAL"
     if sqlite.get("error"):
@@ -508,7 +534,7 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
                 f"(idle {run.get('central_idle_cpu_percent')} %); "
                 f"simulator {run.get('sim_cpu_percent')} %{_sim_processes(run)} "
                 f"(its monitors and engines: {run.get('sim_us_per_heartbeat')} µs per CP-second); "
-                f"central's memory {run.get('central_rss_mb')} MB; "
+                f"central's memory {_mb(run.get('central_rss_mb'))}; "
                 f"ON at the window's start {run.get('on_at_start')}, at its end {run.get('on_at_end')} "
                 f"of {run['cps']:,}",
                 verdict,
@@ -516,7 +542,41 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
         )
         if run["cps"] >= 10_000:
             out.append(_fleet_carried(run))
+        out += _profile_rows(run, "heartbeats", "after the window")
     return out
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} MB"
+
+
+def _profile_rows(run: dict[str, Any], section: str, when: str) -> list[Row]:
+    """What a run's py-spy profiles say: where central's and the simulator's time went."""
+    parts = []
+    for who, label in (("central", "central"), ("sim", "the busiest simulator process")):
+        p = run.get(f"profile_{who}")
+        if not p:
+            continue
+        if p.get("error"):
+            parts.append(f"{label}: not profiled ({p['error']})")
+            continue
+        parts.append(
+            f"{label} ({p.get('samples', 0)} busy samples): "
+            + ", ".join(f"{name} {pct} %" for name, pct in p.get("by_area_percent", [])[:4])
+            + "; most self time: "
+            + ", ".join(f"{name} {pct} %" for name, pct in p.get("self_percent", [])[:3])
+        )
+    if not parts:
+        return []
+    return [
+        Row(
+            section,
+            f"… where the time goes at {run['cps']:,} CPs (py-spy, {when})",
+            "-",
+            "; ".join(parts),
+            "the profile behind the figure",
+        )
+    ]
 
 
 def _fleet_carried(run: dict[str, Any]) -> Row:
@@ -532,6 +592,42 @@ def _fleet_carried(run: dict[str, Any]) -> Row:
         f"{run.get('central_cpu_percent')} %",
         "meets goal" if carried else f"misses goal ({on / size:.0%} ON)",
     )
+
+
+def _fleet_rows(results: dict[str, Any]) -> list[Row]:
+    """The issue's whole load (heartbeats, a fifth supplying, drivers requesting), scaled to each size."""
+    section = results.get("fleet")
+    if section is None:
+        return []
+    metric = "the whole load for a minute: CPs heartbeating, a fifth supplying, 5 requests/s per 1,000 CPs"
+    goal = "0 errors, none dropped, accepted p99 ≤ 100 ms"
+    if section.get("error"):
+        return [_failed("fleet", metric, goal, section)]
+    out = []
+    for run in section.get("runs", []):
+        label = f"{metric}: {run['cps']:,} CPs"
+        if run.get("error"):
+            out.append(_failed("fleet", label, goal, run))
+            continue
+        requests = run.get("requests", {})
+        kept = fleet.carried(run)
+        out.append(
+            Row(
+                "fleet",
+                label,
+                goal,
+                f"registered {run.get('registered')}; supplying at most {run.get('supplying_max')}; "
+                f"requests {requests.get('sent')} sent, {requests.get('accepted')} accepted, "
+                f"accepted p50 / p99 {_ms(run.get('accepted_p50_s'))} / {_ms(run.get('accepted_p99_s'))}; "
+                f"errors {run.get('errors')}; dropped for a late heartbeat {run.get('dropped')}; "
+                f"central {run.get('central_cpu_percent')} %, simulator {run.get('sim_cpu_percent')} % "
+                f"in {run.get('sim_processes')} processes (its loop lag p99 "
+                f"{_ms(run.get('sim_loop_lag_p99_s'))})",
+                "meets goal" if kept else "misses goal",
+            )
+        )
+        out += _profile_rows(run, "fleet", "halfway through the load")
+    return out
 
 
 def _reads_rows(results: dict[str, Any]) -> list[Row]:

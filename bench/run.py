@@ -6,9 +6,10 @@ PostgreSQL for the store comparison, all stopped at the end whatever happens.
 Order of the phases: footprint, the Kafka floor, low-load latency, detection and
 recovery (Kafka last among them), the OCPP gateway, then the simulator's runs: sustained latency,
 throughput steps and central's capacity on SQLite, the stores (bare commit rates,
-central's capacity on PostgreSQL), two centrals failing over, scale, heartbeats, reads, and last the
-cost of security (a secure broker of its own beside the first). A phase that fails is recorded as failed
-(its "error") and the run goes on with the next; only Kafka not starting ends it.
+central's capacity on PostgreSQL), two centrals failing over, scale, heartbeats, the whole fleet's
+load, reads, and last the cost of security (a secure broker of its own beside the first). A phase
+that fails is recorded as failed (its "error") and the run goes on with the next; only Kafka not
+starting ends it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rich.console import Console
 from bench import (
     chaos,
     failover,
+    fleet,
     footprint,
     gateway,
     growth,
@@ -57,13 +59,13 @@ _T = TypeVar("_T")
 
 SECTIONS = (
     "footprint", "floor", "main", "sustained", "throughput", "storage", "failover", "scale", "heartbeats",
-    "reads", "gateway", "security",
+    "fleet", "reads", "gateway", "security",
 )  # fmt: skip
 # Sections that, run alone (`--only`), are written into the existing --out file beside the
 # figures of the other sections, which stay as their last run measured them. (Not those that
 # share the `latency` figure: floor, main and sustained are run together or anew.)
 MERGED_SECTIONS = frozenset(
-    {"footprint", "throughput", "storage", "scale", "heartbeats", "reads", "security", "failover"}
+    {"footprint", "throughput", "storage", "scale", "heartbeats", "fleet", "reads", "security", "failover"}
 )
 
 
@@ -80,6 +82,7 @@ class Plan:
     scale_sizes: list[int] = field(default_factory=list)
     heartbeat_sizes: list[int] = field(default_factory=list)
     heartbeat_window_s: float = 10.0
+    fleet_sizes: list[int] = field(default_factory=list)  # the whole load at once, scaled to each
     reads_window_s: float = 10.0
     commit_rounds: int = 5  # bare commit rates: rounds per database (SQLite alternates FULL and NORMAL)
     commit_round_s: float = 2.0
@@ -101,6 +104,7 @@ class Plan:
                 scale_sizes=[100, 1000],
                 heartbeat_sizes=[1000, 2000],
                 heartbeat_window_s=5.0,
+                fleet_sizes=[1000],
                 reads_window_s=6.0,
                 commit_rounds=3,
                 commit_round_s=1.0,
@@ -116,6 +120,7 @@ class Plan:
             steps=[load.Step(100, 0.1), load.Step(200, 0.1), load.Step(200, 0.05), load.Step(400, 0.05)],
             scale_sizes=[100, 1000, 5000],
             heartbeat_sizes=[1000, 2000, 5000, 10000],  # the growth curve of central's CPU and memory
+            fleet_sizes=[2000, 5000, 10000],
         )
 
 
@@ -146,6 +151,7 @@ class Bench:
                 "drain": [plan.drain.drivers, plan.drain.meter_interval_s, plan.backlog_s],
                 "scale_sizes": plan.scale_sizes,
                 "heartbeat_sizes": plan.heartbeat_sizes,
+                "fleet_sizes": plan.fleet_sizes,
                 "commit_rounds": [plan.commit_rounds, plan.commit_round_s],
                 "gateway": [plan.gateway_chargers, plan.gateway_metering],
             },
@@ -245,8 +251,17 @@ class Bench:
             self.results["heartbeats"] = self.measure(
                 "heartbeats",
                 lambda: heartbeats.measure(
-                    runner, plan.heartbeat_sizes, plan.heartbeat_window_s, self.say, baseline
+                    runner,
+                    plan.heartbeat_sizes,
+                    plan.heartbeat_window_s,
+                    self.say,
+                    baseline,
+                    self.profile_central,
                 ),
+            )
+        if self.wants("fleet"):
+            self.results["fleet"] = self.measure(
+                "fleet", lambda: fleet.measure(runner, plan.fleet_sizes, self.say, self.profile_central)
             )
         if self.wants("reads"):
             self.results["reads"] = self.measure(
@@ -306,7 +321,7 @@ class Bench:
                 rate = drained.get("applied_per_s") or 0
                 self.results["profile_central"] = {
                     "while": f"it worked off a backlog at {rate:,.0f} readings/s",
-                    **profile.summarise(raw_profile, drained.get("profiled_s"), load.PROFILE_RATE_HZ),
+                    **profile.summarise(raw_profile, drained.get("profiled_s"), profile.RATE_HZ),
                 }
             except Exception as exc:
                 self.results["profile_central"] = {"error": repr(exc)}
@@ -434,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     plan = Plan.make(args.quick, args.trials)
     root = Path(tempfile.mkdtemp(prefix="evcharge-bench-"))
-    use_profiler = not args.no_profile and load.profiler_path() is not None
+    use_profiler = not args.no_profile and profile.profiler_path() is not None
     only = frozenset(filter(None, args.only.split(",")))
     if unknown := only - set(SECTIONS):
         parser.error(f"--only: no section {', '.join(sorted(unknown))} (there are {', '.join(SECTIONS)})")

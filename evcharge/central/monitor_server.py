@@ -98,6 +98,7 @@ class MonitorServer:
             deadline = time.monotonic() - self.heartbeat_timeout_s
             for connection in [c for c in self._connections.values() if c.last_heartbeat < deadline]:
                 connection.close(f"no heartbeat for {self.heartbeat_timeout_s:g} s")
+                self._counts["heartbeat_timeouts"] += 1  # a CP dropped for a late heartbeat
                 await self._left(connection, "no heartbeat")
 
     async def _left(self, connection: _Connection, why: str) -> None:

@@ -318,6 +318,8 @@ def test_hung_monitor_shows_disconnected_and_recovers_when_it_wakes(system, scen
     try:
         system.wait_status(cp1.cp_id, "DISCONNECTED", CORRECTNESS_TIMEOUT_S, since=fault)
         scenario.mark("detected_at")
+        # Dropped by central's heartbeat watch (its socket stayed open), and counted as such.
+        assert system.get("/health")["counters"]["heartbeat_timeouts"] == 1
         system.wait_driver_done(alice, CORRECTNESS_TIMEOUT_S)
     finally:
         scenario.mark("restart_at")

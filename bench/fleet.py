@@ -1,0 +1,117 @@
+"""The whole fleet at once: CPs heartbeating, a fifth of them supplying, drivers requesting, for a minute.
+
+The issue's load is 10,000 CPs (a real monitor over TCP and a real engine
+health port each), 2,000 of them supplying with a reading a second, and
+drivers asking at 50 requests/s. Each size runs that load scaled to it: a CP
+in five supplying, five requests a second per 1,000 CPs, sessions of 40 s (so
+rate times length = the supplying fifth). A fresh central each time. The figures:
+request → accepted p99, the simulator's errors, CPs central dropped for a late
+heartbeat (its `heartbeat_timeouts` counter), sessions supplying at the peak,
+and the CPU of central and of the simulator beside it, so the reader sees which
+of them is the limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bench.load import LoadRunner, sim_processes
+from bench.series import whole_run
+
+ACCEPTED_P99_GOAL_S = 0.100
+SESSION_S = 40.0
+LOAD_S = 60.0
+SUPPLYING_SHARE = 0.2  # of the fleet's CPs
+REQUESTS_PER_CP_S = 50 / 10_000
+# A driver waits out its session before its next request: with twice the drivers that can be
+# supplying at once, the fleet's request rate is not held back by drivers all busy charging.
+DRIVERS_PER_SESSION = 2.5
+
+
+def load_for(size: int) -> dict[str, Any]:
+    """The simulator's settings for `size` CPs: the issue's load scaled to that fleet."""
+    supplying = SUPPLYING_SHARE * size
+    return {
+        "cps": size,
+        "drivers": round(DRIVERS_PER_SESSION * supplying),
+        "request_rate": REQUESTS_PER_CP_S * size,
+        "session_s": SESSION_S,
+        "meter_interval_s": 1.0,
+        "ramp_up_s": max(2.0, size / 400),  # registrations at ~200/s, not all in one burst
+        "duration_s": LOAD_S,
+        "processes": sim_processes(size),
+    }
+
+
+def measure(
+    runner: LoadRunner, sizes: list[int], say: Callable[[str], None], profiled: bool = True
+) -> dict[str, Any]:
+    runs = []
+    for size in sizes:
+        load = load_for(size)
+        say(
+            f"{size:,} CPs, {load['request_rate']:g} requests/s of {load['session_s']:g} s sessions "
+            f"(≈ {SUPPLYING_SHARE * size:,.0f} supplying), for {LOAD_S:g} s"
+        )
+        try:
+            # Profiled halfway through the load, once the supplying sessions have built up.
+            run = runner.run_sim(
+                f"fleet{size}",
+                load,
+                planned_s=load["ramp_up_s"] + LOAD_S + SESSION_S,
+                profile_at_s=load["ramp_up_s"] + SESSION_S if profiled else None,
+            )
+        except Exception as exc:
+            say(f"[red]  failed: {exc!r}[/]")
+            runs.append({"cps": size, "error": repr(exc)})
+            continue
+        runs.append(summary(size, load, run))
+        r = runs[-1]
+        say(
+            f"  accepted p99 {r['accepted_p99_s']} s, errors {r['errors']}, dropped {r['dropped']}, "
+            f"supplying at most {r['supplying_max']}; central {r.get('central_cpu_percent')} %, "
+            f"sim {r.get('sim_cpu_percent')} %"
+        )
+    return {"accepted_p99_goal_s": ACCEPTED_P99_GOAL_S, "runs": runs}
+
+
+def summary(size: int, load: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    report = run["report"]
+    counters = report.get("central_counters", {})
+    accepted = report.get("latency_s", {}).get("accepted", {})
+    samples = run["samples"]
+    return {
+        "cps": size,
+        "request_rate": load["request_rate"],
+        "sim_processes": load["processes"],
+        "registered": report.get("cps", {}).get("registered"),
+        "requests": report.get("requests", {}),
+        "accepted_p50_s": accepted.get("p50"),
+        "accepted_p99_s": accepted.get("p99"),
+        "errors": report.get("errors", {}).get("total"),
+        "errors_by_kind": report.get("errors", {}).get("by_kind", {}),
+        # No counter in the report: central was gone before the simulator asked (not a zero).
+        "dropped": counters.get("heartbeat_timeouts", 0) if counters else None,
+        "heartbeats": counters.get("heartbeats"),
+        "supplying_max": max((s.get("sessions", 0) for s in samples), default=0),
+        "sim_exit_code": run["exit_code"],
+        # A late simulator hears its answers late: its own loop lag tells its share of the latency.
+        "sim_loop_lag_p99_s": report.get("sim_loop_lag_s", {}).get("p99"),
+        **whole_run(samples),
+        **{f"profile_{who}": summary for who, summary in run.get("profiles", {}).items()},
+    }
+
+
+def carried(run: dict[str, Any]) -> bool:
+    """Every promise of the issue's load kept at this size."""
+    p99 = run.get("accepted_p99_s")
+    return (
+        not run.get("error")
+        and run.get("errors") == 0
+        and run.get("dropped") == 0
+        and run.get("registered") == run["cps"]
+        and p99 is not None
+        and p99 <= ACCEPTED_P99_GOAL_S
+        and run.get("supplying_max", 0) >= 0.8 * SUPPLYING_SHARE * run["cps"]
+    )
