@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.load import LoadRunner, sim_processes
 from bench.series import whole_run
 
@@ -29,38 +31,42 @@ REQUESTS_PER_CP_S = 50 / 10_000
 DRIVERS_PER_SESSION = 2.5
 
 
-def load_for(size: int) -> dict[str, Any]:
+def load_for(size: int, load_s: float = LOAD_S) -> dict[str, Any]:
     """The simulator's settings for `size` CPs: the issue's load scaled to that fleet."""
     supplying = SUPPLYING_SHARE * size
     return {
         "cps": size,
-        "drivers": round(DRIVERS_PER_SESSION * supplying),
+        "drivers": max(1, round(DRIVERS_PER_SESSION * supplying)),
         "request_rate": REQUESTS_PER_CP_S * size,
         "session_s": SESSION_S,
         "meter_interval_s": 1.0,
         "ramp_up_s": max(2.0, size / 400),  # registrations at ~200/s, not all in one burst
-        "duration_s": LOAD_S,
+        "duration_s": load_s,
         "processes": sim_processes(size),
     }
 
 
 def measure(
-    runner: LoadRunner, sizes: list[int], say: Callable[[str], None], profiled: bool = True
+    runner: LoadRunner,
+    sizes: list[int],
+    say: Callable[[str], None],
+    profiled: bool = True,
+    load_s: float = LOAD_S,
 ) -> dict[str, Any]:
     runs = []
     for size in sizes:
-        load = load_for(size)
+        load = load_for(size, load_s)
         say(
             f"{size:,} CPs, {load['request_rate']:g} requests/s of {load['session_s']:g} s sessions "
-            f"(≈ {SUPPLYING_SHARE * size:,.0f} supplying), for {LOAD_S:g} s"
+            f"(≈ {SUPPLYING_SHARE * size:,.0f} supplying), for {load_s:g} s"
         )
         try:
             # Profiled halfway through the load, once the supplying sessions have built up.
             run = runner.run_sim(
                 f"fleet{size}",
                 load,
-                planned_s=load["ramp_up_s"] + LOAD_S + SESSION_S,
-                profile_at_s=load["ramp_up_s"] + SESSION_S if profiled else None,
+                planned_s=load["ramp_up_s"] + load_s + SESSION_S,
+                profile_at_s=load["ramp_up_s"] + min(SESSION_S, load_s / 2) if profiled else None,
             )
         except Exception as exc:
             say(f"[red]  failed: {exc!r}[/]")
@@ -92,15 +98,39 @@ def summary(size: int, load: dict[str, Any], run: dict[str, Any]) -> dict[str, A
         "errors": report.get("errors", {}).get("total"),
         "errors_by_kind": report.get("errors", {}).get("by_kind", {}),
         # No counter in the report: central was gone before the simulator asked (not a zero).
-        "dropped": counters.get("heartbeat_timeouts", 0) if counters else None,
+        "dropped": counters.get("heartbeat_timeouts"),
         "heartbeats": counters.get("heartbeats"),
         "supplying_max": max((s.get("sessions", 0) for s in samples), default=0),
         "sim_exit_code": run["exit_code"],
+        # Of request → accepted, the part before central decided (broker stamp → decision).
+        "decision_s": histogram_quantiles(run.get("central_metrics", ""), DECISION_HISTOGRAM),
         # A late simulator hears its answers late: its own loop lag tells its share of the latency.
         "sim_loop_lag_p99_s": report.get("sim_loop_lag_s", {}).get("p99"),
         **whole_run(samples),
         **{f"profile_{who}": summary for who, summary in run.get("profiles", {}).items()},
     }
+
+
+DECISION_HISTOGRAM = "evcharge_request_decision_seconds"
+
+
+def histogram_quantiles(text: str, name: str) -> dict[str, float | int | None]:
+    """p50, p99 (the upper bound of the bucket each falls in), mean and count of a Prometheus
+    histogram in `text`; {} when it is not there."""
+    family = next((f for f in text_string_to_metric_families(text) if f.name == name), None)
+    if family is None:
+        return {}
+    buckets = sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name == f"{name}_bucket")
+    count = next((s.value for s in family.samples if s.name == f"{name}_count"), 0)
+    total = next((s.value for s in family.samples if s.name == f"{name}_sum"), 0.0)
+    if not count:
+        return {"count": 0}
+
+    def quantile(q: float) -> float | None:
+        return next((bound for bound, seen in buckets if seen >= q * count), None)
+
+    return {"count": int(count), "mean": total / count, "p50_at_most": quantile(0.5),
+            "p99_at_most": quantile(0.99)}  # fmt: skip
 
 
 def carried(run: dict[str, Any]) -> bool:

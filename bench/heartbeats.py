@@ -125,10 +125,10 @@ def _one(
     central_rate = _rate(before[0], after[0], elapsed)
     kernel_rate = _rate(before[3], after[3], elapsed)
     sim_rate = _rate(before[1], after[1], elapsed)
-    beats: float = after[2] - before[2]
-    estimated = beats == 0  # a central without the counter: each ON CP's monitor beats once a second
-    if estimated:
-        beats = size * elapsed
+    # A central without the counter (a baseline's older revision): each monitor ON at the window's
+    # start beats once a second. A counter that did not move is no heartbeat, not an estimate.
+    estimated = before[2] is None or after[2] is None
+    beats: float = on_at_start * elapsed if estimated else after[2] - before[2]  # type: ignore[operator]
     per_s = beats / elapsed
     net_cpu_s = (central_rate - idle_rate) * elapsed
     return {
@@ -160,8 +160,10 @@ def _all_on(body: dict[str, Any], size: int) -> bool:
     return _on(body) >= size
 
 
-def _heartbeats(health: dict[str, Any]) -> int:
-    return int(health["counters"].get("heartbeats", 0))
+def _heartbeats(health: dict[str, Any]) -> int | None:
+    """Central's count of heartbeats so far; None from a central that does not count them."""
+    counters = health["counters"]
+    return int(counters["heartbeats"]) if "heartbeats" in counters else None
 
 
 def _rate(before: float | None, after: float | None, elapsed: float) -> float:

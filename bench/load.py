@@ -180,8 +180,12 @@ class LoadRunner:
                 code = sim.wait(0) if not sim.alive else None
             finally:
                 sim.stop()
+            metrics = ""  # central's own histograms over the run ("" if it could not be scraped)
+            with contextlib.suppress(Exception):
+                metrics = system.view.text("/metrics")
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
             return {
+                "central_metrics": metrics,
                 "exit_code": code,
                 "report": report,
                 "samples": samples,

@@ -619,6 +619,7 @@ def _fleet_rows(results: dict[str, Any]) -> list[Row]:
                 f"registered {run.get('registered')}; supplying at most {run.get('supplying_max')}; "
                 f"requests {requests.get('sent')} sent, {requests.get('accepted')} accepted, "
                 f"accepted p50 / p99 {_ms(run.get('accepted_p50_s'))} / {_ms(run.get('accepted_p99_s'))}; "
+                f"{_decided(run.get('decision_s'))}"
                 f"errors {run.get('errors')}; dropped for a late heartbeat {run.get('dropped')}; "
                 f"central {run.get('central_cpu_percent')} %, simulator {run.get('sim_cpu_percent')} % "
                 f"in {run.get('sim_processes')} processes (its loop lag p99 "
@@ -628,6 +629,16 @@ def _fleet_rows(results: dict[str, Any]) -> list[Row]:
         )
         out += _profile_rows(run, "fleet", "halfway through the load")
     return out
+
+
+def _decided(decision: dict[str, Any] | None) -> str:
+    """Of request → accepted, the part up to central's decision (its histogram's buckets)."""
+    if not decision or not decision.get("count"):
+        return ""
+    return (
+        f"of which broker → central's decision p50 ≤ {_ms(decision.get('p50_at_most'))}, "
+        f"p99 ≤ {_ms(decision.get('p99_at_most'))} (mean {_ms(decision.get('mean'))}); "
+    )
 
 
 def _reads_rows(results: dict[str, Any]) -> list[Row]:

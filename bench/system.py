@@ -38,6 +38,17 @@ class CentralView:
         self._conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str) -> tuple[int, Any]:
+        status, body = self.fetch(path)
+        return status, json.loads(body or b"null")
+
+    def text(self, path: str) -> str:
+        """A page that is not JSON (`/metrics`), which must answer 200."""
+        status, body = self.fetch(path)
+        if status != 200:
+            raise OSError(f"GET {path} answered {status}")
+        return body.decode()
+
+    def fetch(self, path: str) -> tuple[int, bytes]:
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = (
@@ -48,8 +59,8 @@ class CentralView:
             try:
                 self._conn.request("GET", path)
                 response = self._conn.getresponse()
-                return response.status, json.loads(response.read() or b"null")
-            except (OSError, http.client.HTTPException, json.JSONDecodeError):
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException):
                 self.close()
                 if attempt == 2:
                     raise

@@ -59,6 +59,12 @@ def _opt(f: dataclasses.Field[Any]) -> Opt | None:
     return o if isinstance(o, Opt) and o.cli else None
 
 
+def env_var(f: dataclasses.Field[Any]) -> str | None:
+    """The environment variable a setting is read from, if it has one."""
+    o = _opt(f)
+    return o.env if o is not None else None
+
+
 def flag_of(f: dataclasses.Field[Any]) -> str:
     o = _opt(f)
     assert o is not None
@@ -142,10 +148,9 @@ def secrets_env(settings: Any) -> dict[str, str]:
     how a process started with these settings is given them, never on its command line."""
     env: dict[str, str] = {}
     for f in dataclasses.fields(settings):
-        o = _opt(f)
-        value = getattr(settings, f.name)
-        if f.name in SECRETS and value is not None and o is not None and o.env is not None:
-            env[o.env] = value
+        variable, value = env_var(f), getattr(settings, f.name)
+        if f.name in SECRETS and value is not None and variable is not None:
+            env[variable] = value
     return env
 
 

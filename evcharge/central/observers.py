@@ -124,6 +124,7 @@ class Counters:
         "events_ignored",
         "dead_letters",
         "heartbeats",  # counted by the monitor server, which serves them without a fact
+        "heartbeat_timeouts",  # monitors it dropped for silence (the monitor server's watch)
     )
 
     def __init__(self) -> None:

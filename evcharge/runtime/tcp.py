@@ -165,7 +165,7 @@ class FramedConnection:
                     await self._writer.drain()
             reply = await waiter
         except TimeoutError:
-            raise RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s") from None
+            raise self._no_answer(timeout_s) from None
         except (ConnectionError, OSError) as exc:
             await self._shut(f"send failed: {exc}")
             raise ConnectionLost(self.close_reason) from exc
@@ -178,7 +178,10 @@ class FramedConnection:
 
     def _expire(self, waiter: asyncio.Future[Frame], timeout_s: float) -> None:
         if not waiter.done():
-            waiter.set_exception(RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s"))
+            waiter.set_exception(self._no_answer(timeout_s))
+
+    def _no_answer(self, timeout_s: float) -> RequestTimeout:
+        return RequestTimeout(f"{self.peer} did not answer within {timeout_s:g} s")
 
     async def _read_loop(self) -> None:
         reason = "closed by peer"

@@ -48,6 +48,11 @@ log = logging.getLogger("evcharge.sim")
 STARTUP_TIMEOUT_S = 60.0  # Kafka topics, producer, consumers, central's API
 HTTP_TIMEOUT_S = 5.0
 REGISTRATION_POLL_S = 0.5
+PROGRESS_EVERY_S = 5.0
+LAG_PROBE_S = 0.25
+GO_TIMEOUT_S = 5 * STARTUP_TIMEOUT_S  # a worker's wait for its parent's go: beyond the parent's own
+# Warnings the simulated faults cause on purpose; any other warning is an error.
+FAULT_WARNINGS = ("engine BROKEN",)
 
 
 class _Listed(msgspec.Struct):
@@ -63,11 +68,6 @@ class _Listing(msgspec.Struct):
 
 
 _LISTING = msgspec.json.Decoder(_Listing)
-PROGRESS_EVERY_S = 5.0
-LAG_PROBE_S = 0.25
-GO_TIMEOUT_S = 5 * STARTUP_TIMEOUT_S  # a worker's wait for its parent's go: beyond the parent's own
-# Warnings the simulated faults cause on purpose; any other warning is an error.
-FAULT_WARNINGS = ("engine BROKEN",)
 
 
 class _NotStarted(Exception):
@@ -340,10 +340,13 @@ class Simulation:
                 tokens[driver_id] = (await response.json())["token"]
         return tokens
 
-    async def _get(self, http: aiohttp.ClientSession, path: str) -> Any:
+    async def _get(
+        self, http: aiohttp.ClientSession, path: str, decoder: msgspec.json.Decoder[Any] | None = None
+    ) -> Any:
+        """Central's answer to GET `path`: JSON, or decoded by `decoder` into only what it reads."""
         async with http.get(self.settings.central_url.rstrip("/") + path) as response:
             response.raise_for_status()
-            return await response.json()
+            return await response.json() if decoder is None else decoder.decode(await response.read())
 
     def _watch_registration(
         self, http: aiohttp.ClientSession, planned: set[str], begun: Callable[[], bool]
@@ -356,9 +359,7 @@ class Simulation:
                 if not begun():
                     continue
                 try:
-                    async with http.get(self.settings.central_url.rstrip("/") + "/cp") as response:
-                        response.raise_for_status()
-                        listed = _LISTING.decode(await response.read()).charging_points
+                    listed = (await self._get(http, "/cp", _LISTING)).charging_points
                 except (aiohttp.ClientError, TimeoutError, msgspec.DecodeError) as exc:
                     self.stats.error(f"central's GET /cp failed: {describe(exc)}")
                     continue
@@ -394,13 +395,13 @@ class Simulation:
     async def _final_look(self, http: aiohttp.ClientSession) -> None:
         """What central lists at the end: our CPs, and its own counters."""
         try:
-            listed = (await self._get(http, "/cp"))["charging_points"]
+            listed = (await self._get(http, "/cp", _LISTING)).charging_points
             health = await self._get(http, "/health")
-        except (aiohttp.ClientError, TimeoutError, KeyError) as exc:
+        except (aiohttp.ClientError, TimeoutError, KeyError, msgspec.DecodeError) as exc:
             self.stats.error(f"central's API failed at the end: {describe(exc)}")
             return
         ours = set(self.fleet_settings.cp_ids())
-        self.stats.cps_listed = sum(1 for cp in listed if cp["cp_id"] in ours)
+        self.stats.cps_listed = sum(1 for cp in listed if cp.cp_id in ours)
         self.stats.central_counters = dict(health.get("counters", {}))
 
     def _own_process(self) -> dict[str, float]:

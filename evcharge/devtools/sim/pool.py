@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from evcharge.config import SECRETS, argv, secrets_env
+from evcharge.config import SECRETS, argv, env_var, secrets_env
 from evcharge.devtools.sim import merge, split
 from evcharge.devtools.sim.app import (
     HTTP_TIMEOUT_S,
@@ -88,7 +88,7 @@ def worker_command(settings: SimSettings, worker: int) -> tuple[list[str], dict[
     plain = dataclasses.replace(settings, worker=worker, json_path=None)
     env = dict(os.environ)
     for f in dataclasses.fields(settings):
-        variable = f.metadata["opt"].env if "opt" in f.metadata else None
+        variable = env_var(f)
         if variable is not None and getattr(settings, f.name) is None:
             env.pop(variable, None)  # unset for the parent: unset for the worker
     env.update(secrets_env(settings))
