@@ -511,16 +511,17 @@ def _heartbeat_rows(results: dict[str, Any]) -> list[Row]:
         if run.get("error"):
             out.append(_failed("heartbeats", metric, goal, run))
             continue
-        us = run.get("us_per_heartbeat")
-        verdict = (
-            "not measured"
-            if us is None
-            else (
-                "meets goal"
-                if us <= section.get("goal_us", 30)
-                else (f"misses goal ({us / section.get('goal_us', 30):.1f}x)")
-            )
-        )
+        us, goal_us = run.get("us_per_heartbeat"), section.get("goal_us", 30)
+        on = run.get("on_at_start")
+        if us is None:
+            verdict = "not measured"
+        elif on is not None and on < run["cps"]:
+            # Central's CPU then went to monitors registering and reconnecting, not to heartbeats.
+            verdict = f"no figure: {on:,} of {run['cps']:,} ON, the fleet was not carried"
+        elif us <= goal_us:
+            verdict = "meets goal"
+        else:
+            verdict = f"misses goal ({us / goal_us:.1f}x)"
         estimated = " (estimated count)" if run.get("heartbeats_estimated") else ""
         out.append(
             Row(
