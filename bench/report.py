@@ -581,7 +581,7 @@ def _profile_rows(run: dict[str, Any], section: str, when: str) -> list[Row]:
 
 
 def _fleet_carried(run: dict[str, Any]) -> Row:
-    """The issue's 10,000: every CP ON through the window, or how many the machine carried."""
+    """The goal's 10,000: every CP ON through the window, or how many the machine carried."""
     size, on = run["cps"], run.get("on_at_end") or 0
     carried = on == size and run.get("on_at_start") == size
     return Row(
@@ -596,7 +596,7 @@ def _fleet_carried(run: dict[str, Any]) -> Row:
 
 
 def _fleet_rows(results: dict[str, Any]) -> list[Row]:
-    """The issue's whole load (heartbeats, a fifth supplying, drivers requesting), scaled to each size."""
+    """The goal's whole load (heartbeats, a fifth supplying, drivers requesting), scaled to each size."""
     section = results.get("fleet")
     if section is None:
         return []

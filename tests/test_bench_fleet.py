@@ -1,4 +1,4 @@
-"""`make bench`'s fleet section: the issue's whole load at once, scaled to a fleet. The figures are
+"""`make bench`'s fleet section: the goal's whole load at once, scaled to a fleet. The figures are
 the bench's to judge; here: that a small fleet's run measures each of them on real processes, and
 the table says whether every promise held."""
 

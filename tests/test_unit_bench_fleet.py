@@ -1,4 +1,4 @@
-"""The fleet section's arithmetic: the issue's load scaled to a fleet, central's histogram read back."""
+"""The fleet section's arithmetic: the goal's load scaled to a fleet, central's histogram read back."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from bench import fleet
 
 
-def test_the_issues_load_scales_with_the_fleet() -> None:
+def test_the_goals_load_scales_with_the_fleet() -> None:
     full = fleet.load_for(10_000)
     assert (full["cps"], full["request_rate"], full["session_s"]) == (10_000, 50.0, 40.0)
     # Requests per second times a session's length: the CPs supplying at once, a fifth.
     assert full["request_rate"] * full["session_s"] == 2_000
     assert full["drivers"] >= 2_000 and full["processes"] >= 2
+    # The drivers start once the fleet has registered, and then run the whole load.
+    assert full["drivers_after_s"] > full["ramp_up_s"]
+    assert full["ramp_up_s"] + full["duration_s"] - full["drivers_after_s"] == fleet.LOAD_S
     small = fleet.load_for(2_000)
     assert small["request_rate"] * small["session_s"] == 400 and small["processes"] == 1
 

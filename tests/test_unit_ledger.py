@@ -3,8 +3,10 @@ meter's revision of a ticket central issued itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -220,3 +222,16 @@ def test_an_engine_that_ended_the_session_itself_is_never_revised() -> None:
     session, _ = run(new_session(), full_sequence())
     result = apply_event(session, reading(5, 900), ids(), NOW)
     assert isinstance(result, Ignored)
+
+
+def test_a_sessions_update_is_replace_without_its_cost() -> None:
+    session = Session("s-1", "r-1", "CP-1", "driver-1", 350_000, 1.0)
+    changes = {"state": SessionState.SUPPLYING, "last_seq": 3, "wh": 120, "micro_eur": 42_000}
+    updated = session.updated(**changes)
+    assert updated == dataclasses.replace(session, **changes)  # type: ignore[arg-type]
+    assert hash(updated) == hash(dataclasses.replace(session, **changes))  # type: ignore[arg-type]
+    assert (session.state, session.last_seq, session.wh) == (SessionState.AUTHORISED, -1, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        updated.wh = 0  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field whh"):
+        session.updated(whh=1)

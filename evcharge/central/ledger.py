@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
+from typing import Any
 
 from evcharge.protocol.messages import (
     ChargingProgress,
@@ -67,6 +68,16 @@ class Session:
     billed_wh: int = 0  # what that ticket says
     billed_micro_eur: int = 0
 
+    def updated(self, **changes: Any) -> Session:
+        """This session with `changes`: `dataclasses.replace`, at a fifth of its cost. Every
+        reading makes one, thousands a second when central works off a backlog, and replace
+        looks the fields up and runs the frozen `__init__` (an `object.__setattr__` each) anew."""
+        if not changes.keys() <= _SESSION_FIELDS:
+            raise TypeError(f"Session has no field {', '.join(sorted(changes.keys() - _SESSION_FIELDS))}")
+        copy = object.__new__(Session)
+        copy.__dict__.update(self.__dict__, **changes)
+        return copy
+
     @property
     def active(self) -> bool:
         return self.state is not SessionState.ENDED
@@ -75,6 +86,9 @@ class Session:
     def provisional(self) -> bool:
         """The driver's ticket may still be revised by the engine's meter."""
         return self.closed_by_central and not self.meter_final and self.started_at is not None
+
+
+_SESSION_FIELDS = frozenset(f.name for f in fields(Session))
 
 
 @dataclass(frozen=True)
@@ -98,13 +112,12 @@ def apply_event(session: Session, event: CpEvent, new_id: NewId, now: float) -> 
     if event.seq <= session.last_seq:
         return Ignored(f"event {event.seq} of session {session.session_id} was applied before")
     if isinstance(event, SessionStarted):
-        started = replace(
-            session, state=SessionState.SUPPLYING, started_at=event.started_at, last_seq=event.seq
+        started = session.updated(
+            state=SessionState.SUPPLYING, started_at=event.started_at, last_seq=event.seq
         )
         return Applied(started, [_progress(started, new_id, now)])
     if isinstance(event, MeterReading):
-        reading = replace(
-            session,
+        reading = session.updated(
             state=SessionState.SUPPLYING,
             last_seq=event.seq,
             power_w=event.power_w,
@@ -112,7 +125,7 @@ def apply_event(session: Session, event: CpEvent, new_id: NewId, now: float) -> 
             micro_eur=event.micro_eur,
         )
         return Applied(reading, [_progress(reading, new_id, now)])
-    ended = replace(session, last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur)
+    ended = session.updated(last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur)
     return _billed(_end(ended, event.reason, event.ended_at, meter_final=True), new_id, now)
 
 
@@ -124,7 +137,7 @@ def close_by_central(
     Billed at the last reading central applied; the engine is told, in case it comes
     back to the session, and its own end of it then confirms or corrects the ticket.
     """
-    ended = replace(_end(session, reason, now, meter_final=False), closed_by_central=True)
+    ended = _end(session, reason, now, meter_final=False).updated(closed_by_central=True)
     billed = _billed(ended, new_id, now)
     stop = StopSupply(id=new_id(), ts=now, cp_id=session.cp_id, session_id=session.session_id, reason=reason)
     return billed.session, [*billed.updates, stop]
@@ -135,15 +148,15 @@ def _late(session: Session, event: CpEvent, new_id: NewId, now: float) -> Applie
     if not session.closed_by_central or session.meter_final:
         return Ignored(f"session {session.session_id} has already ended")
     if isinstance(event, SessionRefused):
-        return Applied(replace(session, meter_final=True), [])
+        return Applied(session.updated(meter_final=True), [])
     if event.seq <= session.last_seq:
         return Ignored(f"event {event.seq} of session {session.session_id} was applied before")
     if isinstance(event, SessionStarted):
-        return Applied(replace(session, started_at=event.started_at, last_seq=event.seq), [])
+        return Applied(session.updated(started_at=event.started_at, last_seq=event.seq), [])
     if isinstance(event, MeterReading):
         # The session is over for the driver: no progress, but the figures are the meter's.
-        return Applied(replace(session, last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur), [])
-    final = replace(session, last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur, meter_final=True)
+        return Applied(session.updated(last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur), [])
+    final = session.updated(last_seq=event.seq, wh=event.wh, micro_eur=event.micro_eur, meter_final=True)
     if (
         final.wh == session.billed_wh
         and final.micro_eur == session.billed_micro_eur
@@ -154,8 +167,7 @@ def _late(session: Session, event: CpEvent, new_id: NewId, now: float) -> Applie
 
 
 def _end(session: Session, reason: EndReason, at: float, *, meter_final: bool) -> Session:
-    return replace(
-        session,
+    return session.updated(
         state=SessionState.ENDED,
         power_w=0,
         ended_at=at,
@@ -184,8 +196,7 @@ def _billed(session: Session, new_id: NewId, now: float) -> Applied:
         provisional=session.provisional,
         replaces=session.ticket_id,
     )
-    billed = replace(
-        session,
+    billed = session.updated(
         ticket_revision=ticket.revision,
         ticket_id=ticket.id,
         billed_wh=session.wh,

@@ -130,6 +130,7 @@ class Simulation:
             driver_prefix=settings.driver_prefix,
             request_rate=share.request_rate,
             ramp_up_s=settings.ramp_up_s,
+            start_after_s=settings.drivers_after_s,
             session_s=settings.session_s,
         )
         self._abort = asyncio.Event()

@@ -53,6 +53,7 @@ class DriverSettings:
     request_rate: float  # requests per second for the whole fleet
     ramp_up_s: float
     session_s: float
+    start_after_s: float = 0.0  # the drivers' ramp-up begins this long after the run's start
     first_driver: int = 1  # a worker of `--processes N` runs drivers first_driver ... on
     fleet_drivers: int | None = None  # of a fleet this size (the ids' width); None: `drivers`
 
@@ -222,7 +223,7 @@ class DriverFleet:
         async with asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(self._abandon_when(abort), name="abandon on interrupt")
             async with asyncio.TaskGroup() as drivers:
-                started = time.monotonic()
+                started = time.monotonic() + self.settings.start_after_s
                 step_s = self.settings.ramp_up_s / max(1, len(self.drivers))
                 for n, driver in enumerate(self.drivers.values()):
                     if await sleep_unless(stop, max(0.0, started + n * step_s - time.monotonic())):

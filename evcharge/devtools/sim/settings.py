@@ -47,6 +47,13 @@ class SimSettings(KafkaLink, Logging):
         "EVCHARGE_SIM_RAMP_UP_S",
         flag="--ramp-up",
     )
+    drivers_after_s: float = opt(
+        0.0,
+        "Seconds the drivers wait before they start over the ramp-up: the CPs register first, and "
+        "requests are timed against a fleet already in place.",
+        "EVCHARGE_SIM_DRIVERS_AFTER_S",
+        flag="--drivers-after",
+    )
     request_rate: float = opt(5.0, "Charge requests per second, whole fleet.", "EVCHARGE_SIM_REQUEST_RATE")
     session_s: float = opt(
         5.0,
@@ -125,5 +132,10 @@ class SimSettings(KafkaLink, Logging):
             raise ConfigError("--processes must be at least 1 and at most --cps (a CP or more each)")
         if not 0 <= self.worker <= self.processes:
             raise ConfigError("--worker must be within 1..--processes")
-        if min(self.duration_s, self.ramp_up_s, self.session_s, self.fault_rate_per_min) < 0:
+        if (
+            min(
+                self.duration_s, self.ramp_up_s, self.drivers_after_s, self.session_s, self.fault_rate_per_min
+            )
+            < 0
+        ):
             raise ConfigError("durations and rates cannot be negative")
