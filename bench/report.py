@@ -384,7 +384,10 @@ def _storage_rows(results: dict[str, Any]) -> list[Row]:
         pg_rate = pg_drain.get("applied_per_s")
         verdict = _at_least(pg_rate, DRAIN_GOAL_PER_S)
         if pg_rate and sqlite_drain:
-            verdict += f"; {pg_rate / sqlite_drain:.0%} of SQLite's {_rate(sqlite_drain)} this run"
+            # Sections run alone (`--only`) keep their own run's machine and date beside them.
+            same = results.get("storage_run") == results.get("throughput_run")
+            when = "this run" if same else "in the throughput section's own run"
+            verdict += f"; {pg_rate / sqlite_drain:.0%} of SQLite's {_rate(sqlite_drain)} {when}"
         out.append(Row("storage", label, DRAIN_GOAL, _drain_measured(pg_drain), verdict))
     sqlite = storage.get("sqlite_commit", {})
     label = "bare SQLite commit, one small row per transaction (WAL): synchronous=FULL / NORMAL"

@@ -473,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(report.table(bench.results))
     if args.plot is not None and (drawn := growth.plot(bench.results, args.plot)):
         console.print(f"growth curves drawn in {drawn}")
-    if "profile_central" in bench.results:
-        console.print(_profile_lines(bench.results["profile_central"]))
+    # Run alone, the throughput section's profile is its run's, under throughput_run.
+    drain_profile = bench.results.get("throughput_run", {}) if "throughput" in alone else bench.results
+    if "profile_central" in drain_profile:
+        console.print(_profile_lines(drain_profile["profile_central"]))
     took = next(
         (bench.results[f"{s}_run"]["total_s"] for s in sorted(alone) if f"{s}_run" in bench.results),
         bench.results["total_s"],
