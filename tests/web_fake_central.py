@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -385,7 +386,8 @@ class FakeCentral:
             ]
         )
         self._runner = web.AppRunner(self.app, shutdown_timeout=1.0)
-        self._site: web.TCPSite | None = None
+        self._site: web.SockSite | None = None
+        self._listener: socket.socket | None = None
 
     @property
     def url(self) -> str:
@@ -406,6 +408,8 @@ class FakeCentral:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._end_streams()
+        if self._site is not None:
+            await self._refuse()
         await self._runner.cleanup()
 
     async def drop_streams(self, down_s: float = 0.0, *, refuse: bool = False) -> None:
@@ -417,8 +421,7 @@ class FakeCentral:
         self._down_until = time.monotonic() + down_s
         self._end_streams()
         if refuse and self._site is not None:
-            await self._site.stop()
-            self._site = None
+            await self._refuse()
         self._own(self._come_back(down_s))
 
     # ---- plumbing
@@ -429,10 +432,21 @@ class FakeCentral:
         task.add_done_callback(self._tasks.discard)
 
     async def _listen(self) -> None:
-        self._site = web.TCPSite(self._runner, self.host, self.port)
+        self._listener = socket.create_server((self.host, self.port))  # SO_REUSEADDR: the port again
+        self.port = self._listener.getsockname()[1]
+        self._site = web.SockSite(self._runner, self._listener)
         await self._site.start()
-        if not self.port:
-            self.port = self._runner.addresses[0][1]
+
+    async def _refuse(self) -> None:
+        """Close the listening socket, so a connection is refused as by a dead process."""
+        assert self._site is not None and self._listener is not None
+        # On Python 3.11 a connection accepted in the loop's last pass is attached to its
+        # server by a task that has not run yet; a server closed before it fails that attach
+        # and leaks the connection's socket. So stop accepting, let those tasks run, close.
+        asyncio.get_running_loop().remove_reader(self._listener.fileno())
+        await asyncio.sleep(0)
+        await self._site.stop()
+        self._site = None
 
     async def _come_back(self, down_s: float) -> None:
         await asyncio.sleep(down_s)
