@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import profile
-from bench.load import PROFILE_S, LoadRunner, SimLoad, busiest_worker, sim_processes
+from bench.load import LoadRunner, SimLoad, sim_processes
 from bench.procs import cpu_s, kernel_cpu_s, rss_mb, tree_cpu_s
 from bench.system import new_system
 from evcharge.devtools import system as devsystem
@@ -100,7 +100,7 @@ def _one(
                     interval_s=ALL_ON_POLL_S,
                 )
             time.sleep(SETTLE_S)  # the last registrations' commits and the first checks are over
-            on_at_start = _on(system.view.get("/cp")[1])
+            on_at_start = _on(system.view.get("/cp")[1]["charging_points"])
             started = time.monotonic()
             # The simulator's CPU is its process tree's: with --processes N its workers do the work.
             before = (cpu_s(pid), tree_cpu_s(sim.pid), _heartbeats(system.view.health()), kernel_cpu_s(pid))
@@ -112,9 +112,7 @@ def _one(
             # Where the time goes, central's and the busiest simulator process's: after the window,
             # not in it, so that py-spy's own sampling is not counted as central's work.
             profiles = (
-                profile.record(
-                    {"central": pid, "sim": busiest_worker(sim.pid)}, PROFILE_S, runner.root / name
-                )
+                profile.central_and_sim(pid, sim.pid, runner.root / name).summaries()
                 if profiled and pid is not None and sim.pid is not None
                 else {}
             )
@@ -147,17 +145,17 @@ def _one(
         "sim_us_per_heartbeat": round(1e6 * sim_rate * elapsed / beats, 1) if beats else None,
         "central_rss_mb": central_rss,
         "on_at_start": on_at_start,
-        "on_at_end": _on({"charging_points": listed}),
+        "on_at_end": _on(listed),
         **{f"profile_{who}": summary for who, summary in profiles.items()},
     }
 
 
-def _on(body: dict[str, Any]) -> int:
-    return sum(1 for c in body["charging_points"] if c["status"] == "ON")
+def _on(cps: list[dict[str, Any]]) -> int:
+    return sum(1 for cp in cps if cp["status"] == "ON")
 
 
 def _all_on(body: dict[str, Any], size: int) -> bool:
-    return _on(body) >= size
+    return _on(body["charging_points"]) >= size
 
 
 def _heartbeats(health: dict[str, Any]) -> int | None:

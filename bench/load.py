@@ -27,8 +27,8 @@ from typing import Any
 
 from bench.loop import LoopThread
 from bench.probe import LagProbe
-from bench.procs import children, cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
-from bench.profile import Profiles, start_profiler
+from bench.procs import cpu_s, rss_mb, tree_cpu_s, tree_rss_mb
+from bench.profile import Profiles, central_and_sim, start_profiler
 from bench.series import drain_rate, drained, rates, whole_run
 from bench.system import BenchSystem, new_system, wait_for
 from evcharge.devtools.commands import child
@@ -173,9 +173,7 @@ class LoadRunner:
                     samples.append(self._sample(system, meters, started))
                     due = profile_at_s is not None and time.monotonic() - started >= profile_at_s
                     if due and profiles is None and central_pid is not None and sim.pid is not None:
-                        profiles = Profiles(
-                            {"central": central_pid, "sim": busiest_worker(sim.pid)}, PROFILE_S, system.root
-                        )
+                        profiles = central_and_sim(central_pid, sim.pid, system.root)
                     time.sleep(SAMPLE_S)
                 code = sim.wait(0) if not sim.alive else None
             finally:
@@ -319,15 +317,6 @@ class _Meters:
             if rss is not None:
                 row[f"{name}_rss_mb"] = round(rss, 1)
         return row
-
-
-PROFILE_S = 5.0
-
-
-def busiest_worker(sim: int) -> int:
-    """The simulator's worker that has used the most CPU (with --processes 1, the simulator itself)."""
-    workers = children(sim)
-    return max(workers, key=lambda w: cpu_s(w) or 0.0) if workers else sim
 
 
 # ------------------------------------------------------------------ analysis

@@ -11,7 +11,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.procs import children, cpu_s
+
 RATE_HZ = 100
+# How long central and the simulator are profiled beside a section's figures: some 500 samples each.
+PROFILE_S = 5.0
 
 # py-spy raw frames look like "apply (evcharge/central/service.py:373)".
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]+)(?::(?P<line>\d+))?\)$")
@@ -86,9 +90,15 @@ class Profiles:
                 profiler.wait(10)
 
 
-def record(pids: dict[str, int], duration_s: float, folder: Path) -> dict[str, Any]:
-    """`pids` profiled over the next `duration_s`: their summaries, by name."""
-    return Profiles(pids, duration_s, folder).summaries()
+def central_and_sim(central: int, sim: int, folder: Path) -> Profiles:
+    """Central and the simulator's busiest process, profiled for PROFILE_S from now on."""
+    return Profiles({"central": central, "sim": busiest_worker(sim)}, PROFILE_S, folder)
+
+
+def busiest_worker(sim: int) -> int:
+    """The simulator's worker that has used the most CPU (with --processes 1, the simulator itself)."""
+    workers = children(sim)
+    return max(workers, key=lambda w: cpu_s(w) or 0.0) if workers else sim
 
 
 def _frame(raw: str) -> tuple[str, str, int | None]:
