@@ -248,7 +248,8 @@ def _drain_measured(drain: dict[str, Any]) -> str:
     return (
         f"{_rate(drain.get('applied_per_s'))} applied "
         f"({_rate(drain.get('applied_and_published_per_s'))} until the last update was "
-        f"published); {drain.get('applied', 0):,} in {_s(drain.get('window_s'))}; "
+        f"published); {drain.get('applied', 0):,} in {_s(drain.get('window_s'))}, "
+        f"{drain.get('updates_published', 0):,} driver updates; "
         f"central {drain.get('central_cpu_percent', '-')} % of a core, "
         f"broker {drain.get('broker_cpu_percent', '-')} %"
         + (f", PostgreSQL {drain['postgres_cpu_percent']} %" if "postgres_cpu_percent" in drain else "")
@@ -263,7 +264,9 @@ def _load_rows(results: dict[str, Any]) -> list[Row]:
         out.append(_failed("throughput", capacity + ", and live beside the simulator", DRAIN_GOAL, tput))
         return out
     drain = tput.get("drain", {})
-    label = capacity + " on SQLite, an fsync per commit (its writes and a driver update per reading included)"
+    label = (
+        capacity + " on SQLite, an fsync per commit (its writes and each driver told, once a batch, included)"
+    )
     if drain.get("error"):
         out.append(_failed("throughput", label, DRAIN_GOAL, drain))
     elif drain:

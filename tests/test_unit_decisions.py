@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from evcharge.central import decisions, facts
 from evcharge.central.credentials import hash_secret
 from evcharge.central.decisions import Rules
@@ -17,6 +20,7 @@ from evcharge.central.state import CentralState, Change, Outcome
 from evcharge.central.status import CpStatus
 from evcharge.protocol.messages import (
     ChargeRequest,
+    ChargingProgress,
     DenyCode,
     EndReason,
     Health,
@@ -409,6 +413,129 @@ def test_late_readings_for_a_session_central_closed_come_from_the_store_and_revi
     [revised] = [m for m in decision.change.messages if isinstance(m, Ticket)]
     assert (revised.wh, revised.revision, revised.replaces) == (6, 2, closed.ticket_id)
     assert any(isinstance(f, facts.TicketRevised) for f in decision.change.facts)
+
+
+def supplying(state: CentralState, clock: Clock, cp_id: str, driver_id: str) -> str:
+    """A CP joined and its driver's session started; the session's id."""
+    joined(state, clock, cp_id)
+    request = ChargeRequest(driver_id=driver_id, cp_id=cp_id, request_id=f"r-{cp_id}")
+    decision = decisions.charge(
+        state, request, earlier=None, waited_s=0.0, rules=RULES, now=clock.now, new_id=clock.new_id
+    )
+    applied(state, decision.change)
+    return decision.result.session_id
+
+
+def reading(cp_id: str, session_id: str, seq: int) -> MeterReading:
+    return MeterReading(
+        cp_id=cp_id, session_id=session_id, seq=seq, power_w=22_000, wh=6 * seq, micro_eur=1_800 * seq
+    )
+
+
+def started(cp_id: str, session_id: str, driver_id: str) -> SessionStarted:
+    return SessionStarted(
+        cp_id=cp_id, session_id=session_id, driver_id=driver_id, seq=0, started_at=NOW, price=300_000
+    )
+
+
+def test_behind_a_batch_tells_each_driver_where_its_charge_stands_once_not_every_step() -> None:
+    state, clock = CentralState(), Clock()
+    alice = supplying(state, clock, "CP-1", "alice")
+    bob = supplying(state, clock, "CP-2", "bob")
+    batch = [
+        started("CP-1", alice, "alice"),
+        reading("CP-1", alice, 1),
+        started("CP-2", bob, "bob"),
+        reading("CP-1", alice, 2),
+        reading("CP-2", bob, 1),
+        reading("CP-1", alice, 3),
+    ]
+    decision = event(state, clock, *batch)
+    told = [(m.driver_id, m.seq, m.wh) for m in decision.change.messages if isinstance(m, ChargingProgress)]
+    assert told == [("bob", 1, 6), ("alice", 3, 18)]
+    assert (state.sessions[alice].wh, state.sessions[alice].last_seq) == (18, 3), "every reading applied"
+    assert next(f for f in decision.change.facts if isinstance(f, facts.EventsApplied)).applied == 6
+
+
+def test_live_each_reading_is_its_own_batch_and_each_is_told() -> None:
+    state, clock = CentralState(), Clock()
+    alice = supplying(state, clock, "CP-1", "alice")
+    sent = [
+        event(state, clock, e).change.messages
+        for e in [started("CP-1", alice, "alice"), reading("CP-1", alice, 1), reading("CP-1", alice, 2)]
+    ]
+    assert [[(type(m).__name__, m.seq) for m in batch] for batch in sent] == [
+        [("ChargingProgress", 0)],
+        [("ChargingProgress", 1)],
+        [("ChargingProgress", 2)],
+    ]
+
+
+def test_a_session_that_ends_within_the_batch_sends_its_ticket_and_no_progress() -> None:
+    state, clock = CentralState(), Clock()
+    alice = supplying(state, clock, "CP-1", "alice")
+    ended = SessionEnded(
+        cp_id="CP-1",
+        session_id=alice,
+        seq=3,
+        wh=18,
+        micro_eur=5_400,
+        ended_at=NOW,
+        reason=EndReason.UNPLUGGED,
+    )
+    decision = event(
+        state,
+        clock,
+        started("CP-1", alice, "alice"),
+        reading("CP-1", alice, 1),
+        reading("CP-1", alice, 2),
+        ended,
+    )
+    [ticket] = decision.change.messages
+    assert isinstance(ticket, Ticket) and (ticket.wh, ticket.micro_eur) == (18, 5_400)
+
+
+@given(
+    readings=st.lists(st.sampled_from(["alice", "bob"]), max_size=12),
+    cuts=st.sets(st.integers(0, 14)),
+)
+def test_however_the_events_are_batched_each_driver_ends_up_told_the_same(
+    readings: list[str], cuts: set[int]
+) -> None:
+    def run(
+        batches: list[list[MeterReading | SessionStarted]],
+    ) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+        state, clock = CentralState(), Clock()
+        ids = {
+            driver: supplying(state, clock, cp, driver) for cp, driver in [("CP-1", "alice"), ("CP-2", "bob")]
+        }
+        last: dict[str, tuple[int, int]] = {}
+        most: dict[str, int] = {}
+        for batch in batches:
+            told = [
+                m
+                for m in event(state, clock, *[e(ids) for e in batch]).change.messages
+                if isinstance(m, ChargingProgress)
+            ]
+            for driver in ("alice", "bob"):
+                mine = [(m.seq, m.wh) for m in told if m.driver_id == driver]
+                most[driver] = max(most.get(driver, 0), len(mine))
+                if mine:
+                    last[driver] = mine[-1]
+        return last, most
+
+    cps = {"alice": "CP-1", "bob": "CP-2"}
+    seqs = {"alice": 0, "bob": 0}
+    stream = [lambda ids, d=d: started(cps[d], ids[d], d) for d in ("alice", "bob")]
+    for driver in readings:
+        seqs[driver] += 1
+        stream.append(lambda ids, d=driver, n=seqs[driver]: reading(cps[d], ids[d], n))
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    batched = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    one_by_one, _ = run([[e] for e in stream])
+    last, most = run(batched)
+    assert last == one_by_one
+    assert all(n <= 1 for n in most.values()), "at most one progress per session and batch"
 
 
 def test_sessions_nobody_started_in_time_are_closed_not_started() -> None:

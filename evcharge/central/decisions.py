@@ -28,6 +28,7 @@ from evcharge.central.status import denial_for
 from evcharge.protocol import signing
 from evcharge.protocol.messages import (
     ChargeRequest,
+    ChargingProgress,
     DenyCode,
     EndReason,
     Health,
@@ -370,11 +371,19 @@ def apply_events(
     place (a late reading for a session central closed). The result lists the
     events that fit nowhere (by position) with a code and why: an unknown CP, or
     a session nobody started. Duplicates are not in it.
+
+    A session's progress is sent once per batch, as it stands after the batch's
+    last reading of it: each progress carries the session's totals so far, so one
+    superseded in the same batch would tell its driver nothing the next does not.
+    Live, a batch holds one reading of a session; behind (a backlog after an
+    outage), this spares the outbox and the driver the steps it missed.
     """
     change = Change()
     rejected: dict[int, tuple[str, str]] = {}
     applied = ignored = 0
     moved: dict[str, None] = {}
+    progress_at: dict[str, int] = {}  # session -> where its latest progress is in change.messages
+    superseded: set[int] = set()
     for position, event in enumerate(events):
         if event.cp_id not in state.cps:
             rejected[position] = ("unknown_cp", f"{event.cp_id} is not a known charging point")
@@ -394,13 +403,21 @@ def apply_events(
         applied += 1
         moved[event.cp_id] = None
         change.sessions[sid] = result.session
-        change.messages += result.updates
+        if result.updates:
+            stale = progress_at.pop(sid, None)
+            if stale is not None:
+                superseded.add(stale)
+            change.messages += result.updates
+            if isinstance(result.updates[-1], ChargingProgress):
+                progress_at[sid] = len(change.messages) - 1
         if session.active and not result.session.active:
             change.facts.append(facts.SessionClosed(result.session, by_central=False))
         elif result.session.ticket_revision > session.ticket_revision and not session.active:
             change.facts.append(
                 facts.TicketRevised(result.session, session.billed_wh, session.billed_micro_eur)
             )
+    if superseded:
+        change.messages = [m for at, m in enumerate(change.messages) if at not in superseded]
     if applied or ignored:
         change.facts.append(facts.EventsApplied(applied, ignored, tuple(moved)))
     return Decision(change, rejected)
