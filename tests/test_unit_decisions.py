@@ -432,6 +432,14 @@ def reading(cp_id: str, session_id: str, seq: int) -> MeterReading:
     )
 
 
+def unplugged(cp_id: str, session_id: str, seq: int) -> SessionEnded:
+    """The supply's end at the figures `reading` meters by `seq`."""
+    return SessionEnded(
+        cp_id=cp_id, session_id=session_id, seq=seq, wh=6 * seq, micro_eur=1_800 * seq, ended_at=NOW,
+        reason=EndReason.UNPLUGGED,
+    )  # fmt: skip
+
+
 def started(cp_id: str, session_id: str, driver_id: str) -> SessionStarted:
     return SessionStarted(
         cp_id=cp_id, session_id=session_id, driver_id=driver_id, seq=0, started_at=NOW, price=300_000
@@ -474,22 +482,13 @@ def test_live_each_reading_is_its_own_batch_and_each_is_told() -> None:
 def test_a_session_that_ends_within_the_batch_sends_its_ticket_and_no_progress() -> None:
     state, clock = CentralState(), Clock()
     alice = supplying(state, clock, "CP-1", "alice")
-    ended = SessionEnded(
-        cp_id="CP-1",
-        session_id=alice,
-        seq=3,
-        wh=18,
-        micro_eur=5_400,
-        ended_at=NOW,
-        reason=EndReason.UNPLUGGED,
-    )
     decision = event(
         state,
         clock,
         started("CP-1", alice, "alice"),
         reading("CP-1", alice, 1),
         reading("CP-1", alice, 2),
-        ended,
+        unplugged("CP-1", alice, 3),
     )
     [ticket] = decision.change.messages
     assert isinstance(ticket, Ticket) and (ticket.wh, ticket.micro_eur) == (18, 5_400)
