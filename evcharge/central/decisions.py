@@ -404,11 +404,13 @@ def apply_events(
         moved[event.cp_id] = None
         change.sessions[sid] = result.session
         if result.updates:
+            # Only by a newer progress: the last reading before a ticket is still shown.
+            newer = isinstance(result.updates[-1], ChargingProgress)
             stale = progress_at.pop(sid, None)
-            if stale is not None:
+            if stale is not None and newer:
                 superseded.add(stale)
             change.messages += result.updates
-            if isinstance(result.updates[-1], ChargingProgress):
+            if newer:
                 progress_at[sid] = len(change.messages) - 1
         if session.active and not result.session.active:
             change.facts.append(facts.SessionClosed(result.session, by_central=False))
