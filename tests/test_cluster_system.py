@@ -9,10 +9,9 @@ at once. Each test asserts what the users see: every request ends with a ticket
 or a business denial, the readings are shown in order and none twice, each what
 the engine had metered (behind, central may show the latest rather than each step),
 every ticket is exactly what the engine metered and is shown once, no process logs
-an error, and
-no process of the system had to be restarted. How long the drivers' screens
-waited is printed at the end (and goes into the chaos report's rows); no timing
-is asserted beyond the bound of a wrong answer.
+an error, and no process of the system had to be restarted. How long the drivers'
+screens waited is printed at the end (and goes into the chaos report's rows); no
+timing is asserted beyond the bound of a wrong answer.
 """
 
 from __future__ import annotations

@@ -479,7 +479,7 @@ def test_live_each_reading_is_its_own_batch_and_each_is_told() -> None:
     ]
 
 
-def test_a_session_that_ends_within_the_batch_sends_its_ticket_and_no_progress() -> None:
+def test_a_session_that_ends_within_the_batch_shows_its_last_reading_then_its_ticket() -> None:
     state, clock = CentralState(), Clock()
     alice = supplying(state, clock, "CP-1", "alice")
     decision = event(
@@ -490,7 +490,8 @@ def test_a_session_that_ends_within_the_batch_sends_its_ticket_and_no_progress()
         reading("CP-1", alice, 2),
         unplugged("CP-1", alice, 3),
     )
-    [ticket] = decision.change.messages
+    progress, ticket = decision.change.messages
+    assert isinstance(progress, ChargingProgress) and (progress.seq, progress.wh) == (2, 12)
     assert isinstance(ticket, Ticket) and (ticket.wh, ticket.micro_eur) == (18, 5_400)
 
 

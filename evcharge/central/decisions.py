@@ -32,6 +32,7 @@ from evcharge.protocol.messages import (
     DenyCode,
     EndReason,
     Health,
+    KafkaMessage,
     Register,
     RequestAccepted,
     RequestDenied,
@@ -375,6 +376,7 @@ def apply_events(
     A session's progress is sent once per batch, as it stands after the batch's
     last reading of it: each progress carries the session's totals so far, so one
     superseded in the same batch would tell its driver nothing the next does not.
+    A session that ends in the batch still shows its last reading, then its ticket.
     Live, a batch holds one reading of a session; behind (a backlog after an
     outage), this spares the outbox and the driver the steps it missed.
     """
@@ -382,8 +384,6 @@ def apply_events(
     rejected: dict[int, tuple[str, str]] = {}
     applied = ignored = 0
     moved: dict[str, None] = {}
-    progress_at: dict[str, int] = {}  # session -> where its latest progress is in change.messages
-    superseded: set[int] = set()
     for position, event in enumerate(events):
         if event.cp_id not in state.cps:
             rejected[position] = ("unknown_cp", f"{event.cp_id} is not a known charging point")
@@ -403,26 +403,27 @@ def apply_events(
         applied += 1
         moved[event.cp_id] = None
         change.sessions[sid] = result.session
-        if result.updates:
-            # Only by a newer progress: the last reading before a ticket is still shown.
-            newer = isinstance(result.updates[-1], ChargingProgress)
-            stale = progress_at.pop(sid, None)
-            if stale is not None and newer:
-                superseded.add(stale)
-            change.messages += result.updates
-            if newer:
-                progress_at[sid] = len(change.messages) - 1
+        change.messages += result.updates
         if session.active and not result.session.active:
             change.facts.append(facts.SessionClosed(result.session, by_central=False))
         elif result.session.ticket_revision > session.ticket_revision and not session.active:
             change.facts.append(
                 facts.TicketRevised(result.session, session.billed_wh, session.billed_micro_eur)
             )
-    if superseded:
-        change.messages = [m for at, m in enumerate(change.messages) if at not in superseded]
+    change.messages = _latest_progress(change.messages)
     if applied or ignored:
         change.facts.append(facts.EventsApplied(applied, ignored, tuple(moved)))
     return Decision(change, rejected)
+
+
+def _latest_progress(messages: list[KafkaMessage]) -> list[KafkaMessage]:
+    """`messages` without a progress that a later progress of the same session supersedes.
+    A ticket supersedes none: the last reading before it is still shown."""
+    progress = {at: m.session_id for at, m in enumerate(messages) if isinstance(m, ChargingProgress)}
+    latest = {session_id: at for at, session_id in progress.items()}
+    if len(latest) == len(progress):  # live: one reading of each session, nothing superseded
+        return messages
+    return [m for at, m in enumerate(messages) if at not in progress or latest[progress[at]] == at]
 
 
 def _local_session(event: SessionStarted) -> Session:
